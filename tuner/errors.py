@@ -1,0 +1,9 @@
+"""The one exception type that reaches the user as a sentence instead of a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a study file, a value, a path, a storage URL, a study name.
+
+    The CLI prints ``error: <message>`` on one line and exits with status 2. The message says
+    what is wrong, where, and what to do.
+    """
