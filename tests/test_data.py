@@ -1,0 +1,307 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+
+from tuner.data import DataConfig, Splits, load_data
+from tuner.errors import UserError
+
+
+def make_tree(root, counts, split="train", colour=None, seed=0):
+    """Write counts[class] small RGB PNGs under root/split/class/; random noise unless colour is given."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            if colour:
+                pixels = np.full((12, 12, 3), colour[name], dtype=np.uint8)
+            else:
+                pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"img{i:03d}.png")
+    return root
+
+
+def folder_cfg(root, **kw):
+    return DataConfig(kind="imagefolder", root=str(root), image_size=kw.pop("image_size", 16), **kw)
+
+
+def corrupt(path):
+    """Overwrite a file with garbage of the same size and keep its mtime, so the cache key is unchanged."""
+    st = path.stat()
+    path.write_bytes(b"\x00not an image" * (st.st_size // 13 + 1))
+    with open(path, "r+b") as f:
+        f.truncate(st.st_size)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# ---- imagefolder ----
+
+
+def test_imagefolder_shapes_dtypes_and_sorted_classes(tmp_path):
+    make_tree(tmp_path, {"zebra": 30, "ant": 10, "moth": 12})
+    (tmp_path / "train" / "ant" / ".hidden.png").write_bytes(b"junk")  # hidden: ignored, not skipped
+    (tmp_path / "train" / "ant" / "notes.txt").write_text("not an image")
+    d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert d.classes == ["ant", "moth", "zebra"] and d.num_classes == 3
+    assert d.train_x.dtype == torch.uint8 and d.train_y.dtype == torch.int64
+    assert d.train_x.shape[1:] == (1, 16, 16) and d.val_x.shape[1:] == (1, 16, 16) and d.channels == 1
+    assert len(d.train_x) == len(d.train_y) and len(d.val_x) == len(d.val_y)
+    assert len(d.train_y) + len(d.val_y) == 52 and d.skipped == 0
+    assert d.test_x is None and d.test_y is None
+
+
+def test_imagefolder_grayscale_and_rgb_conversion(tmp_path):
+    make_tree(tmp_path, {"blue": 6, "red": 6}, colour={"red": (255, 0, 0), "blue": (0, 0, 255)})
+    gray = load_data(folder_cfg(tmp_path, image_size=20), cache_dir=str(tmp_path / "c"))
+    assert gray.train_x.shape[1:] == (1, 20, 20)
+    x = torch.cat([gray.train_x, gray.val_x]).flatten(1)
+    y = torch.cat([gray.train_y, gray.val_y])
+    assert (x[y == 1] == 76).all() and (x[y == 0] == 29).all()  # PIL's L = 0.299 R + 0.587 G + 0.114 B
+    rgb = load_data(folder_cfg(tmp_path, image_size=20, grayscale=False), cache_dir=str(tmp_path / "c"))
+    assert rgb.train_x.shape[1:] == (3, 20, 20) and rgb.channels == 3
+    red = rgb.train_x[rgb.train_y == 1]
+    assert (red[:, 0] == 255).all() and (red[:, 1:] == 0).all()
+
+
+def test_imagefolder_stratified_split(tmp_path):
+    make_tree(tmp_path, {"common": 60, "rare": 8})
+    d = load_data(folder_cfg(tmp_path, val_fraction=0.25), seed=3, cache_dir=str(tmp_path / "c"))
+    assert d.class_counts() == [45, 6]
+    assert torch.bincount(d.val_y, minlength=2).tolist() == [15, 2]
+    other = load_data(folder_cfg(tmp_path, val_fraction=0.25), seed=4, cache_dir=str(tmp_path / "c"))
+    assert not torch.equal(d.val_x, other.val_x)  # the split follows the seed
+
+
+def test_imagefolder_rare_class_always_in_val(tmp_path):
+    make_tree(tmp_path, {"common": 100, "rare": 2})
+    d = load_data(folder_cfg(tmp_path, val_fraction=0.1), cache_dir=str(tmp_path / "c"))
+    assert d.class_counts() == [90, 1] and torch.bincount(d.val_y).tolist() == [10, 1]
+
+
+def test_imagefolder_test_folder(tmp_path):
+    make_tree(tmp_path, {"a": 10, "b": 10})
+    make_tree(tmp_path, {"a": 4, "b": 3}, split="test", seed=1)
+    d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+    assert d.test_x.shape == (7, 1, 16, 16) and d.test_y.tolist() == [0] * 4 + [1] * 3
+    assert len(d.train_y) + len(d.val_y) == 20
+
+
+def test_imagefolder_second_load_comes_from_cache(tmp_path):
+    make_tree(tmp_path, {"a": 10, "b": 10})
+    cache = tmp_path / "cache"
+    first = load_data(folder_cfg(tmp_path), cache_dir=str(cache))
+    assert len(list(cache.glob("*.pt"))) == 1
+    for path in (tmp_path / "train").rglob("*.png"):
+        corrupt(path)
+    second = load_data(folder_cfg(tmp_path), cache_dir=str(cache))  # would fail if it decoded anything
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.val_y, second.val_y)
+    assert second.skipped == 0
+    with pytest.raises(UserError, match="20 of 20 images"):
+        load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "fresh"))
+
+
+def test_imagefolder_default_cache_dir_is_under_root(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 5})
+    load_data(folder_cfg(tmp_path))
+    assert len(list((tmp_path / ".tuner-cache").glob("*.pt"))) == 1
+
+
+def test_imagefolder_cache_key_follows_files_and_settings(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 5}, colour={"a": (0, 0, 0), "b": (0, 0, 0)})
+    cache = tmp_path / "cache"
+    before = load_data(folder_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
+    path = tmp_path / "train" / "a" / "img000.png"
+    Image.fromarray(np.full((12, 12, 3), 255, dtype=np.uint8)).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    after = load_data(folder_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
+    assert len(list(cache.glob("*.pt"))) == 2
+    assert before.train_x.sum() + before.val_x.sum() == 0
+    assert after.train_x.sum() + after.val_x.sum() == 255 * 16 * 16
+    load_data(folder_cfg(tmp_path, image_size=24), cache_dir=str(cache))
+    assert len(list(cache.glob("*.pt"))) == 3
+
+
+def test_imagefolder_missing_root(tmp_path):
+    with pytest.raises(UserError, match=str(tmp_path / "nope")):
+        load_data(folder_cfg(tmp_path / "nope"))
+
+
+def test_imagefolder_no_train_folder(tmp_path):
+    (tmp_path / "test").mkdir()
+    with pytest.raises(UserError, match=f"{tmp_path} has no train/ folder"):
+        load_data(folder_cfg(tmp_path))
+
+
+def test_imagefolder_no_class_folders(tmp_path):
+    (tmp_path / "train" / ".git").mkdir(parents=True)
+    (tmp_path / "train" / "loose.png").write_bytes(b"x")
+    with pytest.raises(UserError, match=f"{tmp_path / 'train'} has no class folders"):
+        load_data(folder_cfg(tmp_path))
+
+
+def test_imagefolder_single_class(tmp_path):
+    make_tree(tmp_path, {"only": 5})
+    with pytest.raises(UserError, match=r"only one class folder \(only\)"):
+        load_data(folder_cfg(tmp_path))
+
+
+def test_imagefolder_empty_class_folder(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 5})
+    (tmp_path / "train" / "empty").mkdir()
+    (tmp_path / "train" / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match=f"{tmp_path / 'train' / 'empty'} has no images"):
+        load_data(folder_cfg(tmp_path))
+
+
+def test_imagefolder_class_with_one_image(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 1})
+    with pytest.raises(UserError, match="class 'b' has 1 readable image"):
+        load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+
+
+def test_imagefolder_few_corrupt_images_are_skipped(tmp_path):
+    make_tree(tmp_path, {"a": 40, "b": 40})
+    corrupt(tmp_path / "train" / "a" / "img003.png")
+    (tmp_path / "train" / "b" / "img007.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="skipped 2 unreadable images"):
+        d = load_data(folder_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c"))
+    assert d.skipped == 2 and len(d.train_y) + len(d.val_y) == 78
+    with pytest.warns(UserWarning, match="skipped 2"):  # the cache remembers which files were bad
+        assert load_data(folder_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 2
+
+
+def test_imagefolder_too_many_corrupt_images(tmp_path):
+    make_tree(tmp_path, {"a": 40, "b": 40})
+    first_bad = tmp_path / "train" / "a" / "img001.png"
+    for i in (1, 2):
+        corrupt(tmp_path / "train" / "a" / f"img00{i}.png")
+    with pytest.raises(UserError, match=f"2 of 80 images .*first: {first_bad}.*data.max_bad_fraction"):
+        load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+
+
+def test_imagefolder_class_with_no_readable_images(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 2})
+    for path in (tmp_path / "train" / "b").iterdir():
+        corrupt(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserError, match="class 'b' has 0 readable"):
+            load_data(folder_cfg(tmp_path, max_bad_fraction=0.5), cache_dir=str(tmp_path / "c"))
+
+
+def test_imagefolder_mismatched_test_classes(tmp_path):
+    make_tree(tmp_path, {"a": 5, "b": 5})
+    make_tree(tmp_path, {"a": 2, "c": 2}, split="test")
+    with pytest.raises(UserError, match=r"test has classes \['a', 'c'\] but .*train has \['a', 'b'\]"):
+        load_data(folder_cfg(tmp_path))
+
+
+# ---- digits ----
+
+
+def test_digits_binary_task():
+    d = load_data(DataConfig(kind="digits"), seed=0)
+    total = len(d.train_y) + len(d.val_y) + len(d.test_y)
+    assert 1690 <= total <= 1710 and d.classes == ["other", "digit 9"]
+    for y in (d.train_y, d.val_y, d.test_y):
+        assert abs(y.float().mean().item() - 0.05) < 0.01
+    assert 1250 <= len(d.train_y) + len(d.val_y) <= 1300
+    assert d.train_x.dtype == torch.uint8 and d.train_x.shape[1:] == (1, 32, 32)
+    assert d.train_x.min() == 0 and d.train_x.max() == 255
+
+
+def test_digits_seeded():
+    a, b = load_data(DataConfig(kind="digits"), seed=1), load_data(DataConfig(kind="digits"), seed=1)
+    c = load_data(DataConfig(kind="digits"), seed=2)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert not torch.equal(a.train_x, c.train_x)
+
+
+def test_digits_rgb_and_balanced():
+    d = load_data(DataConfig(kind="digits", grayscale=False, rare_fraction=0.5, rare_class=3, image_size=16))
+    assert d.train_x.shape[1:] == (3, 16, 16) and torch.equal(d.train_x[:, 0], d.train_x[:, 2])
+    assert abs(d.train_y.float().mean().item() - 0.5) < 0.02 and d.classes[1] == "digit 3"
+
+
+# ---- synthetic ----
+
+
+def plus_detector(x):
+    """Max response of a zero-mean plus-shaped filter: what a CNN has to learn to find the pattern."""
+    k = torch.zeros(7, 7)
+    k[3, :], k[:, 3] = 1, 1
+    r = F.conv2d(x.float().mean(1, keepdim=True), (k - k.mean()).view(1, 1, 7, 7))
+    return r.flatten(1).max(1).values.unsqueeze(1).numpy()
+
+
+def test_synthetic_seeded_and_rare_fraction():
+    cfg = DataConfig(kind="synthetic", n_samples=1000, rare_fraction=0.1)
+    a, b, c = load_data(cfg, seed=5), load_data(cfg, seed=5), load_data(cfg, seed=6)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.val_y, b.val_y)
+    assert not torch.equal(a.train_x, c.train_x)
+    assert sum(int(y.sum()) for y in (a.train_y, a.val_y, a.test_y)) == 100
+    assert a.classes == ["background", "rare"] and a.train_x.dtype == torch.uint8
+    for y in (a.train_y, a.val_y, a.test_y):
+        assert abs(y.float().mean().item() - 0.1) < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_learnable_but_not_trivial(seed):
+    d = load_data(DataConfig(kind="synthetic", grayscale=seed != 2), seed=seed)
+    assert d.channels == (1 if seed != 2 else 3) and d.train_x.shape[2:] == (32, 32)
+    prior = d.val_y.float().mean().item()
+    clf = LogisticRegression().fit(plus_detector(d.train_x), d.train_y.numpy())
+    ap = average_precision_score(d.val_y.numpy(), clf.predict_proba(plus_detector(d.val_x))[:, 1])
+    assert ap > 0.5 > 5 * prior  # the right filter finds the pattern, so a CNN can learn one
+    # brightness alone must not give the rare class away
+    assert average_precision_score(d.val_y.numpy(), d.val_x.float().mean((1, 2, 3)).numpy()) < 0.5
+
+
+# ---- config and Splits ----
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("kind", "mnist"),
+        ("image_size", 4),
+        ("image_size", 2048),
+        ("val_fraction", 0.0),
+        ("val_fraction", 0.95),
+        ("test_fraction", -0.1),
+        ("rare_fraction", 0.0),
+        ("rare_fraction", 0.6),
+        ("rare_class", 10),
+        ("n_samples", 10),
+        ("max_bad_fraction", 1.5),
+    ],
+)
+def test_bad_config_values(field, value):
+    with pytest.raises(UserError, match=f"data.{field} = {value!r}"):
+        load_data(DataConfig(**{"kind": "synthetic", field: value}))
+
+
+def test_imagefolder_needs_root():
+    with pytest.raises(UserError, match="data.root"):
+        load_data(DataConfig(kind="imagefolder"))
+
+
+def test_too_few_rare_images():
+    with pytest.raises(UserError, match="data.rare_fraction"):
+        load_data(DataConfig(kind="digits", rare_fraction=0.001))
+
+
+def test_splits_helpers(tmp_path):
+    make_tree(tmp_path, {"a": 10, "b": 5})
+    d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+    assert isinstance(d, Splits) and d.class_counts() == [8, 4]
+    moved = d.to("meta")
+    assert moved is not d and moved.train_x.device.type == "meta" and moved.val_y.device.type == "meta"
+    assert moved.test_x is None and d.train_x.device.type == "cpu" and moved.classes == d.classes

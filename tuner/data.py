@@ -1,0 +1,263 @@
+"""Data for a study: an image folder tree, scikit-learn's digits, or synthetic images.
+
+Every kind ends as uint8 image tensors (N, C, H, W) split into train / val / (test). An image
+folder is decoded once; the decoded arrays are cached in a .pt file keyed by the files' sizes and
+mtimes, so later trials and studies on the same tree decode nothing.
+"""
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tuner.errors import UserError
+
+KINDS = ("imagefolder", "digits", "synthetic")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CACHE_VERSION = 1  # bump when the cached layout or the decoding changes
+SYNTHETIC_CONTRAST = 48.0  # tuned so a small CNN needs a few epochs and results depend on gamma/alpha
+CHECKS = (  # field, valid(value), what to use instead
+    ("kind", lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
+    ("image_size", lambda v: 8 <= v <= 1024, "an integer from 8 to 1024"),
+    ("val_fraction", lambda v: 0 < v < 0.9, "a number above 0 and below 0.9"),
+    ("test_fraction", lambda v: 0 < v < 0.9, "a number above 0 and below 0.9"),
+    ("rare_fraction", lambda v: 0 < v <= 0.5, "a number above 0 and at most 0.5"),
+    ("rare_class", lambda v: v in range(10), "a digit from 0 to 9"),
+    ("n_samples", lambda v: v >= 50, "an integer of at least 50"),
+    ("max_bad_fraction", lambda v: 0 <= v < 1, "a number from 0 up to, not including, 1"),
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "digits"  # "imagefolder" | "digits" | "synthetic"
+    root: str = ""  # imagefolder only: holds train/<class>/* and optionally test/<class>/*
+    image_size: int = 32
+    grayscale: bool = True
+    val_fraction: float = 0.2
+    test_fraction: float = 0.25  # digits/synthetic only
+    rare_class: int = 9  # digits only
+    rare_fraction: float = 0.05  # digits/synthetic
+    n_samples: int = 1200  # synthetic only
+    max_bad_fraction: float = 0.01  # imagefolder only
+
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor | None  # None when an image folder has no test/ folder
+    test_y: torch.Tensor | None
+    classes: list[str]  # class names, index = label
+    skipped: int = 0  # unreadable images skipped
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.train_x.shape[1]
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.train_y.cpu(), minlength=self.num_classes).tolist()
+
+    def to(self, device) -> "Splits":
+        moved = {k: getattr(self, k) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return dataclasses.replace(self, **{k: None if t is None else t.to(device) for k, t in moved.items()})
+
+
+def load_data(cfg: DataConfig, seed: int = 0, cache_dir: str | None = None) -> Splits:
+    check_config(cfg)
+    if cfg.kind == "imagefolder":
+        return load_imagefolder(cfg, seed, cache_dir)
+    x, y, classes = make_digits(cfg, seed) if cfg.kind == "digits" else make_synthetic(cfg, seed)
+    if (n_pos := int((y == 1).sum())) < 3:
+        raise UserError(f"data.rare_fraction = {cfg.rare_fraction} leaves only {n_pos} rare images, too few for "
+                        "train, val and test; raise data.rare_fraction (or data.n_samples).")
+    rest, test = stratified_split(y, cfg.test_fraction, seed)
+    train, val = (rest[i] for i in stratified_split(y[rest], cfg.val_fraction, seed + 1))
+    y = torch.from_numpy(y)
+    return Splits(x[train], y[train], x[val], y[val], x[test], y[test], classes)
+
+
+def check_config(cfg: DataConfig) -> None:
+    """Raise UserError naming data.<field> for the first value out of range."""
+    for field, valid, want in CHECKS:
+        value = getattr(cfg, field)
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise UserError(f"data.{field} = {value!r} is invalid; use {want} in the [data] section.")
+    if cfg.kind == "imagefolder" and not cfg.root:
+        raise UserError("data.root is empty but data.kind = 'imagefolder'; set data.root to the folder holding train/<class>/.")
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices (kept, held out) with about `fraction` of each class held out. Unlike sklearn's
+    rounding, every class with 2+ items lands on both sides, so a rare class is never missing from val."""
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n = min(max(round(fraction * len(idx)), 1), len(idx) - 1)
+        kept.append(idx[n:])
+        held.append(idx[:n])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def make_digits(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """sklearn's bundled 8x8 digits as the binary task "is it rare_class", positives subsampled."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(digits.target == cfg.rare_class), np.flatnonzero(digits.target != cfg.rare_class)
+    f = cfg.rare_fraction
+    if (want := round(f * len(neg) / (1 - f))) <= len(pos):
+        pos = rng.choice(pos, want, replace=False)
+    else:  # not enough positives for this fraction: keep them all and drop negatives instead
+        neg = rng.choice(neg, round(len(pos) * (1 - f) / f), replace=False)
+    idx = np.sort(np.concatenate([neg, pos]))
+    x = torch.from_numpy(digits.images[idx]).float().mul(255 / 16).unsqueeze(1)
+    x = F.interpolate(x, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8).repeat(1, 1 if cfg.grayscale else 3, 1, 1)
+    y = (digits.target[idx] == cfg.rare_class).astype(np.int64)
+    return x, y, ["other", f"digit {cfg.rare_class}"]
+
+
+def make_synthetic(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Smooth noise; the rare class adds a faint plus sign at a random place."""
+    g = torch.Generator().manual_seed(seed)
+    n, s, c = cfg.n_samples, cfg.image_size, 1 if cfg.grayscale else 3
+    y = torch.zeros(n, dtype=torch.int64)
+    y[torch.randperm(n, generator=g)[: round(n * cfg.rare_fraction)]] = 1
+    low = F.interpolate(torch.randn(n, c, 4, 4, generator=g), size=(s, s), mode="bilinear", align_corners=False)
+    x = 128 + 10 * low + 16 * torch.randn(n, c, s, s, generator=g)
+    pos = y.nonzero().squeeze(1)
+    arm, half = s / 10, max(s / 64, 0.5)
+    centre = arm + torch.rand(len(pos), 2, generator=g) * (s - 1 - 2 * arm)
+    grid = torch.arange(s, dtype=torch.float32)
+    dy = (grid.view(1, s, 1) - centre[:, 0].round().view(-1, 1, 1)).abs()
+    dx = (grid.view(1, 1, s) - centre[:, 1].round().view(-1, 1, 1)).abs()
+    plus = ((dy <= arm) & (dx <= half)) | ((dx <= arm) & (dy <= half))
+    x[pos] += SYNTHETIC_CONTRAST * plus.unsqueeze(1).float()
+    return x.round().clamp(0, 255).to(torch.uint8), y.numpy(), ["background", "rare"]
+
+
+def load_imagefolder(cfg: DataConfig, seed: int, cache_dir: str | None) -> Splits:
+    root = Path(cfg.root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"data.root {root} does not exist or is not a folder; point it at a folder with train/<class>/ images.")
+    train_dir, test_dir = root / "train", root / "test"
+    if not train_dir.is_dir():
+        raise UserError(f"{root} has no train/ folder; put the training images in {train_dir}/<class>/.")
+    classes = class_folders(train_dir)
+    if not classes:
+        raise UserError(f"{train_dir} has no class folders; put each class's images in its own folder, e.g. {train_dir}/cat/.")
+    if len(classes) < 2:
+        raise UserError(f"{train_dir} has only one class folder ({classes[0]}); add a folder for at least one more class.")
+    files = list_files(train_dir, classes)
+    n_train = len(files)
+    if test_dir.is_dir():
+        if (test_classes := class_folders(test_dir)) != classes:
+            raise UserError(f"{test_dir} has classes {test_classes} but {train_dir} has {classes}; give both the same class folders.")
+        files += list_files(test_dir, classes)
+    paths, labels = [p for p, _ in files], np.array([label for _, label in files], dtype=np.int64)
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
+    x, ok = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, cfg)}.pt")
+    bad = [p for p, good in zip(paths, ok) if not good]
+    if len(bad) > cfg.max_bad_fraction * len(paths):
+        raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0]}), more than "
+                        f"data.max_bad_fraction = {cfg.max_bad_fraction}; fix or remove them.")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable images under {root}: {', '.join(map(str, bad[:3]))}")
+
+    is_train = np.arange(len(paths)) < n_train
+    tx, ty = x[ok & is_train], labels[ok & is_train]
+    for name, count in zip(classes, np.bincount(ty, minlength=len(classes))):
+        if count < 2:
+            raise UserError(f"class {name!r} has {count} readable image(s) in {train_dir / name}; "
+                            "add images so it has at least 2 (one for training, one for validation).")
+    train, val = stratified_split(ty, cfg.val_fraction, seed)
+    tx, ty = torch.from_numpy(tx), torch.from_numpy(ty)
+    test = ok & ~is_train
+    test_x, test_y = (torch.from_numpy(x[test]), torch.from_numpy(labels[test])) if n_train < len(paths) else (None, None)
+    return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad))
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        images = sorted(p for p in (folder / name).iterdir()
+                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise UserError(f"class folder {folder / name} has no images ({' '.join(IMAGE_EXTENSIONS)}); "
+                            "add some or remove the folder.")
+        files += [(p, label) for p in images]
+    return files
+
+
+def cache_key(root: Path, paths: list[Path], cfg: DataConfig) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION} {root} {cfg.image_size} {cfg.grayscale}\n".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir(root: Path) -> Path:
+    d = root / ".tuner-cache"
+    try:
+        d.mkdir(exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / "tuner-cache"
+
+
+def decode_all(paths: list[Path], cfg: DataConfig, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All images as uint8 (N, C, S, S) plus a mask of the ones that decoded; from cache if there."""
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if len(saved["ok"]) == len(paths):
+                return saved["x"].numpy(), saved["ok"].numpy()
+        except Exception:  # a torn or foreign cache file is just a miss
+            pass
+    s, mode = cfg.image_size, "L" if cfg.grayscale else "RGB"
+    x = np.zeros((len(paths), len(mode), s, s), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert(mode).resize((s, s), Image.Resampling.BILINEAR))
+        except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...) on bad files
+            continue
+        x[i], ok[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1), True
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        torch.save({"x": torch.from_numpy(x), "ok": torch.from_numpy(ok)}, tmp)
+        os.replace(tmp, cache)  # atomic, so concurrent trials never read half a file
+    except OSError as e:
+        warnings.warn(f"could not write the image cache {cache}: {e}")
+    return x, ok
