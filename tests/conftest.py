@@ -1,0 +1,69 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMOKE = """
+[study]
+name = "smoke"
+n_trials = {n_trials}
+seed = 0
+n_startup_trials = 2
+heartbeat_interval = 2
+grace_period = 6
+
+[data]
+kind = "synthetic"
+n_samples = 400
+image_size = 16
+rare_fraction = 0.1
+
+[train]
+epochs = {epochs}
+batch_size = 32
+device = "cpu"
+
+[search]
+gamma = [0.0, 5.0]
+alpha = [0.05, 0.95]
+
+[pruner]
+kind = "{pruner}"
+n_startup_trials = 1
+n_warmup_steps = 0
+"""
+
+
+def write_study(folder: Path, n_trials: int = 6, epochs: int = 3, pruner: str = "median", name: str = "smoke.toml") -> Path:
+    path = folder / name
+    path.write_text(SMOKE.format(n_trials=n_trials, epochs=epochs, pruner=pruner))
+    return path
+
+
+def tuner(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real command line in a separate process, as a user would."""
+    full_env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """One 'error:' line on stderr, exit 2, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def postgres_url():
+    url = os.environ.get("TUNER_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL: set TUNER_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    return url

@@ -1,0 +1,81 @@
+import pytest
+
+from tuner.config import StudyConfig, apply_override, from_dict, load_config
+from tuner.errors import UserError
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("name", ["digits-rare", "medical-imagefolder", "synthetic-smoke"])
+def test_bundled_study_files_are_valid(name):
+    cfg = load_config(ROOT / "studies" / f"{name}.toml")
+    assert cfg.study.n_trials >= 1 and cfg.search.gamma[0] >= 0
+
+
+def test_overrides_are_read_as_toml_values_else_strings():
+    cfg = load_config(ROOT / "studies" / "digits-rare.toml",
+                      ["train.epochs=2", "search.gamma=[0.5, 3.0]", "train.amp=true", "data.root=/x/y", "train.lr=1e-2"])
+    assert cfg.train.epochs == 2 and cfg.search.gamma == (0.5, 3.0) and cfg.train.amp is True
+    assert cfg.data.root == "/x/y" and cfg.train.lr == 0.01
+
+
+def test_stored_dict_round_trips():
+    cfg = load_config(ROOT / "studies" / "digits-rare.toml")
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_integer_is_accepted_where_a_number_is_expected():
+    assert from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"train": {"epoch": 3}}, ["train.epoch", "unknown key"]),
+    ({"trian": {}}, ["[trian]", "unknown section"]),
+    ({"train": {"epochs": "3"}}, ["train.epochs", "integer"]),
+    ({"train": {"amp": 1}}, ["train.amp", "true or false"]),
+    ({"search": {"gamma": [-1.0, 2.0]}}, ["search.gamma", "0 <= low"]),
+    ({"search": {"gamma": [3.0, 1.0]}}, ["search.gamma"]),
+    ({"search": {"gamma": [1.0]}}, ["search.gamma", "range"]),
+    ({"search": {"alpha": [0.1, 1.5]}}, ["search.alpha"]),
+    ({"search": {"alpha": [-0.1, 0.5]}}, ["search.alpha"]),
+    ({"study": {"metric": "accuracy"}}, ["study.metric", "average_precision"]),
+    ({"study": {"n_trials": 0}}, ["study.n_trials"]),
+    ({"study": {"sampler": "cmaes"}}, ["study.sampler"]),
+    ({"pruner": {"kind": "threshold"}}, ["pruner.kind"]),
+    ({"train": {"device": "tpu"}}, ["train.device"]),
+    ({"model": {"kind": "vit"}}, ["model.kind"]),
+    ({"data": {"kind": "mnist"}}, ["data.kind"]),
+    ({"data": {"image_size": 2}}, ["data.image_size"]),
+    ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),
+])
+def test_invalid_values_name_their_key(raw, words):
+    with pytest.raises(UserError) as e:
+        from_dict(raw)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unknown_override_key_is_an_error_like_in_the_file():
+    with pytest.raises(UserError, match="train.epoch"):
+        load_config(ROOT / "studies" / "digits-rare.toml", ["train.epoch=3"])
+
+
+def test_malformed_override_says_the_form():
+    with pytest.raises(UserError, match="SECTION.KEY=VALUE"):
+        apply_override({}, "epochs")
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study]\nname = \n")
+    with pytest.raises(UserError, match=r"bad.toml is not valid TOML.*line 2"):
+        load_config(bad)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_defaults_are_a_valid_config():
+    assert from_dict({}) == StudyConfig()

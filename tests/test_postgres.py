@@ -1,0 +1,63 @@
+"""Many workers on one PostgreSQL: the driver's workers plus a `tuner worker` from elsewhere."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import assert_user_error, tuner, write_study
+
+
+@pytest.fixture
+def pg_study(postgres_url):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    yield postgres_url, name
+    try:
+        optuna.delete_study(study_name=name, storage=postgres_url)
+    except KeyError:
+        pass
+
+
+def test_driver_and_separate_worker_finish_a_study(pg_study, tmp_path):
+    url, name = pg_study
+    study_file = write_study(tmp_path, n_trials=8, epochs=2)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
+                               "--storage", url, "--study-name", name],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(120):
+        if name in optuna.get_all_study_names(url):
+            break
+        time.sleep(0.5)
+    elsewhere = tmp_path / "other-host"
+    elsewhere.mkdir()  # no study file here: the worker reads the settings from the storage
+    worker = tuner("worker", "--storage", url, "--study-name", name, cwd=elsewhere, timeout=300)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    states = [t.state for t in trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 8
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    params = [(t.params["gamma"], t.params["alpha"]) for t in trials]
+    assert len(params) == len(set(params))
+    assert len({t.user_attrs["worker"] for t in trials}) == 3
+
+
+def test_unreachable_postgres_is_one_line_and_hides_the_password(tmp_path):
+    study_file = write_study(tmp_path)
+    proc = tuner("start-study", str(study_file), "--storage", "postgresql+psycopg://bob:hunter2@127.0.0.1:9/db",
+                 cwd=tmp_path)
+    assert_user_error(proc, "cannot open storage", "bob:***@127.0.0.1:9")
+    assert "hunter2" not in proc.stdout + proc.stderr
+
+
+def test_unknown_database_is_one_line(postgres_url, tmp_path):
+    url = postgres_url.rsplit("/", 1)[0] + "/no_such_db_here"
+    proc = tuner("status", "--storage", url, cwd=tmp_path)
+    assert_user_error(proc, "no_such_db_here")

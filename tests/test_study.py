@@ -1,0 +1,155 @@
+"""Whole studies through the real command line: worker processes, SQLite, torch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from conftest import tuner, write_study
+
+
+def load(folder, name="smoke"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'tuner.db'}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One full study with 2 worker processes and an aggressive median pruner."""
+    folder = tmp_path_factory.mktemp("study")
+    study_file = write_study(folder, n_trials=8, epochs=3)
+    proc = tuner("start-study", str(study_file), "--workers", "2", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder, proc
+
+
+def test_study_ends_with_exactly_n_trials_finished(finished):
+    folder, _ = finished
+    states = [t.state for t in load(folder).trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 8
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+
+
+def test_both_workers_ran_trials(finished):
+    folder, _ = finished
+    workers = {t.user_attrs.get("worker") for t in load(folder).trials}
+    assert len(workers) == 2
+
+
+def test_reference_trials_are_present(finished):
+    folder, _ = finished
+    refs = {(t.params["gamma"], t.params["alpha"]) for t in load(folder).trials if "reference" in t.user_attrs}
+    assert refs == {(0.0, 0.5), (2.0, 0.25)}
+
+
+def test_every_epoch_is_reported(finished):
+    folder, _ = finished
+    for t in load(folder).trials:
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
+        if t.state == TrialState.COMPLETE:
+            assert t.user_attrs["epochs"] == 3 and t.value == t.intermediate_values[3]
+        for key in ("balanced_accuracy", "macro_f1", "loss", "seed", "duration_s"):
+            assert key in t.user_attrs
+
+
+def test_aggressive_pruner_prunes_hopeless_trials(finished):
+    folder, _ = finished
+    pruned = [t for t in load(folder).trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["prune_reason"].startswith(("pruner", "diverged")) for t in pruned)
+
+
+def test_parallel_workers_do_not_propose_duplicates(finished):
+    folder, _ = finished
+    params = [(t.params["gamma"], t.params["alpha"]) for t in load(folder).trials]
+    assert len(params) == len(set(params))
+
+
+def test_driver_prints_best_trial_with_test_metrics(finished):
+    folder, proc = finished
+    assert "best trial" in proc.stdout and "test set" in proc.stdout and "balanced accuracy" in proc.stdout
+
+
+def test_best_json(finished):
+    folder, _ = finished
+    proc = tuner("best", "--json", "--study-name", "smoke", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)
+    study = load(folder)
+    assert best["trial"] == study.best_trial.number and best["value"] == study.best_value
+    assert best["metric"] == "average_precision" and set(best["params"]) == {"gamma", "alpha"}
+    assert best["test"]["trial"] == best["trial"] and 0 <= best["test"]["balanced_accuracy"] <= 1
+    assert len(best["references"]) == 2
+
+
+def test_best_model_file_reloads_with_weights_only(finished):
+    folder, _ = finished
+    best = load(folder).best_trial
+    payload = torch.load(folder / "tuner-artifacts" / "smoke" / f"trial-{best.number}.pt", weights_only=True)
+    assert payload["params"] == best.params and payload["trial"] == best.number
+    assert len(list((folder / "tuner-artifacts" / "smoke").glob("*.pt"))) <= 3
+
+
+def test_status_table(finished):
+    folder, _ = finished
+    proc = tuner("status", cwd=folder)  # the storage holds one study: no name needed
+    assert proc.returncode == 0, proc.stderr
+    assert "PRUNED" in proc.stdout and "COMPLETE" in proc.stdout and "cross-entropy" in proc.stdout
+
+
+def test_dashboard_serves_the_study(finished):
+    folder, _ = finished
+    port = 18000 + os.getpid() % 1000
+    env = {**os.environ, "TUNER_STORAGE": f"sqlite:///{folder / 'tuner.db'}"}
+    server = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--port", str(port)], cwd=folder, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
+        assert names == ["smoke"]
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_resume_after_the_driver_is_stopped(tmp_path):
+    study_file = write_study(tmp_path, n_trials=6, epochs=3, pruner="none")
+    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "tuner.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # stop once a trial has finished and others are running
+        time.sleep(0.5)
+        if "smoke" in optuna.get_all_study_names(f"sqlite:///{db}"):
+            states = [t.state for t in load(tmp_path).trials]
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130, out
+    stopped = load(tmp_path).trials
+    assert TrialState.RUNNING not in [t.state for t in stopped]  # interrupted trials are queued again
+    finished_before = sum(t.state == TrialState.COMPLETE for t in stopped)
+    assert finished_before < 6
+
+    proc = tuner("start-study", str(study_file), "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = load(tmp_path).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+    interrupted = [t for t in trials if t.user_attrs.get("stop_reason") == "interrupted"]
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs and t.state == TrialState.COMPLETE}
+    assert {t.number for t in interrupted} <= retried

@@ -1,0 +1,57 @@
+"""Trained models on disk: one file per finished trial, the best few kept.
+
+A file holds only tensors and plain values, so ``torch.load(path, weights_only=True)`` reads it.
+"""
+
+import os
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tuner.config import StudyConfig
+
+KEEP = 3
+
+
+def trial_path(cfg: StudyConfig, study_name: str, number: int) -> Path:
+    return Path(cfg.study.artifacts) / study_name / f"trial-{number}.pt"
+
+
+def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -> Path:
+    """Write then rename, so a reader never sees half a file."""
+    path = trial_path(cfg, study_name, number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
+                  "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
+        "classes": list(data.classes),
+        "params": {"gamma": gamma, "alpha": alpha},
+        "seed": seed,
+        "trial": number,
+        "config": cfg.to_dict(),
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    from tuner.models import build_model
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    m = payload["model"]
+    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+    model.load_state_dict(payload["state_dict"])
+    return model, payload
+
+
+def keep_best(cfg: StudyConfig, study: optuna.Study, keep: int = KEEP) -> None:
+    """Delete the files of finished trials outside the best ``keep``, to bound disk use."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done.sort(key=lambda t: t.value, reverse=True)
+    for t in done[keep:]:
+        trial_path(cfg, study.study_name, t.number).unlink(missing_ok=True)

@@ -1,0 +1,183 @@
+"""The ``tuner`` command. Thin: parse, call the module that does the work, print."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.exceptions import TyperException
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Tune focal-loss gamma and alpha with parallel Optuna workers.")
+out = Console(width=120, highlight=False)
+
+Storage = Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL [default: $TUNER_STORAGE or sqlite:///tuner.db]", show_default=False)]
+StudyName = Annotated[Optional[str], typer.Option("--study-name", help="study in the storage (optional when it holds just one)")]
+
+
+def _url(storage: str | None) -> str:
+    from tuner.storage import default_url
+
+    return storage or default_url()
+
+
+def _study(url: str, name: str | None):
+    import optuna
+
+    from tuner.storage import mask, open_storage
+    from tuner.study import load
+
+    if name is None:
+        names = optuna.get_all_study_names(open_storage(url))
+        if len(names) != 1:
+            found = f"it holds {', '.join(names)}" if names else "it holds none"
+            raise UserError(f"pass --study-name: {mask(url)} {found}")
+        name = names[0]
+    return load(url, name)
+
+
+@app.command("start-study")
+def start_study(
+    study_file: Annotated[Path, typer.Argument(help="TOML study file, e.g. studies/digits-rare.toml")],
+    storage: Storage = None,
+    study_name: Annotated[Optional[str], typer.Option(help="default: [study] name of the file")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
+    n_trials: Annotated[Optional[int], typer.Option(help="finished trials to reach [default: study.n_trials]")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+):
+    """Create (or resume) a study and run workers until it has n_trials finished trials."""
+    from tuner.config import load_config
+
+    if workers < 1:
+        raise UserError(f"--workers must be 1 or more, got {workers}")
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    cfg = load_config(study_file, set_ or [])
+
+    from tuner import results, workers as workers_mod
+    from tuner.data import load_data
+    from tuner.storage import mask
+    from tuner.study import counts, create_or_resume
+
+    url, name = _url(storage), study_name or cfg.study.name
+    data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
+    study, notes = create_or_resume(cfg, url, name, n_trials)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    c = counts(study)
+    out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
+              f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
+    try:
+        code = workers_mod.launch(url, name, workers, device)
+    except KeyboardInterrupt:
+        out.print("stopped; run the same command again to resume")
+        raise typer.Exit(130)
+    if code != 0:
+        raise UserError(f"a worker exited with status {code}; see its output above")
+    test = results.evaluate_best_on_test(study, cfg)
+    _print_best(results.best_summary(study, cfg) | {"test": test})
+
+
+def _print_best(s: dict) -> None:
+    c = s["counts"]
+    out.print(f"\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
+    p = s["params"]
+    out.print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with gamma {p['gamma']:.3f}, alpha {p['alpha']:.3f}")
+    for r in s["references"]:
+        value = "-" if r["value"] is None else f"{r['value']:.4f}"
+        out.print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
+    t = s["test"]
+    if t:
+        out.print(f"test set ({t['n']} images, {t['source']}): average precision {t['average_precision']:.4f}, "
+                  f"balanced accuracy {t['balanced_accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, confusion {t['confusion_matrix']}")
+
+
+@app.command()
+def worker(
+    study_name: Annotated[str, typer.Option(help="the study to join")],
+    storage: Storage = None,
+    n_trials: Annotated[Optional[int], typer.Option(help="stop after this many trials of this worker")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the study's train.device]")] = None,
+    worker_index: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+    threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
+):
+    """Join a study that exists (from any machine) and run its trials."""
+    from tuner.workers import run_worker
+
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    run_worker(_url(storage), study_name, worker_index, device, threads, n_trials)
+
+
+@app.command()
+def status(storage: Storage = None, study_name: StudyName = None):
+    """A table of the study's trials."""
+    from tuner.results import status_rows
+    from tuner.study import counts
+
+    study = _study(_url(storage), study_name)
+    table = Table("trial", "state", "gamma", "alpha", "value", "epochs", "duration", "note", title=f"study {study.study_name}")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in status_rows(study):
+        table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r["alpha"], ".3f"), fmt(r["value"], ".4f"),
+                      str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
+    out.print(table)
+    c = counts(study)
+    out.print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
+
+
+@app.command()
+def best(storage: Storage = None, study_name: StudyName = None,
+         as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False):
+    """The best trial: value, metric, gamma/alpha, trial number."""
+    from tuner.results import best_summary
+    from tuner.study import stored_config
+
+    study = _study(_url(storage), study_name)
+    summary = best_summary(study, stored_config(study))
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print_best(summary)
+
+
+@app.command()
+def dashboard(storage: Storage = None,
+              host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(help="port")] = 8080):
+    """optuna-dashboard on the same storage."""
+    import optuna_dashboard
+
+    from tuner.storage import mask, open_storage
+
+    url = _url(storage)
+    st = open_storage(url)
+    out.print(f"dashboard for {mask(url)} on http://{host}:{port}/ (Ctrl-C stops)")
+    try:
+        optuna_dashboard.run_server(st, host=host, port=port)
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port}: {e.strerror}; pick another --port")
+
+
+def main() -> None:
+    try:
+        code = app(sys.argv[1:] or ["--help"], standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except TyperException as e:  # the command line itself is wrong: unknown option, bad integer...
+        ctx = getattr(e, "ctx", None)
+        where = f"tuner {ctx.info_name} --help" if ctx and ctx.info_name not in (None, "tuner") else "tuner --help"
+        print(f"error: {e.format_message()} (see {where})", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # typer returns the code of typer.Exit here

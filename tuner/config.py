@@ -1,0 +1,216 @@
+"""Study files: TOML in, validated frozen dataclasses out; every error names the key.
+
+Example::
+
+    >>> cfg = load_config("studies/digits-rare.toml", overrides=["train.epochs=2"])
+    >>> cfg.train.epochs
+    2
+"""
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.data import DataConfig, check_config
+from tuner.errors import UserError
+
+METRICS = ("average_precision", "balanced_accuracy", "macro_f1")
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "successive_halving", "none")
+MODELS = ("simple_cnn", "resnet")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str = "tuner-study"
+    metric: str = "average_precision"
+    n_trials: int = 16
+    seed: int = 0
+    sampler: str = "tpe"
+    n_startup_trials: int = 6  # TPE: random trials before the model kicks in
+    grid_points: int = 4  # grid: values per parameter
+    reference_trials: bool = True
+    heartbeat_interval: int = 10  # seconds; 0 turns heartbeats off
+    grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
+    artifacts: str = "tuner-artifacts"  # where trial checkpoints go
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "simple_cnn"
+    width: int = 16  # channels of the first conv; later layers scale from it
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    device: str = "auto"
+    amp: bool = False
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    gamma: tuple[float, float] = (0.0, 5.0)
+    alpha: tuple[float, float] = (0.05, 0.95)
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    kind: str = "median"
+    n_startup_trials: int = 4  # median: trials finished before any pruning
+    n_warmup_steps: int = 1  # median: epochs never pruned
+    min_resource: int = 1  # hyperband / successive_halving
+    reduction_factor: int = 3  # hyperband / successive_halving
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    study: StudySection = field(default_factory=StudySection)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, stored with the study so any worker can rebuild the config."""
+        return {
+            name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sec).items()}
+            for name, sec in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+        }
+
+    def search_space(self) -> dict[str, Any]:
+        """What must match for two runs to share a study."""
+        return {"metric": self.study.metric, **self.to_dict()["search"]}
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(StudyConfig)}
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    """Read a study file, apply ``KEY=VALUE`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"study file {path} does not exist; pass the path of a .toml file such as studies/digits-rare.toml")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read study file {path}: {e}")
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"study file {path} is not valid TOML: {e}")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw, source=str(path))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """``section.key=value``; the value is read as TOML when it parses as TOML, else as a string."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise UserError(f"--set {item!r} is not of the form SECTION.KEY=VALUE, e.g. --set train.epochs=3")
+    section, name = parts
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    if section in SECTIONS and not isinstance(raw.get(section, {}), dict):
+        raise UserError(f"[{section}] in the study file must be a table")
+    raw.setdefault(section, {})[name] = value
+
+
+def from_dict(raw: dict[str, Any], source: str = "study file") -> StudyConfig:
+    """Build and validate a StudyConfig from parsed TOML (or a stored ``to_dict()``)."""
+    for section in raw:
+        if section not in SECTIONS:
+            raise UserError(f"unknown section [{section}] in {source}; known sections: {', '.join(SECTIONS)}")
+    sections = {}
+    for section, factory in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise UserError(f"{section} in {source} must be a table [{section}]")
+        sections[section] = _build(factory, section, values, source)
+    cfg = StudyConfig(**sections)
+    _validate(cfg)
+    return cfg
+
+
+def _build(cls, section: str, values: dict, source: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"unknown key {section}.{key} in {source}; known keys of [{section}]: {', '.join(known)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, known[key].default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check a value against the type of its default."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        want = "a number"
+    elif isinstance(default, tuple):
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        )
+        value = tuple(float(v) for v in value) if ok else value
+        want = "a range [low, high] of two numbers"
+    else:
+        ok = isinstance(value, str)
+        want = "a string"
+    if not ok:
+        raise UserError(f"{key} must be {want}, got {value!r}")
+    return value
+
+
+def _validate(cfg: StudyConfig) -> None:
+    def need(ok: bool, key: str, value: Any, what: str) -> None:
+        if not ok:
+            raise UserError(f"{key} = {value!r} is invalid: {what}")
+
+    s, t, p = cfg.study, cfg.train, cfg.pruner
+    need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", s.name)), "study.name", s.name, "use letters, digits, '-', '_', '.'")
+    need(s.metric in METRICS, "study.metric", s.metric, f"choose one of {', '.join(METRICS)}")
+    need(s.n_trials >= 1, "study.n_trials", s.n_trials, "need at least 1 trial")
+    need(s.sampler in SAMPLERS, "study.sampler", s.sampler, f"choose one of {', '.join(SAMPLERS)}")
+    need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
+    need(s.grid_points >= 1, "study.grid_points", s.grid_points, "must be >= 1")
+    need(s.heartbeat_interval >= 0, "study.heartbeat_interval", s.heartbeat_interval, "seconds, >= 0 (0 turns heartbeats off)")
+    need(s.grace_period > s.heartbeat_interval, "study.grace_period", s.grace_period, "must be longer than study.heartbeat_interval")
+    need(bool(s.artifacts), "study.artifacts", s.artifacts, "give a folder for checkpoints")
+    need(cfg.model.kind in MODELS, "model.kind", cfg.model.kind, f"choose one of {', '.join(MODELS)}")
+    need(1 <= cfg.model.width <= 512, "model.width", cfg.model.width, "must be between 1 and 512")
+    need(t.epochs >= 1, "train.epochs", t.epochs, "need at least 1 epoch")
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    need(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+    need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device)), "train.device", t.device, "use auto, cpu, cuda or cuda:N")
+    lo, hi = cfg.search.gamma
+    need(0 <= lo <= hi <= 20, "search.gamma", [lo, hi], "need 0 <= low <= high <= 20")
+    lo, hi = cfg.search.alpha
+    need(0 <= lo <= hi <= 1, "search.alpha", [lo, hi], "alpha is a class weight: need 0 <= low <= high <= 1")
+    need(p.kind in PRUNERS, "pruner.kind", p.kind, f"choose one of {', '.join(PRUNERS)}")
+    need(p.n_startup_trials >= 0, "pruner.n_startup_trials", p.n_startup_trials, "must be >= 0")
+    need(p.n_warmup_steps >= 0, "pruner.n_warmup_steps", p.n_warmup_steps, "must be >= 0")
+    need(p.min_resource >= 1, "pruner.min_resource", p.min_resource, "must be >= 1")
+    need(p.reduction_factor >= 2, "pruner.reduction_factor", p.reduction_factor, "must be >= 2")
+    check_config(cfg.data)

@@ -1,0 +1,109 @@
+"""Where studies live: SQLAlchemy URLs (SQLite file by default, PostgreSQL for many machines).
+
+>>> mask("postgresql+psycopg://tuner:secret@db:5432/tuner")
+'postgresql+psycopg://tuner:***@db:5432/tuner'
+"""
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import warnings
+import zlib
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from tuner.errors import UserError
+
+DEFAULT_URL = "sqlite:///tuner.db"
+# Heartbeats and stale-trial sweeps are marked experimental; they are what keeps a dead worker's
+# trial from hanging, so we use them and keep the warning out of every worker's output.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def default_url() -> str:
+    return os.environ.get("TUNER_STORAGE") or DEFAULT_URL
+
+
+def mask(url: str) -> str:
+    """The URL with its password hidden, for every line we print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) -> optuna.storages.RDBStorage:
+    """An RDBStorage set up for many concurrent worker processes, or a UserError saying why not."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise UserError(f"storage URL {mask(url)!r} is not a database URL; use e.g. sqlite:///tuner.db or postgresql+psycopg://user@host/db")
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        # Workers write at the same time: wait for the lock instead of failing at once, and let
+        # readers (dashboard, status) read while a writer writes.
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+        if parsed.database and parsed.database != ":memory:":
+            _sqlite_wal(Path(parsed.database))
+    elif backend == "postgresql":
+        # Many processes on a few hosts: keep each one's pool small, and survive server restarts.
+        engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300,
+                         "connect_args": {"connect_timeout": 10}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    hb = {}
+    if heartbeat_interval > 0:
+        hb = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+    except ImportError as e:
+        raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); PostgreSQL needs postgresql+psycopg://")
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UserError(f"cannot open storage {mask(url)}: {_strip_password(reason, parsed)}; check the URL and that the database is running")
+
+
+def _strip_password(text: str, parsed) -> str:
+    return text.replace(parsed.password, "***") if parsed.password else text
+
+
+def _sqlite_wal(path: Path) -> None:
+    if not path.parent.exists():
+        raise UserError(f"cannot open storage sqlite:///{path}: folder {path.parent} does not exist")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=120)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as e:
+        raise UserError(f"cannot open storage sqlite:///{path}: {e}; is it an SQLite database file?")
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.RDBStorage, study_name: str):
+    """Serialises "count the trials, then ask for one" across all workers of a study, on any host,
+    so a study ends with exactly n_trials finished trials instead of a few more."""
+    url = storage.engine.url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        with open(f"{url.database}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+    elif url.get_backend_name() == "postgresql":
+        key = zlib.crc32(study_name.encode())
+        with storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        yield

@@ -1,0 +1,139 @@
+"""The study layer: storage, sampler, pruner, reference trials. It knows nothing about torch.
+
+>>> cfg = load_config("studies/synthetic-smoke.toml")            # doctest: +SKIP
+>>> study = create_or_resume(cfg, "sqlite:///tuner.db", cfg.study.name)
+>>> study, cfg, storage = open_for_worker("sqlite:///tuner.db", cfg.study.name, worker_index=0)
+>>> trial = claim_trial(study, cfg, storage)                  # None once the study is full
+"""
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from tuner import config as config_mod
+from tuner.config import StudyConfig
+from tuner.errors import UserError
+from tuner.storage import mask, open_storage, study_lock
+
+CONFIG_ATTR = "tuner_config"
+TARGET_ATTR = "n_trials"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+REFERENCES = (
+    ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy (gamma=0)"),
+    ({"gamma": 2.0, "alpha": 0.25}, "focal default (gamma=2, alpha=0.25)"),
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
+    return {"gamma": FloatDistribution(*cfg.search.gamma), "alpha": FloatDistribution(*cfg.search.alpha)}
+
+
+def make_sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """Each worker passes its own seed: equal seeds make parallel TPE workers propose duplicates."""
+    s = cfg.study
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "grid":
+        space = {k: np.linspace(lo, hi, s.grid_points).tolist() for k, (lo, hi) in cfg.to_dict()["search"].items()}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True, seed=seed)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=cfg.train.epochs, reduction_factor=p.reduction_factor)
+    if p.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None) -> tuple[optuna.Study, list[str]]:
+    """Create the study, or resume it when it exists with the same search space.
+
+    Returns the study and notes for the user (settings kept from the stored study).
+    """
+    storage = open_storage(url)
+    notes = []
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is None:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+        study.set_metric_names([cfg.study.metric])
+        if cfg.study.reference_trials:
+            for params, label in REFERENCES:
+                if all(lo <= params[k] <= hi for k, (lo, hi) in cfg.to_dict()["search"].items()):
+                    study.enqueue_trial(params, user_attrs={"reference": label})
+    else:
+        stored = stored_config(existing)
+        if stored.search_space() != cfg.search_space():
+            raise UserError(
+                f"study {name!r} already exists in {mask(url)} with another search space "
+                f"({stored.search_space()} vs {cfg.search_space()}); pass a new --study-name or use the stored settings"
+            )
+        changed = [f"{sec}.{k}" for sec, vals in cfg.to_dict().items() for k, v in vals.items()
+                   if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in ("study.n_trials", "data.root")]
+        if changed:
+            notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
+        study = existing
+    study.set_user_attr(TARGET_ATTR, n_trials or cfg.study.n_trials)
+    return study, notes
+
+
+def load(url: str, name: str) -> optuna.Study:
+    """An existing study, or a UserError listing the studies that do exist."""
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        known = f"studies there: {', '.join(names)}" if names else "it holds no studies yet; run tuner start-study first"
+        raise UserError(f"no study named {name!r} in {mask(url)}; {known}")
+
+
+def stored_config(study: optuna.Study) -> StudyConfig:
+    raw = study.user_attrs.get(CONFIG_ATTR)
+    if raw is None:
+        raise UserError(f"study {study.study_name!r} was not created by tuner (it has no stored settings)")
+    return config_mod.from_dict(raw, source=f"the settings stored with study {study.study_name!r}")
+
+
+def open_for_worker(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
+    """The study with this worker's own sampler seed, the shared pruner, and heartbeats."""
+    cfg = stored_config(load(url, name))
+    storage = open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period)
+    sampler = make_sampler(cfg, seed=cfg.study.seed * 1000 + worker_index + 1)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
+    return study, cfg, storage
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    out = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] += 1
+    out["FINISHED"] = out["COMPLETE"] + out["PRUNED"]
+    return out
+
+
+def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> optuna.Trial | None:
+    """Ask for the next trial, or None when the study has (or is running) all it needs.
+
+    Queued trials (reference trials, retries of dead ones) always run; new ones are asked only
+    while finished + running + queued is below the study's target.
+    """
+    with study_lock(storage, study.study_name):
+        optuna.storages.fail_stale_trials(study)
+        c = counts(study)
+        target = study.user_attrs.get(TARGET_ATTR, cfg.study.n_trials)
+        if c["WAITING"] == 0 and c["FINISHED"] + c["RUNNING"] >= target:
+            return None
+        return study.ask(distributions(cfg))

@@ -1,0 +1,131 @@
+"""One trial: train a focal-loss CNN with a given gamma/alpha, evaluate on validation each epoch.
+
+The trainer knows nothing of Optuna: it calls ``report(epoch, metrics)`` after every epoch and
+stops when that returns True. The data stay on the device as uint8 tensors; a batch is an index
+slice, so no decoding or DataLoader work happens inside the loop.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tuner.config import StudyConfig
+from tuner.data import Splits
+from tuner.losses import focal_loss
+from tuner.metrics import scores
+from tuner.models import build_model
+
+Reporter = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrialResult:
+    state: str  # "complete", "pruned" (report said stop) or "diverged" (loss not finite)
+    value: float | None  # the study metric at the last epoch run
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available here")
+    return torch.device(name)
+
+
+def class_weights(alpha: float | None, counts: list[int]) -> float | list[float] | None:
+    """The trial's scalar alpha as the loss wants it: with two classes, alpha for class 1 (the
+    rare class of the built-in data) and 1 - alpha for class 0; with more, alpha for the rarest
+    class and 1 - alpha for the others."""
+    if alpha is None or len(counts) == 2:
+        return alpha
+    rarest = counts.index(min(counts))
+    return [alpha if c == rarest else 1.0 - alpha for c in range(len(counts))]
+
+
+def prepare(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [-1, 1], the tutorial's Normalize(0.5, 0.5)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for all images, in evaluation mode."""
+    model.eval()
+    out = torch.cat([model(prepare(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+    model.train()
+    return out.squeeze(1) if out.shape[1] == 1 else out
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if logits.dim() == 1 else torch.softmax(logits, dim=1)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha) -> dict[str, float]:
+    logits = predict(model, x).float()
+    target = y.float() if logits.dim() == 1 else y
+    loss = focal_loss(logits, target, gamma, alpha).item()
+    if not math.isfinite(loss) or not torch.isfinite(logits).all():
+        return {"loss": float("nan")}
+    return {**scores(probabilities(logits), y), "loss": loss}
+
+
+def train_trial(
+    cfg: StudyConfig,
+    data: Splits,
+    gamma: float,
+    alpha: float | None,
+    seed: int,
+    report: Reporter | None = None,
+    device: torch.device | None = None,
+    order_seed: int | None = None,
+) -> TrialResult:
+    """Train one model; ``seed`` fixes its initial weights, ``order_seed`` (default: seed) the
+    batch order, so fused and separate runs can be compared batch for batch."""
+    device = device or pick_device(cfg.train.device)
+    t = cfg.train
+    torch.manual_seed(seed)
+    counts = data.class_counts()
+    weights = class_weights(alpha, counts)
+    model = build_model(cfg.model.kind, data.channels, cfg.data.image_size, counts, cfg.model.width).to(device)
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    else:
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        opt = cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    binary = len(counts) == 2
+    order = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
+    result = TrialResult("complete", None, model)
+
+    for epoch in range(1, t.epochs + 1):
+        total = torch.zeros((), device=device)
+        for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
+            idx = idx.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+                logits = model(prepare(x[idx]))
+            logits = logits.float().squeeze(1) if binary else logits.float()
+            loss = focal_loss(logits, y[idx].float() if binary else y[idx], gamma, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights)
+        metrics["train_loss"] = total.item() * t.batch_size / len(x)
+        if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
+            result.state = "diverged"
+            return result
+        result.history.append(metrics)
+        result.value = metrics[cfg.study.metric]
+        if report is not None and report(epoch, metrics) and epoch < t.epochs:
+            result.state = "pruned"
+            return result
+    return result
