@@ -45,8 +45,8 @@ def test_missing_data_root(study_file):
     assert_user_error(proc, "/no/such/dir")
 
 
-@pytest.mark.parametrize("workers", ["0", "-2"])
-def test_workers_must_be_positive(study_file, workers):
+@pytest.mark.parametrize("workers", ["-1", "-2"])
+def test_workers_must_not_be_negative(study_file, workers):
     assert_user_error(tuner("start-study", str(study_file), "--workers", workers, cwd=study_file.parent), "--workers")
 
 

@@ -61,3 +61,32 @@ def test_unknown_database_is_one_line(postgres_url, tmp_path):
     url = postgres_url.rsplit("/", 1)[0] + "/no_such_db_here"
     proc = tuner("status", "--storage", url, cwd=tmp_path)
     assert_user_error(proc, "no_such_db_here")
+
+
+def test_postgres_restart_mid_study_loses_nothing(pg_study, tmp_path):
+    url, name = pg_study
+    version = sorted(os.listdir("/etc/postgresql"))[-1] if os.path.isdir("/etc/postgresql") else None
+    if version is None or os.geteuid() != 0:
+        pytest.skip("restarting PostgreSQL needs root and pg_ctlcluster (Debian's postgresql-common)")
+    study_file = write_study(tmp_path, n_trials=8, epochs=4)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
+                               "--storage", url, "--study-name", name, "--set", "data.n_samples=1200",
+                               "--set", "data.image_size=32"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if name in optuna.get_all_study_names(url):
+            states = [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
+            if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+                break
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=60)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, out
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    states = [t.state for t in trials]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 8
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    completed = [(t.params["gamma"], t.params["alpha"]) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(completed) == len(set(completed))

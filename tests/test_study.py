@@ -151,5 +151,7 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     trials = load(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
     interrupted = [t for t in trials if t.user_attrs.get("stop_reason") == "interrupted"]
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs and t.state == TrialState.COMPLETE}
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")
+               and t.state == TrialState.COMPLETE}
     assert {t.number for t in interrupted} <= retried

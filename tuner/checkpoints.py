@@ -1,4 +1,5 @@
-"""Trained models on disk: one file per finished trial, the best few kept.
+"""Trained models on disk: the state of a running trial after each epoch (so a retried trial
+resumes where its dead worker stopped), and the model of each finished trial, the best few kept.
 
 A file holds only tensors and plain values, so ``torch.load(path, weights_only=True)`` reads it.
 """
@@ -19,10 +20,34 @@ def trial_path(cfg: StudyConfig, study_name: str, number: int) -> Path:
     return Path(cfg.study.artifacts) / study_name / f"trial-{number}.pt"
 
 
-def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -> Path:
+def running_path(cfg: StudyConfig, study_name: str, origin: int) -> Path:
+    """One file per trial lineage: a retry writes where the trial it retries wrote."""
+    return Path(cfg.study.artifacts) / study_name / "running" / f"trial-{origin}.pt"
+
+
+def _write(path: Path, payload: dict) -> None:
     """Write then rename, so a reader never sees half a file."""
-    path = trial_path(cfg, study_name, number)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def save_running(path: Path, state: dict, params: dict) -> None:
+    _write(path, {**state, "params": params})
+
+
+def load_running(path: Path, params: dict) -> dict | None:
+    """The saved state of this lineage, or None (no file, unreadable, or other parameters)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    return state if state.get("params") == params else None
+
+
+def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -> Path:
+    path = trial_path(cfg, study_name, number)
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
@@ -33,9 +58,7 @@ def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -
         "trial": number,
         "config": cfg.to_dict(),
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    _write(path, payload)
     return path
 
 

@@ -46,7 +46,7 @@ def start_study(
     study_file: Annotated[Path, typer.Argument(help="TOML study file, e.g. studies/digits-rare.toml")],
     storage: Storage = None,
     study_name: Annotated[Optional[str], typer.Option(help="default: [study] name of the file")] = None,
-    workers: Annotated[int, typer.Option(help="worker processes on this machine")] = 1,
+    workers: Annotated[int, typer.Option(help="worker processes on this machine; 0: create the study and only watch")] = 1,
     n_trials: Annotated[Optional[int], typer.Option(help="finished trials to reach [default: study.n_trials]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
@@ -54,8 +54,8 @@ def start_study(
     """Create (or resume) a study and run workers until it has n_trials finished trials."""
     from tuner.config import load_config
 
-    if workers < 1:
-        raise UserError(f"--workers must be 1 or more, got {workers}")
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
     cfg = load_config(study_file, set_ or [])
@@ -74,7 +74,7 @@ def start_study(
     out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
     try:
-        code = workers_mod.launch(url, name, workers, device)
+        code = workers_mod.launch(url, name, workers, device) if workers else workers_mod.watch(url, name) or 0
     except KeyboardInterrupt:
         out.print("stopped; run the same command again to resume")
         raise typer.Exit(130)

@@ -37,6 +37,7 @@ class StudySection:
     heartbeat_interval: int = 10  # seconds; 0 turns heartbeats off
     grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
     artifacts: str = "tuner-artifacts"  # where trial checkpoints go
+    db_retry_s: int = 120  # how long workers retry while the database is unreachable
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def _validate(cfg: StudyConfig) -> None:
     need(s.heartbeat_interval >= 0, "study.heartbeat_interval", s.heartbeat_interval, "seconds, >= 0 (0 turns heartbeats off)")
     need(s.grace_period > s.heartbeat_interval, "study.grace_period", s.grace_period, "must be longer than study.heartbeat_interval")
     need(bool(s.artifacts), "study.artifacts", s.artifacts, "give a folder for checkpoints")
+    need(s.db_retry_s >= 0, "study.db_retry_s", s.db_retry_s, "seconds, >= 0")
     need(cfg.model.kind in MODELS, "model.kind", cfg.model.kind, f"choose one of {', '.join(MODELS)}")
     need(1 <= cfg.model.width <= 512, "model.width", cfg.model.width, "must be between 1 and 512")
     need(t.epochs >= 1, "train.epochs", t.epochs, "need at least 1 epoch")

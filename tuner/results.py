@@ -59,8 +59,8 @@ def status_rows(study: optuna.Study) -> list[dict]:
             "value": t.value,
             "epochs": t.user_attrs.get("epochs", 0),
             "duration_s": duration,
-            "note": t.user_attrs.get("prune_reason") or t.user_attrs.get("stop_reason") or t.user_attrs.get("error")
-                    or t.user_attrs.get("reference") or "",
+            "note": "; ".join(str(t.user_attrs[k]) for k in ("reference", "prune_reason", "stop_reason", "error")
+                              if k in t.user_attrs),
         })
     return rows
 

@@ -124,6 +124,11 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
+def target(study: optuna.Study, cfg: StudyConfig) -> int:
+    """Finished trials the study is to reach (start-study --n-trials may have raised it)."""
+    return study.user_attrs.get(TARGET_ATTR, cfg.study.n_trials)
+
+
 def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> optuna.Trial | None:
     """Ask for the next trial, or None when the study has (or is running) all it needs.
 
@@ -133,7 +138,6 @@ def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> o
     with study_lock(storage, study.study_name):
         optuna.storages.fail_stale_trials(study)
         c = counts(study)
-        target = study.user_attrs.get(TARGET_ATTR, cfg.study.n_trials)
-        if c["WAITING"] == 0 and c["FINISHED"] + c["RUNNING"] >= target:
+        if c["WAITING"] == 0 and c["FINISHED"] + c["RUNNING"] >= target(study, cfg):
             return None
         return study.ask(distributions(cfg))

@@ -19,6 +19,7 @@ from tuner.metrics import scores
 from tuner.models import build_model
 
 Reporter = Callable[[int, dict[str, float]], bool]
+Saver = Callable[[dict], None]
 
 
 @dataclass
@@ -87,9 +88,14 @@ def train_trial(
     report: Reporter | None = None,
     device: torch.device | None = None,
     order_seed: int | None = None,
+    resume: dict | None = None,
+    save: Saver | None = None,
 ) -> TrialResult:
     """Train one model; ``seed`` fixes its initial weights, ``order_seed`` (default: seed) the
-    batch order, so fused and separate runs can be compared batch for batch."""
+    batch order, so fused and separate runs can be compared batch for batch.
+
+    ``save(state)`` gets everything needed to continue after each epoch; ``resume=state`` continues
+    from it with the same weights, optimizer moments and batch order as an unbroken run."""
     device = device or pick_device(cfg.train.device)
     t = cfg.train
     torch.manual_seed(seed)
@@ -105,8 +111,16 @@ def train_trial(
     binary = len(counts) == 2
     order = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
     result = TrialResult("complete", None, model)
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        order.set_state(resume["order"])
+        result.history = list(resume["history"])
+        result.value = result.history[-1][cfg.study.metric] if result.history else None
+        first = resume["epoch"] + 1
 
-    for epoch in range(1, t.epochs + 1):
+    for epoch in range(first, t.epochs + 1):
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
             idx = idx.to(device)
@@ -125,6 +139,9 @@ def train_trial(
             return result
         result.history.append(metrics)
         result.value = metrics[cfg.study.metric]
+        if save is not None:
+            save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                  "order": order.get_state(), "history": result.history})
         if report is not None and report(epoch, metrics) and epoch < t.epochs:
             result.state = "pruned"
             return result

@@ -12,13 +12,14 @@ import zlib
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
 from tuner import checkpoints
 from tuner.data import load_data
 from tuner.errors import UserError
-from tuner.study import claim_trial, open_for_worker
+from tuner.study import claim_trial, counts, open_for_worker, target
 from tuner.train import pick_device, train_trial
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -29,18 +30,23 @@ def log(msg: str) -> None:
 
 
 class _Heartbeat(threading.Thread):
-    """Tells the storage every few seconds that this trial's worker is alive."""
+    """Tells the storage every few seconds that this trial's worker is alive, and sweeps up the
+    trials of dead workers (Optuna itself sweeps only just before an ask)."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial):
+    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial, study: optuna.Study, grace: int):
         super().__init__(daemon=True)
-        self.storage, self.trial_id = storage, trial._trial_id
+        self.storage, self.trial_id, self.study, self.grace = storage, trial._trial_id, study, grace
         self.interval = storage.get_heartbeat_interval()
         self.done = threading.Event()
 
     def run(self) -> None:
+        last_sweep = time.time()
         while not self.done.is_set():
             try:
                 self.storage.record_heartbeat(self.trial_id)
+                if time.time() - last_sweep > self.grace:
+                    optuna.storages.fail_stale_trials(self.study)
+                    last_sweep = time.time()
             except Exception:  # a missed beat is retried; the grace period covers a few
                 pass
             self.done.wait(self.interval)
@@ -92,8 +98,12 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
         f"{len(data.train_y)} train / {len(data.val_y)} val images, classes {data.classes}")
     ran = failures = 0
     while not stop.requested and (max_trials is None or ran < max_trials):
-        trial = claim_trial(study, cfg, storage)
+        trial = _db(cfg, index, "asking for a trial", lambda: claim_trial(study, cfg, storage))
         if trial is None:
+            c = _db(cfg, index, "counting trials", lambda: counts(study))
+            if storage.get_heartbeat_interval() and c["RUNNING"] and c["FINISHED"] < target(study, cfg):
+                time.sleep(storage.get_heartbeat_interval())  # a running trial may die and come back to us
+                continue
             break
         state = _run_trial(study, storage, trial, cfg, data, dev, index, stop)
         ran += 1
@@ -106,54 +116,120 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
 
 def _run_trial(study, storage, trial, cfg, data, dev, index, stop) -> TrialState:
     gamma, alpha = trial.params["gamma"], trial.params["alpha"]
-    seed = trial.user_attrs.get("seed", cfg.study.seed * 100_003 + trial.number)
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{index}")
+    retry = _db(cfg, index, "reading a trial", lambda: storage.get_trial(trial._trial_id)).system_attrs
+    origin = retry.get("failed_trial", trial.number)  # the first trial of this retry lineage
+    seed = trial.user_attrs.get("seed", cfg.study.seed * 100_003 + origin)
+    ckpt = checkpoints.running_path(cfg, study.study_name, origin)
+    resume = checkpoints.load_running(ckpt, {"gamma": gamma, "alpha": alpha, "seed": seed})
+    _db(cfg, index, "starting a trial", lambda: (trial.set_user_attr("seed", seed),
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{index}")))
     started = time.time()
 
     def report(epoch: int, metrics: dict[str, float]) -> bool:
-        trial.report(metrics[cfg.study.metric], epoch)
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("epochs", epoch)
-        return trial.should_prune()
+        def write():
+            trial.report(metrics[cfg.study.metric], epoch)
+            for key, value in metrics.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("epochs", epoch)
+            return trial.should_prune()
+        return _db(cfg, index, f"reporting epoch {epoch}", write)
 
-    with _Heartbeat(storage, trial):
+    def save(state: dict) -> None:
+        checkpoints.save_running(ckpt, state, {"gamma": gamma, "alpha": alpha, "seed": seed})
+
+    if resume is not None:
+        log(f"[worker {index}] trial {trial.number} resumes trial {origin} after epoch {resume['epoch']}")
+        _db(cfg, index, "resuming", lambda: trial.set_user_attr("resumed_from_epoch", resume["epoch"]))
+        for epoch, metrics in enumerate(resume["history"], 1):
+            report(epoch, metrics)  # fills any gap; steps already inherited are ignored by Optuna
+    with _Heartbeat(storage, trial, study, cfg.study.grace_period):
         try:
             stop.training = True
             if stop.requested:  # the signal came while this trial was being claimed
                 raise KeyboardInterrupt
-            result = train_trial(cfg, data, gamma, alpha, seed, report=report, device=dev)
+            result = train_trial(cfg, data, gamma, alpha, seed, report=report, device=dev, resume=resume, save=save)
         except KeyboardInterrupt:
             stop.training = False
-            trial.set_user_attr("stop_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            attrs = {k: trial.user_attrs[k] for k in ("seed", "reference") if k in trial.user_attrs}
-            study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
-            log(f"[worker {index}] trial {trial.number} interrupted; queued again")
+            _db(cfg, index, "queueing an interrupted trial", lambda: _requeue(study, storage, trial))
+            log(f"[worker {index}] trial {trial.number} interrupted; queued again to resume from its last epoch")
             return TrialState.FAIL
         except Exception as e:  # a bad trial must not take the worker down
             stop.training = False
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
+            if isinstance(e, UserError):
+                raise
+            _db(cfg, index, "failing a trial", lambda: (trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500]),
+                                                         study.tell(trial, state=TrialState.FAIL)))
             log(f"[worker {index}] trial {trial.number} failed: {type(e).__name__}: {e}")
             return TrialState.FAIL
         finally:
             stop.training = False
-        trial.set_user_attr("duration_s", round(time.time() - started, 2))
         if result.state == "complete":
             checkpoints.save_trial_model(cfg, study.study_name, trial.number, result.model, data, gamma, alpha, seed)
-            study.tell(trial, result.value)
-            checkpoints.keep_best(cfg, study)
             state = TrialState.COMPLETE
         else:
-            trial.set_user_attr("prune_reason", "diverged" if result.state == "diverged" else f"pruner at epoch {result.epochs}")
-            study.tell(trial, state=TrialState.PRUNED)
+            reason = "diverged" if result.state == "diverged" else f"pruner at epoch {result.epochs}"
             state = TrialState.PRUNED
+        _db(cfg, index, "finishing a trial", lambda: _tell(study, storage, trial, state, result, reason if state == TrialState.PRUNED else None, started))
+        ckpt.unlink(missing_ok=True)
+        if state == TrialState.COMPLETE:
+            _db(cfg, index, "pruning checkpoints", lambda: checkpoints.keep_best(cfg, study))
     value = "-" if result.value is None else f"{result.value:.4f}"
     log(f"[worker {index}] trial {trial.number} gamma={gamma:.3f} alpha={alpha:.3f} -> {state.name.lower()}"
         f" {cfg.study.metric}={value} after {result.epochs} epochs ({time.time() - started:.1f} s)")
     return state
+
+
+def _tell(study, storage, trial, state, result, reason, started) -> None:
+    """Idempotent: after a lost connection the first attempt may have landed already."""
+    if storage.get_trial(trial._trial_id).state.is_finished():
+        return
+    trial.set_user_attr("duration_s", round(time.time() - started, 2))
+    if reason:
+        trial.set_user_attr("prune_reason", reason)
+    study.tell(trial, result.value if state == TrialState.COMPLETE else None, state=state)
+
+
+def _requeue(study, storage, trial) -> None:
+    """Fail the trial and queue a copy that resumes from its checkpoint, as a heartbeat retry does."""
+    frozen = storage.get_trial(trial._trial_id)
+    if frozen.state.is_finished():
+        return
+    trial.set_user_attr("stop_reason", "interrupted")
+    study.tell(trial, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+
+
+def _db(cfg, index, what, op):
+    """Run a storage operation, retrying with back-off while the database is away (a restart, a
+    failover), for at most ``study.db_retry_s`` seconds."""
+    deadline, delay = time.time() + cfg.study.db_retry_s, 0.5
+    while True:
+        try:
+            return op()
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+            if time.time() + delay > deadline:
+                raise UserError(f"the study database stayed unreachable for {cfg.study.db_retry_s} s while {what} "
+                                f"on worker {index}; check the database and restart the worker") from e
+            log(f"[worker {index}] database unreachable while {what}; retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def watch(url: str, name: str, poll_s: float = 2.0) -> None:
+    """Follow a study whose workers run elsewhere until it has its finished trials, sweeping the
+    trials of dead workers so that they are retried."""
+    study, cfg, storage = open_for_worker(url, name, worker_index=0)
+    seen = None
+    while True:
+        c = _db(cfg, -1, "watching", lambda: (optuna.storages.fail_stale_trials(study), counts(study))[1])
+        now = (c["COMPLETE"], c["PRUNED"], c["RUNNING"], c["WAITING"], c["FAIL"])
+        if now != seen:
+            log(f"[watch] {c['FINISHED']} of {target(study, cfg)} finished: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
+                f"{c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
+            seen = now
+        if c["FINISHED"] >= target(study, cfg):
+            return
+        time.sleep(poll_s)
 
 
 def launch(url: str, name: str, workers: int, device: str = "auto") -> int:

@@ -1,0 +1,92 @@
+"""Workers that die or are stopped: nothing is lost, nothing hangs, retried trials resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from conftest import tuner, write_study
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
+SLOWER = ["--set", "data.n_samples=1200", "--set", "data.image_size=32", "--set", "study.heartbeat_interval=1",
+          "--set", "study.grace_period=3"]
+
+
+def popen(folder, *args):
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], cwd=folder, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def study_of(folder):
+    url = f"sqlite:///{folder / 'tuner.db'}"
+    for _ in range(240):
+        if "smoke" in optuna.get_all_study_names(url):
+            return optuna.load_study(study_name="smoke", storage=url)
+        time.sleep(0.25)
+    raise AssertionError("the study was not created")
+
+
+def running_trial_after(study, epochs, timeout=120):
+    """The number of a RUNNING trial that has reported at least ``epochs`` epochs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            if t.intermediate_values and max(t.intermediate_values) >= epochs:
+                return t.number
+        time.sleep(0.1)
+    raise AssertionError(f"no trial reached epoch {epochs}")
+
+
+def retry_of(trials, number):
+    return [t for t in trials if t.system_attrs.get("failed_trial") == number]
+
+
+def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path):
+    study_file = write_study(tmp_path, n_trials=3, epochs=6, pruner="none")
+    watcher = popen(tmp_path, "start-study", str(study_file), "--workers", "0", *SLOWER)
+    study = study_of(tmp_path)
+    doomed = popen(tmp_path, "worker", "--study-name", "smoke")
+    number = running_trial_after(study, epochs=2)
+    doomed.send_signal(signal.SIGKILL)  # mid-epoch: no chance to clean up
+    doomed.communicate(timeout=30)
+    killed_at = max(study.trials[number].intermediate_values)
+
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    out, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, out
+
+    trials = study.trials
+    assert trials[number].state == TrialState.FAIL
+    (retry,) = retry_of(trials, number)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_epoch"] >= killed_at >= 2
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]  # no gap, no repeat
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_sigterm_stops_a_worker_within_seconds_and_its_trial_resumes(tmp_path):
+    study_file = write_study(tmp_path, n_trials=3, epochs=6, pruner="none")
+    watcher = popen(tmp_path, "start-study", str(study_file), "--workers", "0", *SLOWER)
+    study = study_of(tmp_path)
+    worker = popen(tmp_path, "worker", "--study-name", "smoke")
+    number = running_trial_after(study, epochs=1)
+    sent = time.time()
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, out
+    assert time.time() - sent < 5, out
+    assert study.trials[number].state == TrialState.FAIL
+    assert study.trials[number].user_attrs["stop_reason"] == "interrupted"
+
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    watcher.communicate(timeout=120)
+    (retry,) = retry_of(study.trials, number)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
