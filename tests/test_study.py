@@ -155,3 +155,31 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")
                and t.state == TrialState.COMPLETE}
     assert {t.number for t in interrupted} <= retried
+
+
+def test_progress_lines_in_logs(finished):
+    _, proc = finished
+    lines = [line for line in proc.stdout.splitlines() if "finished (" in line]
+    assert lines and lines[-1].split()[1] == "8/8"  # "HH:MM:SS 8/8 finished (...)"
+
+
+def test_quiet_sends_worker_output_to_log_files(tmp_path):
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = tuner("start-study", str(study_file), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "best trial" in proc.stdout
+    assert "[worker 0] done" in (tmp_path / "tuner-artifacts" / "smoke" / "logs" / "worker-0.log").read_text()
+
+
+def test_fused_workers_report_each_trial_on_its_own(tmp_path):
+    study_file = write_study(tmp_path, n_trials=7, epochs=2)
+    proc = tuner("start-study", str(study_file), "--workers", "2", "--set", "train.fuse=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "trains 3 trials at once" in proc.stdout
+    trials = load(tmp_path).trials
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 7
+    assert len({(t.params["gamma"], t.params["alpha"]) for t in trials}) == 7
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
+    values = [t.intermediate_values[1] for t in trials]
+    assert len(set(values)) > 1  # members are trained apart, not copies of one model

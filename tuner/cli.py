@@ -50,6 +50,7 @@ def start_study(
     n_trials: Annotated[Optional[int], typer.Option(help="finished trials to reach [default: study.n_trials]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress; worker output goes to log files")] = False,
 ):
     """Create (or resume) a study and run workers until it has n_trials finished trials."""
     from tuner.config import load_config
@@ -74,7 +75,8 @@ def start_study(
     out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
     try:
-        code = workers_mod.launch(url, name, workers, device) if workers else workers_mod.watch(url, name) or 0
+        mode = "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
+        code = workers_mod.launch(url, name, workers, device, mode) if workers else workers_mod.watch(url, name, mode) or 0
     except KeyboardInterrupt:
         out.print("stopped; run the same command again to resume")
         raise typer.Exit(130)

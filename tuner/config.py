@@ -54,7 +54,8 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     device: str = "auto"
-    amp: bool = False
+    amp: bool = False  # bfloat16 autocast (GPU)
+    fuse: int | str = 1  # trials trained at once as one fused model per worker, or "auto"
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,14 @@ def _build(cls, section: str, values: dict, source: str):
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check a value against the type of its default."""
+    if key == "train.fuse" and value == "auto":
+        return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
         want = "true or false"
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-        want = "an integer"
+        want = "an integer" + (' or "auto"' if key == "train.fuse" else "")
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -204,6 +207,7 @@ def _validate(cfg: StudyConfig) -> None:
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     need(t.lr > 0, "train.lr", t.lr, "must be > 0")
     need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    need(t.fuse == "auto" or 1 <= t.fuse <= 1024, "train.fuse", t.fuse, 'use 1 to 1024 trials per fused model, or "auto"')
     need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
     need(bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device)), "train.device", t.device, "use auto, cpu, cuda or cuda:N")
     lo, hi = cfg.search.gamma

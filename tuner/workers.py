@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 from tuner import checkpoints
 from tuner.data import load_data
 from tuner.errors import UserError
+from tuner.fused import choose_k, train_fused
+from tuner.progress import Progress, snapshot
 from tuner.study import claim_trial, counts, open_for_worker, target
 from tuner.train import pick_device, train_trial
 
@@ -33,9 +35,10 @@ class _Heartbeat(threading.Thread):
     """Tells the storage every few seconds that this trial's worker is alive, and sweeps up the
     trials of dead workers (Optuna itself sweeps only just before an ask)."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial: optuna.Trial, study: optuna.Study, grace: int):
+    def __init__(self, storage: optuna.storages.RDBStorage, trials: list[optuna.Trial], study: optuna.Study, grace: int):
         super().__init__(daemon=True)
-        self.storage, self.trial_id, self.study, self.grace = storage, trial._trial_id, study, grace
+        self.storage, self.study, self.grace = storage, study, grace
+        self.trial_ids = [t._trial_id for t in trials]
         self.interval = storage.get_heartbeat_interval()
         self.done = threading.Event()
 
@@ -43,7 +46,8 @@ class _Heartbeat(threading.Thread):
         last_sweep = time.time()
         while not self.done.is_set():
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                for trial_id in self.trial_ids:
+                    self.storage.record_heartbeat(trial_id)
                 if time.time() - last_sweep > self.grace:
                     optuna.storages.fail_stale_trials(self.study)
                     last_sweep = time.time()
@@ -53,7 +57,8 @@ class _Heartbeat(threading.Thread):
 
     def __enter__(self):
         if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
+            for trial_id in self.trial_ids:
+                self.storage.record_heartbeat(trial_id)
             self.start()
         return self
 
@@ -79,6 +84,15 @@ class _Stop:
             raise KeyboardInterrupt
 
 
+def fuse_k(cfg, data, dev) -> int:
+    """How many trials this worker trains at once: train.fuse, or measured when it is "auto"."""
+    if cfg.model.kind != "simple_cnn":
+        return 1  # only the two-conv CNN has a fused form
+    if cfg.train.fuse == "auto":
+        return choose_k(cfg, data, dev)
+    return cfg.train.fuse
+
+
 def default_index() -> int:
     """A worker index unlikely to repeat across hosts, so that sampler seeds differ."""
     return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
@@ -96,107 +110,144 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     dev = pick_device(device or cfg.train.device)
     log(f"[worker {index}] joined study {name!r} on {dev} ({torch.get_num_threads()} threads), "
         f"{len(data.train_y)} train / {len(data.val_y)} val images, classes {data.classes}")
+    k = fuse_k(cfg, data, dev)
+    if k > 1:
+        log(f"[worker {index}] trains {k} trials at once as one fused model")
     ran = failures = 0
     while not stop.requested and (max_trials is None or ran < max_trials):
-        trial = _db(cfg, index, "asking for a trial", lambda: claim_trial(study, cfg, storage))
-        if trial is None:
+        want = k if max_trials is None else min(k, max_trials - ran)
+        trials = []
+        while len(trials) < want:
+            trial = _db(cfg, index, "asking for a trial", lambda: claim_trial(study, cfg, storage))
+            if trial is None:
+                break
+            trials.append(trial)
+        if not trials:
             c = _db(cfg, index, "counting trials", lambda: counts(study))
             if storage.get_heartbeat_interval() and c["RUNNING"] and c["FINISHED"] < target(study, cfg):
-                time.sleep(storage.get_heartbeat_interval())  # a running trial may die and come back to us
+                time.sleep(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                 continue
             break
-        state = _run_trial(study, storage, trial, cfg, data, dev, index, stop)
-        ran += 1
-        failures = failures + 1 if state == TrialState.FAIL and not stop.requested else 0
+        states = _run(study, storage, trials, cfg, data, dev, index, stop)
+        ran += len(trials)
+        failures = failures + 1 if TrialState.FAIL in states and not stop.requested else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the last trials (tuner status)")
     log(f"[worker {index}] done after {ran} trials" + (" (stopped by signal)" if stop.requested else ""))
     return ran
 
 
-def _run_trial(study, storage, trial, cfg, data, dev, index, stop) -> TrialState:
-    gamma, alpha = trial.params["gamma"], trial.params["alpha"]
-    retry = _db(cfg, index, "reading a trial", lambda: storage.get_trial(trial._trial_id)).system_attrs
-    origin = retry.get("failed_trial", trial.number)  # the first trial of this retry lineage
-    seed = trial.user_attrs.get("seed", cfg.study.seed * 100_003 + origin)
-    ckpt = checkpoints.running_path(cfg, study.study_name, origin)
-    resume = checkpoints.load_running(ckpt, {"gamma": gamma, "alpha": alpha, "seed": seed})
-    _db(cfg, index, "starting a trial", lambda: (trial.set_user_attr("seed", seed),
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{index}")))
-    started = time.time()
+class _TrialRun:
+    """One claimed trial's bookkeeping: its seed and checkpoint, reports, and the final tell."""
 
-    def report(epoch: int, metrics: dict[str, float]) -> bool:
+    def __init__(self, study, storage, trial, cfg, index):
+        self.study, self.storage, self.trial, self.cfg, self.index = study, storage, trial, cfg, index
+        self.gamma, self.alpha = trial.params["gamma"], trial.params["alpha"]
+        self.retry = self._db("reading a trial", lambda: storage.get_trial(trial._trial_id)).system_attrs
+        self.origin = self.retry.get("failed_trial", trial.number)  # the first trial of its retry lineage
+        self.seed = trial.user_attrs.get("seed", cfg.study.seed * 100_003 + self.origin)
+        self.ckpt = checkpoints.running_path(cfg, study.study_name, self.origin)
+        self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed}
+        self.resume = checkpoints.load_running(self.ckpt, self.params)
+        self.started = time.time()
+        self._db("starting a trial", lambda: (trial.set_user_attr("seed", self.seed),
+                                              trial.set_user_attr("worker", f"{socket.gethostname()}:{index}")))
+        if self.resume is not None:
+            log(f"[worker {index}] trial {trial.number} resumes trial {self.origin} after epoch {self.resume['epoch']}")
+            self._db("resuming", lambda: trial.set_user_attr("resumed_from_epoch", self.resume["epoch"]))
+            for epoch, metrics in enumerate(self.resume["history"], 1):
+                self.report(epoch, metrics)  # fills any gap; steps already inherited are ignored by Optuna
+
+    def _db(self, what, op):
+        return _db(self.cfg, self.index, what, op)
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> bool:
         def write():
-            trial.report(metrics[cfg.study.metric], epoch)
+            self.trial.report(metrics[self.cfg.study.metric], epoch)
             for key, value in metrics.items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("epochs", epoch)
-            return trial.should_prune()
-        return _db(cfg, index, f"reporting epoch {epoch}", write)
+                self.trial.set_user_attr(key, value)
+            self.trial.set_user_attr("epochs", epoch)
+            return self.trial.should_prune()
+        return self._db(f"reporting epoch {epoch}", write)
 
-    def save(state: dict) -> None:
-        checkpoints.save_running(ckpt, state, {"gamma": gamma, "alpha": alpha, "seed": seed})
+    def save(self, state: dict) -> None:
+        checkpoints.save_running(self.ckpt, state, self.params)
 
-    if resume is not None:
-        log(f"[worker {index}] trial {trial.number} resumes trial {origin} after epoch {resume['epoch']}")
-        _db(cfg, index, "resuming", lambda: trial.set_user_attr("resumed_from_epoch", resume["epoch"]))
-        for epoch, metrics in enumerate(resume["history"], 1):
-            report(epoch, metrics)  # fills any gap; steps already inherited are ignored by Optuna
-    with _Heartbeat(storage, trial, study, cfg.study.grace_period):
+    def requeue(self) -> None:
+        """Fail the trial and queue a copy that resumes from its checkpoint, as a heartbeat retry does."""
+        def write():
+            frozen = self.storage.get_trial(self.trial._trial_id)
+            if frozen.state.is_finished():
+                return
+            self.trial.set_user_attr("stop_reason", "interrupted")
+            self.study.tell(self.trial, state=TrialState.FAIL)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, frozen)
+        self._db("queueing an interrupted trial", write)
+        log(f"[worker {self.index}] trial {self.trial.number} interrupted; queued again to resume from its last epoch")
+
+    def fail(self, e: Exception) -> TrialState:
+        self._db("failing a trial", lambda: (self.trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500]),
+                                             self.study.tell(self.trial, state=TrialState.FAIL)))
+        log(f"[worker {self.index}] trial {self.trial.number} failed: {type(e).__name__}: {e}")
+        return TrialState.FAIL
+
+    def finish(self, result, data) -> TrialState:
+        trial, cfg = self.trial, self.cfg
+        if result.state == "complete":
+            checkpoints.save_trial_model(cfg, self.study.study_name, trial.number, result.model, data,
+                                         self.gamma, self.alpha, self.seed)
+            state, reason = TrialState.COMPLETE, None
+        else:
+            state = TrialState.PRUNED
+            reason = "diverged" if result.state == "diverged" else f"pruner at epoch {result.epochs}"
+
+        def tell():  # idempotent: after a lost connection the first attempt may have landed already
+            if self.storage.get_trial(trial._trial_id).state.is_finished():
+                return
+            trial.set_user_attr("duration_s", round(time.time() - self.started, 2))
+            if reason:
+                trial.set_user_attr("prune_reason", reason)
+            self.study.tell(trial, result.value if state == TrialState.COMPLETE else None, state=state)
+
+        self._db("finishing a trial", tell)
+        self.ckpt.unlink(missing_ok=True)
+        if state == TrialState.COMPLETE:
+            self._db("pruning checkpoints", lambda: checkpoints.keep_best(cfg, self.study))
+        value = "-" if result.value is None else f"{result.value:.4f}"
+        log(f"[worker {self.index}] trial {trial.number} gamma={self.gamma:.3f} alpha={self.alpha:.3f} -> "
+            f"{state.name.lower()} {cfg.study.metric}={value} after {result.epochs} epochs ({time.time() - self.started:.1f} s)")
+        return state
+
+
+def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState]:
+    """Train the claimed trials: one alone (resuming from its checkpoint), or several fused."""
+    runs = [_TrialRun(study, storage, t, cfg, index) for t in trials]
+    with _Heartbeat(storage, trials, study, cfg.study.grace_period):
         try:
             stop.training = True
-            if stop.requested:  # the signal came while this trial was being claimed
+            if stop.requested:  # the signal came while these trials were being claimed
                 raise KeyboardInterrupt
-            result = train_trial(cfg, data, gamma, alpha, seed, report=report, device=dev, resume=resume, save=save)
+            if len(runs) == 1:
+                r = runs[0]
+                results = [train_trial(cfg, data, r.gamma, r.alpha, r.seed, report=r.report, device=dev,
+                                       resume=r.resume, save=r.save)]
+            else:
+                members = [(r.gamma, r.alpha, r.seed) for r in runs]
+                results = train_fused(cfg, data, members, report=lambda i, epoch, m: runs[i].report(epoch, m),
+                                      device=dev, order_seed=runs[0].seed)
         except KeyboardInterrupt:
             stop.training = False
-            _db(cfg, index, "queueing an interrupted trial", lambda: _requeue(study, storage, trial))
-            log(f"[worker {index}] trial {trial.number} interrupted; queued again to resume from its last epoch")
-            return TrialState.FAIL
+            for r in runs:
+                r.requeue()
+            return [TrialState.FAIL] * len(runs)
+        except UserError:
+            raise
         except Exception as e:  # a bad trial must not take the worker down
             stop.training = False
-            if isinstance(e, UserError):
-                raise
-            _db(cfg, index, "failing a trial", lambda: (trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500]),
-                                                         study.tell(trial, state=TrialState.FAIL)))
-            log(f"[worker {index}] trial {trial.number} failed: {type(e).__name__}: {e}")
-            return TrialState.FAIL
+            return [r.fail(e) for r in runs]
         finally:
             stop.training = False
-        if result.state == "complete":
-            checkpoints.save_trial_model(cfg, study.study_name, trial.number, result.model, data, gamma, alpha, seed)
-            state = TrialState.COMPLETE
-        else:
-            reason = "diverged" if result.state == "diverged" else f"pruner at epoch {result.epochs}"
-            state = TrialState.PRUNED
-        _db(cfg, index, "finishing a trial", lambda: _tell(study, storage, trial, state, result, reason if state == TrialState.PRUNED else None, started))
-        ckpt.unlink(missing_ok=True)
-        if state == TrialState.COMPLETE:
-            _db(cfg, index, "pruning checkpoints", lambda: checkpoints.keep_best(cfg, study))
-    value = "-" if result.value is None else f"{result.value:.4f}"
-    log(f"[worker {index}] trial {trial.number} gamma={gamma:.3f} alpha={alpha:.3f} -> {state.name.lower()}"
-        f" {cfg.study.metric}={value} after {result.epochs} epochs ({time.time() - started:.1f} s)")
-    return state
-
-
-def _tell(study, storage, trial, state, result, reason, started) -> None:
-    """Idempotent: after a lost connection the first attempt may have landed already."""
-    if storage.get_trial(trial._trial_id).state.is_finished():
-        return
-    trial.set_user_attr("duration_s", round(time.time() - started, 2))
-    if reason:
-        trial.set_user_attr("prune_reason", reason)
-    study.tell(trial, result.value if state == TrialState.COMPLETE else None, state=state)
-
-
-def _requeue(study, storage, trial) -> None:
-    """Fail the trial and queue a copy that resumes from its checkpoint, as a heartbeat retry does."""
-    frozen = storage.get_trial(trial._trial_id)
-    if frozen.state.is_finished():
-        return
-    trial.set_user_attr("stop_reason", "interrupted")
-    study.tell(trial, state=TrialState.FAIL)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, frozen)
+        return [r.finish(result, data) for r, result in zip(runs, results)]
 
 
 def _db(cfg, index, what, op):
@@ -215,36 +266,39 @@ def _db(cfg, index, what, op):
             delay = min(delay * 2, 10.0)
 
 
-def watch(url: str, name: str, poll_s: float = 2.0) -> None:
+def watch(url: str, name: str, mode: str = "lines", poll_s: float = 2.0) -> None:
     """Follow a study whose workers run elsewhere until it has its finished trials, sweeping the
     trials of dead workers so that they are retried."""
     study, cfg, storage = open_for_worker(url, name, worker_index=0)
-    seen = None
-    while True:
-        c = _db(cfg, -1, "watching", lambda: (optuna.storages.fail_stale_trials(study), counts(study))[1])
-        now = (c["COMPLETE"], c["PRUNED"], c["RUNNING"], c["WAITING"], c["FAIL"])
-        if now != seen:
-            log(f"[watch] {c['FINISHED']} of {target(study, cfg)} finished: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
-                f"{c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
-            seen = now
-        if c["FINISHED"] >= target(study, cfg):
-            return
-        time.sleep(poll_s)
+    with Progress(mode, cfg.train.epochs) as progress:
+        while True:
+            s = _db(cfg, -1, "watching", lambda: (optuna.storages.fail_stale_trials(study), snapshot(study, target(study, cfg)))[1])
+            progress.update(s)
+            if s["finished"] >= s["target"]:
+                return
+            time.sleep(poll_s)
 
 
-def launch(url: str, name: str, workers: int, device: str = "auto") -> int:
-    """Start ``workers`` worker processes here and wait for them; returns the worst exit code."""
+def launch(url: str, name: str, workers: int, device: str = "auto", mode: str = "lines") -> int:
+    """Start ``workers`` worker processes here and wait for them, showing progress (``mode``:
+    live, lines or quiet); returns the worst exit code."""
+    study, cfg, _ = open_for_worker(url, name, worker_index=0)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // workers)
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    logs = Path(cfg.study.artifacts) / name / "logs"
     procs = []
     for i in range(workers):
         dev = f"cuda:{i % gpus}" if gpus else device
         env = {**os.environ, "TUNER_STORAGE": url, "OMP_NUM_THREADS": str(threads)}  # URL not on argv: ps shows argv
         cmd = [sys.executable, "-m", "tuner", "worker", "--study-name", name, "--worker-index", str(i),
                "--threads", str(threads), "--device", dev]
+        output = None
+        if mode != "lines":  # a live table or silence: worker lines go to a file instead
+            logs.mkdir(parents=True, exist_ok=True)
+            output = open(logs / f"worker-{i}.log", "a")
         # Own session: a terminal's Ctrl-C reaches only us, and we forward exactly one signal.
-        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT if output else None))
     signals = []
 
     def forward(signum, frame):
@@ -255,10 +309,17 @@ def launch(url: str, name: str, workers: int, device: str = "auto") -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        codes = [p.wait() for p in procs]
+        with Progress(mode, cfg.train.epochs) as progress:
+            while any(p.poll() is None for p in procs):
+                try:
+                    progress.update(snapshot(study, target(study, cfg)))
+                except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+                    pass  # the database is away for a moment; the workers retry on their own
+                time.sleep(1.0)
+            progress.update(snapshot(study, target(study, cfg)))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
     if signals:
         raise KeyboardInterrupt
-    return max(codes)
+    return max(p.returncode for p in procs)

@@ -1,0 +1,287 @@
+"""Fused trials (HFTA, Wang et al., MLSys 2021): K trials of one study trained as one model.
+
+gamma and alpha enter only the loss, so the K trials of a study share the network shape, the data
+and the optimizer settings. Stacking their K networks into one (grouped convolutions, a batched
+matmul for the heads) turns K small kernels into one big one, which keeps a GPU busy. The training
+loss is the sum of the member losses, sum_k FL(x_k; gamma_k, alpha_k): member k's parameters appear
+only in term k, so its gradient, and with an elementwise optimizer (Adam, SGD) its whole trajectory,
+is that of a separate run with the same seed and batch order.
+
+>>> cfg = from_dict({"data": {"kind": "synthetic"}, "train": {"epochs": 2}}); data = load_data(cfg.data)
+>>> [r.state for r in train_fused(cfg, data, [(0.0, None, 1), (2.0, 0.25, 2)], order_seed=0)]
+['complete', 'complete']
+"""
+
+import math
+import numbers
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner.config import StudyConfig
+from tuner.data import Splits
+from tuner.losses import _class_weights, focal_loss
+from tuner.metrics import scores
+from tuner.models import SimpleCNN, build_model
+from tuner.train import TrialResult, class_weights, pick_device, prepare, probabilities
+
+FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
+
+# FusedCNN parameter -> the SimpleCNN parameter it stacks (dim 0 is the member).
+SIMPLE_NAMES = {"conv1_weight": "features.0.weight", "conv1_bias": "features.0.bias",
+                "conv2_weight": "features.3.weight", "conv2_bias": "features.3.bias",
+                "head_weight": "head.weight", "head_bias": "head.bias"}
+
+
+class FusedCNN(nn.Module):
+    """K SimpleCNNs as one module; each parameter is the members' parameters stacked on dim 0.
+
+    The first conv sees the same image in every member, so it is one plain conv with K * width
+    output channels (what repeating the input K times with groups=K computes, without the copy);
+    the second is a grouped conv (groups=K), the heads a batched matmul. ``__init__`` gives zero
+    weights; use ``from_models``. Weights keep the default layout (5-D tensors have no
+    channels_last); on CUDA a channels_last input alone makes cuDNN use its NHWC kernels.
+
+    >>> models = [SimpleCNN(1, 16, 1) for _ in range(3)]
+    >>> FusedCNN.from_models(models)(torch.zeros(5, 1, 16, 16)).shape  # (N, K, outputs)
+    torch.Size([5, 3, 1])
+    """
+
+    def __init__(self, k: int, channels: int, image_size: int, outputs: int, width: int = 16):
+        super().__init__()
+        self.k, self.channels, self.image_size, self.outputs, self.width = k, channels, image_size, outputs, width
+        self.conv1_weight = nn.Parameter(torch.zeros(k, width, channels, 3, 3))
+        self.conv1_bias = nn.Parameter(torch.zeros(k, width))
+        self.conv2_weight = nn.Parameter(torch.zeros(k, 2 * width, width, 3, 3))
+        self.conv2_bias = nn.Parameter(torch.zeros(k, 2 * width))
+        self.head_weight = nn.Parameter(torch.zeros(k, outputs, 2 * width * (image_size // 4) ** 2))
+        self.head_bias = nn.Parameter(torch.zeros(k, outputs))
+
+    @classmethod
+    def from_models(cls, models: list[nn.Module]) -> "FusedCNN":
+        if not models or not all(isinstance(m, SimpleCNN) for m in models):
+            raise ValueError("only SimpleCNN models (model.kind = 'simple_cnn') can be fused; train others one by one")
+        conv1, head = models[0].features[0], models[0].head
+        image_size = 4 * math.isqrt(head.in_features // (2 * conv1.out_channels))
+        fused = cls(len(models), conv1.in_channels, image_size, head.out_features, conv1.out_channels)
+        states = [m.state_dict() for m in models]
+        with torch.no_grad():
+            for name, p in fused.named_parameters():
+                p.copy_(torch.stack([s[SIMPLE_NAMES[name]] for s in states]))
+        return fused.to(conv1.weight.device)
+
+    def member(self, i: int) -> SimpleCNN:
+        """Member i as an ordinary SimpleCNN with identical weights, on this model's device."""
+        model = SimpleCNN(self.channels, self.image_size, self.outputs, self.width)
+        model.load_state_dict({SIMPLE_NAMES[name]: p[i] for name, p in self.named_parameters()})
+        return model.to(self.head_weight.device)
+
+    def keep(self, indices: list[int]) -> "FusedCNN":
+        """A new fused model of copies of only these members, so dropped members cost nothing."""
+        fused = FusedCNN(len(indices), self.channels, self.image_size, self.outputs, self.width)
+        idx = torch.tensor(indices, device=self.head_weight.device)
+        for name, p in self.named_parameters():
+            setattr(fused, name, nn.Parameter(p.detach()[idx]))
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = x.shape[0], self.k
+        h = F.conv2d(x, self.conv1_weight.flatten(0, 1), self.conv1_bias.flatten(), padding=1)
+        h = F.max_pool2d(F.relu(h), 2)
+        h = F.conv2d(h, self.conv2_weight.flatten(0, 1), self.conv2_bias.flatten(), padding=1, groups=k)
+        h = F.max_pool2d(F.relu(h), 2).reshape(n, k, -1)  # member k's features, ordered as nn.Flatten
+        out = torch.baddbmm(self.head_bias.unsqueeze(1), h.transpose(0, 1), self.head_weight.transpose(1, 2))
+        return out.transpose(0, 1)
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor, gammas: torch.Tensor, weights: torch.Tensor):
+    """Mean focal loss of each member, (K,), in one pass: ``focal_loss``'s formula with gamma_k and
+    class weights w_k (weights is (K, classes), all ones for alpha None) broadcast over members.
+    logits (N, K, 1) take the binary form (y in {0, 1}), (N, K, C) the softmax form."""
+    if logits.shape[2] == 1:
+        t = y.to(logits.dtype).unsqueeze(1)
+        margin = logits.squeeze(2) * (2 * t - 1)
+        alpha_t = weights[:, 0] + (weights[:, 1] - weights[:, 0]) * t
+    else:
+        idx = y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)
+        margin = logits.gather(2, idx).squeeze(2) - logits.scatter(2, idx, -math.inf).logsumexp(2)
+        alpha_t = weights.t()[y]
+    return (-F.logsigmoid(margin) * torch.exp(gammas * F.logsigmoid(-margin)) * alpha_t).mean(0)
+
+
+def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective, the sum of the finite member losses, and the mask of those. A diverged
+    member's NaN never reaches the sum; it can only reach that member's own parameters."""
+    finite = torch.isfinite(losses)
+    return torch.where(finite, losses, torch.zeros_like(losses)).sum(), finite
+
+
+def _optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _step(model, opt, x, y, gammas, weights, amp: bool) -> torch.Tensor:
+    """One optimizer step on one batch; returns the member losses (K,), unmasked."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    losses = member_losses(logits.float(), y, gammas, weights)
+    opt.zero_grad(set_to_none=True)
+    _sum_finite(losses)[0].backward()
+    opt.step()
+    return losses.detach()
+
+
+def _keep(cfg, model: FusedCNN, opt, positions: list[int]):
+    """Drop members; the optimizer state (moments, momentum, step) of the kept ones carries over."""
+    new = model.keep(positions)
+    new_opt = _optimizer(cfg, new.parameters())
+    idx = torch.tensor(positions, device=model.head_weight.device)
+    for p, q in zip(model.parameters(), new.parameters()):
+        if p in opt.state:
+            new_opt.state[q] = {name: v[idx] if torch.is_tensor(v) and v.shape == p.shape else
+                                v.clone() if torch.is_tensor(v) else v for name, v in opt.state[p].items()}
+    return new, new_opt
+
+
+def _metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, weights) -> dict[str, float]:
+    """``train.evaluate`` on given logits."""
+    target = y.float() if logits.dim() == 1 else y
+    loss = focal_loss(logits, target, gamma, weights).item()
+    if not math.isfinite(loss) or not torch.isfinite(logits).all():
+        return {"loss": float("nan")}
+    return {**scores(probabilities(logits), y), "loss": loss}
+
+
+def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float | None, int]],
+                report: FusedReporter | None = None, device: torch.device | None = None,
+                order_seed: int | None = None) -> list[TrialResult]:
+    """Train members (gamma, alpha, seed) as one FusedCNN on one batch order (``order_seed``, default
+    the first member's seed). Member i starts from the weights ``train_trial`` builds for its seed;
+    ``report(i, epoch, metrics)`` returning True prunes it. One TrialResult per member, in order,
+    exactly as ``train_trial`` would give; a non-finite loss makes a member "diverged" alone."""
+    if cfg.model.kind != "simple_cnn":
+        raise ValueError(f"model.kind {cfg.model.kind!r} cannot be fused (only 'simple_cnn'); train it trial by trial")
+    if not members:
+        return []
+    models, counts = [], data.class_counts()
+    for _, _, seed in members:
+        torch.manual_seed(seed)
+        models.append(build_model("simple_cnn", data.channels, cfg.data.image_size, counts, cfg.model.width))
+    device = device or pick_device(cfg.train.device)
+    order_seed = members[0][2] if order_seed is None else order_seed
+    return _train_loop(cfg, data, FusedCNN.from_models(models), [m[:2] for m in members], report, device, order_seed)
+
+
+def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | None]], report, device, order_seed):
+    """The epochs of ``train_fused`` for a built model; losses[i] = (gamma, alpha) of member i."""
+    t, counts, cuda = cfg.train, data.class_counts(), device.type == "cuda"
+    for gamma, _ in losses:
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    alphas = [class_weights(a, counts) for _, a in losses]
+    ones = torch.ones(len(counts))
+    all_weights = torch.stack([ones if a is None else _class_weights(a, len(counts), ones) for a in alphas]).to(device)
+    all_gammas = torch.tensor([g for g, _ in losses], dtype=torch.float32, device=device)
+    torch.backends.cudnn.benchmark |= cuda
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    x, y, val_x, val_y = (v.to(device) for v in (data.train_x, data.train_y, data.val_x, data.val_y))
+    model = model.to(device)
+    opt = _optimizer(cfg, model.parameters())
+    order = torch.Generator().manual_seed(order_seed)
+    results = [TrialResult("complete", None, None) for _ in losses]
+    live = list(range(len(losses)))  # live[j] = original index of fused member j
+
+    for epoch in range(1, t.epochs + 1):
+        gammas, weights = all_gammas[live], all_weights[live]
+        total = torch.zeros(len(live), device=device)
+        for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
+            idx = idx.to(device)
+            total += _step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], gammas, weights, t.amp)
+        with torch.no_grad():
+            step = max(1, 512 // len(live))
+            val = torch.cat([model(prepare(val_x[i : i + step]).contiguous(memory_format=fmt))
+                             for i in range(0, len(val_x), step)]).float()
+        train_loss = (total * t.batch_size / len(x)).tolist()
+        stay = []
+        for j, i in enumerate(live):
+            r, logits = results[i], val[:, j]
+            metrics = _metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i])
+            metrics["train_loss"] = train_loss[j]
+            if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
+                r.state = "diverged"
+            else:
+                r.history.append(metrics)
+                r.value = metrics[cfg.study.metric]
+                if report is not None and report(i, epoch, metrics) and epoch < t.epochs:
+                    r.state = "pruned"
+            if r.state == "complete":
+                stay.append(j)
+            else:
+                r.model = model.member(j)
+        if len(stay) < len(live):
+            live = [live[j] for j in stay]
+            if not live:
+                break
+            model, opt = _keep(cfg, model, opt, stay)
+    for j, i in enumerate(live):
+        results[i].model = model.member(j)
+    return results
+
+
+def choose_k(cfg: StudyConfig, data: Splits, device: torch.device, max_k: int = 64, budget_s: float = 3.0) -> int:
+    """How many trials to fuse (``fuse = "auto"``): the K in 1, 2, 4, ... <= max_k after which
+    trial-images per second (K * batch images / step time) grow by less than 10%. Stops early when
+    the next K would run past ``budget_s``, out of memory or (CUDA) past ~80% of free memory.
+    Models that cannot be fused get 1."""
+    if cfg.model.kind != "simple_cnn":
+        return 1
+    torch.backends.cudnn.benchmark |= device.type == "cuda"
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = prepare(data.train_x[: cfg.train.batch_size].to(device)).contiguous(memory_format=fmt)
+    y = data.train_y[: cfg.train.batch_size].to(device)
+    start, best_k, best_rate, k = time.perf_counter(), 1, 0.0, 1
+    while k <= max_k:
+        try:
+            rate, room = _throughput(cfg, data, k, x, y, budget_s / 30)
+        except torch.cuda.OutOfMemoryError:
+            break
+        if rate < 1.1 * best_rate:
+            break
+        best_k, best_rate, k = k, rate, 2 * k
+        if not room or 2 * (time.perf_counter() - start) > budget_s:  # the next K costs about all before it
+            break
+    return best_k
+
+
+def _throughput(cfg: StudyConfig, data: Splits, k: int, x: torch.Tensor, y: torch.Tensor, seconds: float):
+    """Trial-images per second of K members training on batch (x, y), from the fastest step (other
+    processes can only slow a step down), and whether 2K members would fit in 80% of free memory."""
+    counts, cuda, device = data.class_counts(), x.is_cuda, x.device
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    outputs = 1 if len(counts) == 2 else len(counts)
+    model = FusedCNN.from_models([SimpleCNN(data.channels, cfg.data.image_size, outputs, cfg.model.width)
+                                  for _ in range(k)]).to(device)
+    opt = _optimizer(cfg, model.parameters())
+    gammas, weights = torch.full((k,), 2.0, device=device), torch.ones(k, max(outputs, 2), device=device)
+    times = []
+    while len(times) < 4 or sum(times[1:]) < seconds:  # times[0] is the warm-up (allocation, autotuning)
+        t0 = time.perf_counter()
+        _step(model, opt, x, y, gammas, weights, cfg.train.amp)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    room = True
+    if cuda:
+        allocated = torch.cuda.memory_allocated(device)
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - allocated
+        room = 2 * (torch.cuda.max_memory_allocated(device) - base) < 0.8 * (free + allocated - base)  # K's is freed
+    return k * len(x) / min(times[1:]), room
