@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from conftest import ROOT, assert_user_error, tuner, write_study
+from conftest import assert_user_error, tuner, write_study
 
 
 @pytest.fixture

@@ -23,10 +23,9 @@ from torch import nn
 
 from tuner.config import StudyConfig
 from tuner.data import Splits
-from tuner.losses import _class_weights, focal_loss
-from tuner.metrics import scores
+from tuner.losses import _class_weights
 from tuner.models import SimpleCNN, build_model
-from tuner.train import TrialResult, class_weights, pick_device, prepare, probabilities
+from tuner.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
 
@@ -119,14 +118,6 @@ def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(finite, losses, torch.zeros_like(losses)).sum(), finite
 
 
-def _optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
 def _step(model, opt, x, y, gammas, weights, amp: bool) -> torch.Tensor:
     """One optimizer step on one batch; returns the member losses (K,), unmasked."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -141,22 +132,13 @@ def _step(model, opt, x, y, gammas, weights, amp: bool) -> torch.Tensor:
 def _keep(cfg, model: FusedCNN, opt, positions: list[int]):
     """Drop members; the optimizer state (moments, momentum, step) of the kept ones carries over."""
     new = model.keep(positions)
-    new_opt = _optimizer(cfg, new.parameters())
+    new_opt = make_optimizer(cfg, new.parameters())
     idx = torch.tensor(positions, device=model.head_weight.device)
     for p, q in zip(model.parameters(), new.parameters()):
         if p in opt.state:
             new_opt.state[q] = {name: v[idx] if torch.is_tensor(v) and v.shape == p.shape else
                                 v.clone() if torch.is_tensor(v) else v for name, v in opt.state[p].items()}
     return new, new_opt
-
-
-def _metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, weights) -> dict[str, float]:
-    """``train.evaluate`` on given logits."""
-    target = y.float() if logits.dim() == 1 else y
-    loss = focal_loss(logits, target, gamma, weights).item()
-    if not math.isfinite(loss) or not torch.isfinite(logits).all():
-        return {"loss": float("nan")}
-    return {**scores(probabilities(logits), y), "loss": loss}
 
 
 def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float | None, int]],
@@ -193,7 +175,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
     fmt = torch.channels_last if cuda else torch.contiguous_format
     x, y, val_x, val_y = (v.to(device) for v in (data.train_x, data.train_y, data.val_x, data.val_y))
     model = model.to(device)
-    opt = _optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.parameters())
     order = torch.Generator().manual_seed(order_seed)
     results = [TrialResult("complete", None, None) for _ in losses]
     live = list(range(len(losses)))  # live[j] = original index of fused member j
@@ -212,7 +194,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         stay = []
         for j, i in enumerate(live):
             r, logits = results[i], val[:, j]
-            metrics = _metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i])
+            metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i])
             metrics["train_loss"] = train_loss[j]
             if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
                 r.state = "diverged"
@@ -270,7 +252,7 @@ def _throughput(cfg: StudyConfig, data: Splits, k: int, x: torch.Tensor, y: torc
     outputs = 1 if len(counts) == 2 else len(counts)
     model = FusedCNN.from_models([SimpleCNN(data.channels, cfg.data.image_size, outputs, cfg.model.width)
                                   for _ in range(k)]).to(device)
-    opt = _optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.parameters())
     gammas, weights = torch.full((k,), 2.0, device=device), torch.ones(k, max(outputs, 2), device=device)
     times = []
     while len(times) < 4 or sum(times[1:]) < seconds:  # times[0] is the warm-up (allocation, autotuning)

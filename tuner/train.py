@@ -71,12 +71,24 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha) -> dict[str, float]:
-    logits = predict(model, x).float()
+    return logit_metrics(predict(model, x).float(), y, gamma, alpha)
+
+
+def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha) -> dict[str, float]:
+    """Validation metrics and focal loss from logits; only a loss entry (NaN) when they are not finite."""
     target = y.float() if logits.dim() == 1 else y
     loss = focal_loss(logits, target, gamma, alpha).item()
     if not math.isfinite(loss) or not torch.isfinite(logits).all():
         return {"loss": float("nan")}
     return {**scores(probabilities(logits), y), "loss": loss}
+
+
+def make_optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def train_trial(
@@ -102,11 +114,7 @@ def train_trial(
     counts = data.class_counts()
     weights = class_weights(alpha, counts)
     model = build_model(cfg.model.kind, data.channels, cfg.data.image_size, counts, cfg.model.width).to(device)
-    if t.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
-    else:
-        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        opt = cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = make_optimizer(cfg, model.parameters())
     x, y = data.train_x.to(device), data.train_y.to(device)
     binary = len(counts) == 2
     order = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
