@@ -6,6 +6,8 @@
 >>> trial = claim_trial(study, cfg, storage)                  # None once the study is full
 """
 
+import itertools
+
 import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
@@ -35,11 +37,8 @@ def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
 def make_sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     """Each worker passes its own seed: equal seeds make parallel TPE workers propose duplicates."""
     s = cfg.study
-    if s.sampler == "random":
+    if s.sampler in ("random", "grid"):  # a grid is queued at creation; random fills any trials past it
         return optuna.samplers.RandomSampler(seed=seed)
-    if s.sampler == "grid":
-        space = {k: np.linspace(lo, hi, s.grid_points).tolist() for k, (lo, hi) in cfg.to_dict()["search"].items()}
-        return optuna.samplers.GridSampler(space, seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True, seed=seed)
 
 
@@ -69,6 +68,11 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
         study.set_metric_names([cfg.study.metric])
+        if cfg.study.sampler == "grid":
+            # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
+            axes = [np.linspace(lo, hi, cfg.study.grid_points).tolist() for lo, hi in (cfg.search.gamma, cfg.search.alpha)]
+            for gamma, alpha in itertools.product(*axes):
+                study.enqueue_trial({"gamma": gamma, "alpha": alpha}, user_attrs={"grid": True})
         if cfg.study.reference_trials:
             for params, label in REFERENCES:
                 if all(lo <= params[k] <= hi for k, (lo, hi) in cfg.to_dict()["search"].items()):

@@ -1,0 +1,67 @@
+"""The study layer alone (no torch): samplers, pruners, creation, resume, claiming trials."""
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.config import from_dict
+from tuner.errors import UserError
+from tuner.study import claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker, stored_config
+
+
+def cfg_with(**sections):
+    return from_dict({"data": {"kind": "synthetic"}, **sections})
+
+
+@pytest.mark.parametrize("kind, cls", [("median", optuna.pruners.MedianPruner), ("hyperband", optuna.pruners.HyperbandPruner),
+                                       ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+                                       ("none", optuna.pruners.NopPruner)])
+def test_pruner_kinds(kind, cls):
+    assert isinstance(make_pruner(cfg_with(pruner={"kind": kind})), cls)
+
+
+@pytest.mark.parametrize("kind, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler)])
+def test_sampler_kinds(kind, cls):
+    assert isinstance(make_sampler(cfg_with(study={"sampler": kind}), seed=1), cls)
+
+
+def test_grid_sampler_sweeps_the_grid(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = cfg_with(study={"name": "g", "sampler": "grid", "grid_points": 2, "reference_trials": False, "n_trials": 4},
+                   search={"gamma": [0.0, 4.0], "alpha": [0.25, 0.75]})
+    create_or_resume(cfg, url, "g")
+    study, cfg, storage = open_for_worker(url, "g", worker_index=0)
+    seen = set()
+    while (trial := claim_trial(study, cfg, storage)) is not None:
+        seen.add((trial.params["gamma"], trial.params["alpha"]))
+        study.tell(trial, 0.5)
+    assert seen == {(0.0, 0.25), (0.0, 0.75), (4.0, 0.25), (4.0, 0.75)}
+    assert len(study.trials) == 4
+
+
+def test_claiming_stops_at_exactly_n_trials_and_runs_queued_trials_first(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = cfg_with(study={"name": "c", "n_trials": 3})
+    create_or_resume(cfg, url, "c")
+    study, cfg, storage = open_for_worker(url, "c", worker_index=0)
+    first, second, third = (claim_trial(study, cfg, storage) for _ in range(3))
+    assert (first.params, second.params) == ({"gamma": 0.0, "alpha": 0.5}, {"gamma": 2.0, "alpha": 0.25})
+    assert claim_trial(study, cfg, storage) is None  # 3 running: the study is full
+    study.tell(third, state=TrialState.FAIL)  # a failed trial does not count as finished
+    assert claim_trial(study, cfg, storage) is not None
+
+
+def test_resume_keeps_stored_settings_and_raises_the_target(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_or_resume(cfg_with(study={"name": "r"}, train={"epochs": 2}), url, "r")
+    study, notes = create_or_resume(cfg_with(study={"name": "r"}, train={"epochs": 7}), url, "r", n_trials=30)
+    assert stored_config(study).train.epochs == 2 and "train.epochs" in notes[0]
+    assert study.user_attrs["n_trials"] == 30
+    assert len(study.trials) == 2  # the reference trials were queued once, not twice
+
+
+def test_another_search_space_under_the_same_name_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_or_resume(cfg_with(study={"name": "x"}), url, "x")
+    with pytest.raises(UserError, match="another search space"):
+        create_or_resume(cfg_with(study={"name": "x"}, search={"alpha": [0.1, 0.2]}), url, "x")
