@@ -62,6 +62,25 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 
 @pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the command line in this process: the same ``main`` as ``tuner(...)`` (an 'error:' line
+    and exit 2 on a UserError) without the seconds a fresh interpreter spends importing torch."""
+    from tuner.cli import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("TUNER_STORAGE", "")
+        monkeypatch.setattr(sys, "argv", ["tuner", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["tuner", *args], stopped.value.code, out, err)
+
+    return run
+
+
+@pytest.fixture
 def postgres_url():
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
     if not url:

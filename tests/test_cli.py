@@ -1,4 +1,7 @@
-"""Bad input: one 'error:' line, exit 2, no traceback, stored trials untouched."""
+"""Bad input: one 'error:' line, exit 2, no traceback, stored trials untouched.
+
+Most cases run the command line in this process (the ``cli`` fixture); the ones that start worker
+processes, and one sample of the rest, run it as a separate process."""
 
 import optuna
 import pytest
@@ -11,18 +14,18 @@ def study_file(tmp_path):
     return write_study(tmp_path, n_trials=2, epochs=1)
 
 
-def test_missing_study_file(tmp_path):
+def test_missing_study_file_as_a_separate_process(tmp_path):
     assert_user_error(tuner("start-study", "nope.toml", cwd=tmp_path), "nope.toml", "does not exist")
 
 
-def test_invalid_toml(tmp_path):
+def test_invalid_toml(tmp_path, cli):
     (tmp_path / "bad.toml").write_text("[study\n")
-    assert_user_error(tuner("start-study", "bad.toml", cwd=tmp_path), "bad.toml", "not valid TOML")
+    assert_user_error(cli("start-study", "bad.toml", cwd=tmp_path), "bad.toml", "not valid TOML")
 
 
-def test_unreadable_study_file(tmp_path):
+def test_unreadable_study_file(tmp_path, cli):
     (tmp_path / "dir.toml").mkdir()
-    assert_user_error(tuner("start-study", "dir.toml", cwd=tmp_path), "dir.toml")
+    assert_user_error(cli("start-study", "dir.toml", cwd=tmp_path), "dir.toml")
 
 
 @pytest.mark.parametrize("override, words", [
@@ -32,26 +35,26 @@ def test_unreadable_study_file(tmp_path):
     ("search.alpha=[0.2, 1.2]", ["search.alpha"]),
     ("data.kind=imagefolder", ["data", "root"]),
 ])
-def test_bad_values(study_file, override, words):
-    proc = tuner("start-study", str(study_file), "--set", override, cwd=study_file.parent)
+def test_bad_values(study_file, override, words, cli):
+    proc = cli("start-study", str(study_file), "--set", override, cwd=study_file.parent)
     assert_user_error(proc, *words)
     assert not (study_file.parent / "tuner.db").exists() or not optuna.get_all_study_names(
         f"sqlite:///{study_file.parent / 'tuner.db'}")
 
 
-def test_missing_data_root(study_file):
-    proc = tuner("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=/no/such/dir",
+def test_missing_data_root(study_file, cli):
+    proc = cli("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=/no/such/dir",
                  cwd=study_file.parent)
     assert_user_error(proc, "/no/such/dir")
 
 
 @pytest.mark.parametrize("workers", ["-1", "-2"])
-def test_workers_must_not_be_negative(study_file, workers):
-    assert_user_error(tuner("start-study", str(study_file), "--workers", workers, cwd=study_file.parent), "--workers")
+def test_workers_must_not_be_negative(study_file, workers, cli):
+    assert_user_error(cli("start-study", str(study_file), "--workers", workers, cwd=study_file.parent), "--workers")
 
 
-def test_non_integer_workers_is_a_one_line_error(study_file):
-    assert_user_error(tuner("start-study", str(study_file), "--workers", "two", cwd=study_file.parent), "--workers", "integer")
+def test_non_integer_workers_is_a_one_line_error(study_file, cli):
+    assert_user_error(cli("start-study", str(study_file), "--workers", "two", cwd=study_file.parent), "--workers", "integer")
 
 
 @pytest.mark.parametrize("url, words", [
@@ -59,16 +62,16 @@ def test_non_integer_workers_is_a_one_line_error(study_file):
     ("postgresql+psycopg://tuner:s3cret@127.0.0.1:1/db", ["cannot open storage", "***"]),
     ("not a url", ["not a database URL"]),
 ])
-def test_unreachable_storage(study_file, url, words):
-    proc = tuner("start-study", str(study_file), "--storage", url, cwd=study_file.parent)
+def test_unreachable_storage(study_file, url, words, cli):
+    proc = cli("start-study", str(study_file), "--storage", url, cwd=study_file.parent)
     assert_user_error(proc, *words)
     assert "s3cret" not in proc.stderr + proc.stdout
 
 
-def test_unknown_study_name(tmp_path):
+def test_unknown_study_name(tmp_path, cli):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="other")
     for cmd in (["best", "--json"], ["status"], ["worker"]):
-        proc = tuner(*cmd, "--study-name", "missing", cwd=tmp_path)
+        proc = cli(*cmd, "--study-name", "missing", cwd=tmp_path)
         assert_user_error(proc, "missing", "other")
 
 
@@ -84,8 +87,8 @@ def test_study_clash_keeps_stored_trials(study_file):
     assert before == after and len(after) == 2
 
 
-def test_help_lists_the_commands(tmp_path):
-    proc = tuner("--help", cwd=tmp_path)
+def test_help_lists_the_commands(tmp_path, cli):
+    proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     for cmd in ("start-study", "worker", "status", "best", "dashboard"):
         assert cmd in proc.stdout

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from conftest import tuner, write_study
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
-SLOWER = ["--set", "data.n_samples=1200", "--set", "data.image_size=32", "--set", "study.heartbeat_interval=1",
+SLOWER = ["--set", "data.n_samples=800", "--set", "data.image_size=24", "--set", "study.heartbeat_interval=1",
           "--set", "study.grace_period=3"]
 
 

@@ -101,11 +101,11 @@ def default_index() -> int:
 def run_worker(url: str, name: str, index: int | None = None, device: str | None = None,
                threads: int | None = None, max_trials: int | None = None) -> int:
     """Run trials of study ``name`` until it is full (or ``max_trials`` ran); returns trials run."""
-    stop = _Stop()
     index = default_index() if index is None else index
     if threads:
         torch.set_num_threads(threads)
     study, cfg, storage = open_for_worker(url, name, index)
+    stop = _Stop()
     data = load_data(cfg.data, seed=cfg.study.seed)
     dev = pick_device(device or cfg.train.device)
     log(f"[worker {index}] joined study {name!r} on {dev} ({torch.get_num_threads()} threads), "
