@@ -136,7 +136,8 @@ def status(storage: Storage = None, study_name: StudyName = None):
 
 @app.command()
 def best(storage: Storage = None, study_name: StudyName = None,
-         as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False):
+         as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+         save_model: Annotated[Optional[Path], typer.Option("--save-model", help="write the best model to PATH (+ PATH.json), e.g. best.pt")] = None):
     """The best trial: value, metric, gamma/alpha, trial number."""
     from tuner.results import best_summary
     from tuner.study import stored_config
@@ -147,24 +148,68 @@ def best(storage: Storage = None, study_name: StudyName = None,
         print(json.dumps(summary))
     else:
         _print_best(summary)
+    if save_model is not None:
+        from tuner.export import save_best_model
+
+        saved = save_best_model(study, save_model)
+        print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json",
+              file=sys.stderr if as_json else sys.stdout)
 
 
 @app.command()
 def dashboard(storage: Storage = None,
               host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="port")] = 8080):
-    """optuna-dashboard on the same storage."""
+              port: Annotated[int, typer.Option(help="port")] = 8080,
+              allow_writes: Annotated[bool, typer.Option("--allow-writes", help="let the dashboard delete studies and write trials")] = False,
+              token: Annotated[Optional[str], typer.Option(envvar="TUNER_DASHBOARD_TOKEN", show_envvar=True,
+                                                           help="require this token (Authorization: Bearer, or ?token= once)")] = None):
+    """optuna-dashboard on the same storage: read-only unless --allow-writes, token-protected with --token."""
     import optuna_dashboard
 
+    from tuner.dashboard import guard, is_loopback, serve
     from tuner.storage import mask, open_storage
 
     url = _url(storage)
-    st = open_storage(url)
-    out.print(f"dashboard for {mask(url)} on http://{host}:{port}/ (Ctrl-C stops)")
-    try:
-        optuna_dashboard.run_server(st, host=host, port=port)
-    except OSError as e:
-        raise UserError(f"cannot serve on {host}:{port}: {e.strerror}; pick another --port")
+    app = guard(optuna_dashboard.wsgi(open_storage(url)), allow_writes=allow_writes, token=token or None)
+    if not token and not is_loopback(host):
+        print(f"warning: the dashboard on {host}:{port} has no token, so anyone who can reach it can read the studies; "
+              "pass --token or set TUNER_DASHBOARD_TOKEN", file=sys.stderr)
+    mode = "read-write" if allow_writes else "read-only"
+    print(f"dashboard for {mask(url)} on http://{host}:{port}/ ({mode}{', token required' if token else ''}; Ctrl-C stops)", flush=True)
+    serve(app, host, port)
+
+
+@app.command()
+def report(storage: Storage = None, study_name: StudyName = None,
+           out_dir: Annotated[Path, typer.Option("--out", help="folder for index.html and the PNGs")] = Path("tuner-report")):
+    """An offline HTML report with plots, top trials and the best trial's test-set results."""
+    from tuner.report import build_report
+
+    page = build_report(_study(_url(storage), study_name), out_dir)
+    print(f"report written to {page}")
+
+
+@app.command()
+def export(storage: Storage = None, study_name: StudyName = None,
+           fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+           out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write [default: stdout]")] = None):
+    """One row per trial: state, gamma, alpha, value, metrics, epochs, duration, notes."""
+    from tuner.export import FORMATS, trial_rows, write_rows
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not supported; use --format csv or --format json")
+    write_rows(trial_rows(_study(_url(storage), study_name)), fmt, out_file)
+
+
+@app.command("predict")
+def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
+                images: Annotated[list[Path], typer.Argument(help="image files to classify")]):
+    """Classify image files: one line per image with its path, predicted class and probability."""
+    from tuner.predict import classify, load_model
+
+    net, payload = load_model(model)
+    for path, name, prob in classify(net, payload, [str(p) for p in images]):
+        print(f"{path}\t{name}\t{prob:.4f}")
 
 
 def main() -> None:

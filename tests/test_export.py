@@ -1,0 +1,141 @@
+"""Trials out as CSV/JSON, the best model out as a file, and predictions from that file."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_user_error, tuner
+from test_report import cli, finished_study  # noqa: F401 (cli is a fixture)
+from tuner.data import load_data
+from tuner.export import COLUMNS, save_best_model
+from tuner.metrics import scores
+from tuner.models import build_model
+from tuner.results import TEST_ATTR
+from tuner.study import stored_config
+from tuner.train import predict, probabilities
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return finished_study(tmp_path_factory)
+
+
+def load(folder) -> optuna.Study:
+    return optuna.load_study(study_name="smoke", storage=f"sqlite:///{folder / 'tuner.db'}")
+
+
+@pytest.fixture(scope="module")
+def saved_model(folder):
+    proc = tuner("best", "--study-name", "smoke", "--save-model", "models/best.pt", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "saved trial" in proc.stdout
+    return folder / "models" / "best.pt"
+
+
+def test_csv_rows_are_the_study_trials(folder):
+    proc = tuner("export", "--study-name", "smoke", "--format", "csv", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    trials = load(folder).trials
+    assert tuple(rows[0]) == COLUMNS
+    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    assert [r["state"] for r in rows] == [t.state.name for t in trials]
+    assert [float(r["value"]) if r["value"] else None for r in rows] == [t.value for t in trials]
+    assert [float(r["gamma"]) for r in rows] == [t.params["gamma"] for t in trials]
+    assert [float(r["average_precision"]) for r in rows] == [t.user_attrs["average_precision"] for t in trials]
+    assert {r["reference"] for r in rows} == {"", "cross-entropy (gamma=0)", "focal default (gamma=2, alpha=0.25)"}
+    assert all(r["prune_reason"] for r in rows if r["state"] == "PRUNED")
+
+
+def test_json_export_to_a_file(folder, cli):
+    proc = cli("export", "--study-name", "smoke", "--format", "json", "--out", "trials.json", cwd=folder)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    rows = json.loads((folder / "trials.json").read_text())
+    trials = load(folder).trials
+    assert [(r["number"], r["state"], r["value"], r["epochs"]) for r in rows] == \
+           [(t.number, t.state.name, t.value, t.user_attrs["epochs"]) for t in trials]
+
+
+def test_export_user_errors(folder, cli):
+    assert_user_error(cli("export", "--study-name", "smoke", "--format", "xml", cwd=folder), "--format", "xml", "csv")
+    assert_user_error(cli("export", "--study-name", "smoke", "--out", "no/such/folder/trials.csv", cwd=folder),
+                      "no/such/folder/trials.csv", "--out")
+    assert_user_error(cli("best", "--study-name", "smoke", "--save-model", ".", cwd=folder), "--save-model", "is a folder")
+
+
+def _test_metrics(model, cfg):
+    data = load_data(cfg.data, seed=cfg.study.seed)
+    return scores(probabilities(predict(model, data.test_x)), data.test_y)
+
+
+def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, saved_model):
+    study = load(folder)
+    payload = torch.load(saved_model, weights_only=True)
+    settings = json.loads((folder / "models" / "best.pt.json").read_text())
+    assert payload["trial"] == settings["trial"] == study.best_trial.number and settings["source"] == "checkpoint"
+    assert settings["params"] == study.best_trial.params
+    m = payload["model"]
+    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+    model.load_state_dict(payload["state_dict"])
+    stored = study.user_attrs[TEST_ATTR]
+    got = _test_metrics(model, stored_config(study))
+    for key in ("average_precision", "balanced_accuracy", "macro_f1"):
+        assert got[key] == pytest.approx(stored[key], abs=1e-9), key
+
+
+def test_saved_model_without_checkpoint_is_retrained_to_the_same_metrics(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # study.artifacts is relative: no checkpoints seen from here
+    study = load(folder)
+    settings = save_best_model(study, tmp_path / "retrained.pt")
+    assert settings["source"] == "retrained"
+    payload = torch.load(tmp_path / "retrained.pt", weights_only=True)
+    m = payload["model"]
+    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+    model.load_state_dict(payload["state_dict"])
+    got, stored = _test_metrics(model, stored_config(study)), study.user_attrs[TEST_ATTR]
+    assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=0.02)
+
+
+def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
+    cfg = stored_config(load(folder))
+    data = load_data(cfg.data, seed=cfg.study.seed)
+    rare = int(data.test_y.argmax())
+    picks = [0, 1, rare]
+    paths = []
+    for i in picks:
+        paths.append(tmp_path / f"test-{i}.png")
+        Image.fromarray(data.test_x[i, 0].numpy()).save(paths[-1])
+    Image.fromarray(np.repeat(data.test_x[0, 0].numpy()[:, :, None], 3, axis=2)).resize((48, 48)).save(tmp_path / "rgb.jpg")
+    paths.append(tmp_path / "rgb.jpg")
+    proc = tuner("predict", str(saved_model), *map(str, paths), cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert [line[0] for line in lines] == list(map(str, paths))
+
+    payload = torch.load(saved_model, weights_only=True)
+    m = payload["model"]
+    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+    model.load_state_dict(payload["state_dict"])
+    p1 = probabilities(predict(model, data.test_x[picks]))  # the probability of class 1
+    for (path, name, prob), p in zip(lines, p1.tolist()):
+        assert name == payload["classes"][int(p >= 0.5)]
+        assert float(prob) == pytest.approx(max(p, 1 - p), abs=1e-4)
+    assert lines[3][1] in payload["classes"] and 0.5 <= float(lines[3][2]) <= 1
+
+
+def test_predict_user_errors(folder, saved_model, tmp_path, cli):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(good)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = cli("predict", str(saved_model), str(good), str(tmp_path / "broken.png"), cwd=folder)
+    assert_user_error(broken, "broken.png", "cannot read image")
+    assert broken.stdout == ""
+    assert_user_error(cli("predict", str(saved_model), str(tmp_path / "gone.png"), cwd=folder), "gone.png")
+    assert_user_error(cli("predict", "models/nope.pt", str(good), cwd=folder), "models/nope.pt", "does not exist")
+    assert_user_error(cli("predict", str(good), str(good), cwd=folder), "good.png", "not a model")

@@ -1,0 +1,131 @@
+"""The study report: PNGs that decode and show something, one HTML page that needs no network."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from conftest import assert_user_error, tuner, write_study
+from tuner.config import load_config
+from tuner.errors import UserError
+from tuner.report import build_report
+from tuner.study import create_or_resume, distributions
+
+PNGS = ("plane.png", "history.png", "intermediate.png", "importance.png", "confusion.png", "pr-curve.png")
+_SHARED = {}
+
+
+def finished_study(tmp_path_factory) -> Path:
+    """The folder (tuner.db, tuner-artifacts/) of one 6-trial, 2-epoch study, run once per session.
+
+    test_export and test_dashboard import this too: one study for all three files keeps them fast.
+    """
+    if "folder" not in _SHARED:
+        folder = tmp_path_factory.mktemp("finished")
+        proc = tuner("start-study", str(write_study(folder, n_trials=6, epochs=2)), "--workers", "2", cwd=folder)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _SHARED["folder"] = folder
+    return _SHARED["folder"]
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the command line in this process: the same ``main`` as ``tuner(...)`` (an 'error:' line
+    and exit 2 on a UserError) without the seconds a fresh interpreter spends importing torch."""
+    from tuner.cli import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("TUNER_STORAGE", "")
+        monkeypatch.setattr(sys, "argv", ["tuner", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["tuner", *args], stopped.value.code, out, err)
+
+    return run
+
+
+def assert_not_blank(path: Path, size: tuple[int, int] | None = None) -> None:
+    with Image.open(path) as im:
+        im.load()
+        assert size is None or im.size == size, (path, im.size)
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    assert pixels.std() > 5, f"{path} looks blank (pixel std {pixels.std():.2f})"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = finished_study(tmp_path_factory)
+    proc = tuner("report", "--study-name", "smoke", "--out", "report", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "report/index.html" in proc.stdout
+    return folder / "report"
+
+
+def test_report_writes_every_plot_as_a_png_that_is_not_blank(report):
+    assert (report / "index.html").is_file()
+    for name in PNGS:
+        assert_not_blank(report / name)
+
+
+def test_report_page_needs_no_network(report):
+    text = (report / "index.html").read_text()
+    links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]+)""", text, flags=re.IGNORECASE)
+    assert len(links) == len(PNGS) and all(link.startswith("data:image/png;base64,") for link in links)
+    assert not re.search(r"https?://|url\(|@import|<script|<link", text, flags=re.IGNORECASE)
+
+
+def test_report_page_marks_best_and_reference_trials(report):
+    text = (report / "index.html").read_text()
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{report.parent / 'tuner.db'}")
+    assert "Study smoke" in text and f"Best trial {study.best_trial.number}" in text
+    assert text.count('<tr class="best">') == 1 and text.count("reference: ") == 2
+    assert "reference: cross-entropy (gamma=0)" in text and "reference: focal default (gamma=2, alpha=0.25)" in text
+    assert "on the test split (100 images, model checkpoint)" in text
+
+
+def test_report_user_errors(report, cli):
+    folder = report.parent
+    (folder / "taken").write_text("")
+    assert_user_error(cli("report", "--study-name", "smoke", "--out", "taken", cwd=folder), "taken", "is a file")
+    assert_user_error(cli("report", "--study-name", "nope", cwd=folder), "nope", "smoke")
+
+
+def _image_folder(root: Path) -> None:
+    """Two classes of 16x16 PNGs under train/, no test/ folder."""
+    rng = np.random.default_rng(0)
+    for label, n in (("common", 12), ("rare", 4)):
+        (root / "train" / label).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 120, (16, 16)) + (100 if label == "rare" else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "train" / label / f"{i}.png")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_report_without_test_split_and_one_complete_trial(tmp_path, monkeypatch):
+    """The best model is retrained (no checkpoint here), importance is skipped, the page says why."""
+    monkeypatch.chdir(tmp_path)
+    _image_folder(tmp_path / "images")
+    cfg = load_config(write_study(tmp_path, n_trials=2, epochs=1),
+                      ["data.kind=imagefolder", f"data.root={tmp_path / 'images'}", "study.reference_trials=false"])
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    study, _ = create_or_resume(cfg, url, "folder")
+    with pytest.raises(UserError, match="no completed trial"):
+        build_report(study, tmp_path / "empty")
+    for value, state in ((0.6, optuna.trial.TrialState.COMPLETE), (None, optuna.trial.TrialState.PRUNED)):
+        study.add_trial(optuna.trial.create_trial(params={"gamma": 1.0 + (value is None), "alpha": 0.5}, distributions=distributions(cfg),
+                                                  value=value, state=state, intermediate_values={1: 0.6 if value else 0.2},
+                                                  user_attrs={"seed": 3, "epochs": 1}))
+    page = build_report(study, tmp_path / "report")
+    text = page.read_text()
+    assert "no test split" in text and "needs at least 2 complete trials; this study has 1" in text
+    assert not (tmp_path / "report" / "confusion.png").exists() and not (tmp_path / "report" / "importance.png").exists()
+    for name in ("plane.png", "history.png", "intermediate.png"):
+        assert_not_blank(tmp_path / "report" / name)

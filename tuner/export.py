@@ -1,0 +1,119 @@
+"""A study's trials as CSV or JSON rows, and its best trial's model as a file of its own.
+
+>>> study = optuna.load_study(study_name="smoke", storage="sqlite:///tuner.db")  # doctest: +SKIP
+>>> write_rows(trial_rows(study), "csv", "trials.csv")
+>>> save_best_model(study, Path("best.pt"))["source"]  # also writes best.pt.json
+'checkpoint'
+"""
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import optuna
+import torch
+
+from tuner.checkpoints import load_trial_model, trial_path
+from tuner.config import StudyConfig
+from tuner.data import load_data
+from tuner.errors import UserError
+from tuner.results import TEST_ATTR, best_trial
+from tuner.study import stored_config
+from tuner.train import train_trial
+
+FORMATS = ("csv", "json")
+METRICS = ("average_precision", "balanced_accuracy", "macro_f1", "loss", "train_loss")
+COLUMNS = ("number", "state", "gamma", "alpha", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One dict per trial, keys COLUMNS, None where a trial has no such value."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        duration = a.get("duration_s")
+        if duration is None and t.datetime_start and t.datetime_complete:
+            duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
+        rows.append({"number": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
+                     "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get("epochs", 0),
+                     "duration_s": duration, "prune_reason": a.get("prune_reason"), "reference": a.get("reference")})
+    return rows
+
+
+def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> None:
+    """CSV (empty cell for None) or a JSON list (null for None and NaN) to ``out``, or stdout."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not supported; use --format csv or --format json")
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    else:
+        clean = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
+        text = json.dumps(clean, indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(out).write_text(text)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")
+
+
+def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.nn.Module, dict, str]:
+    """The best trial's model, its checkpoint-style payload and where it came from: "checkpoint"
+    (``study.artifacts`` seen from the current folder) or "retrained" with the trial's params and seed."""
+    best = best_trial(study)
+    path = trial_path(cfg, study.study_name, best.number)
+    if path.is_file():
+        try:
+            model, payload = load_trial_model(path)
+            return model, payload, "checkpoint"
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass  # a torn or foreign file: retraining gives the same model
+    seed = best.user_attrs.get("seed")
+    if seed is None:
+        raise UserError(f"trial {best.number} of study {study.study_name!r} has no checkpoint at {path} and no stored seed to retrain "
+                        "it; run this from the folder the study ran in")
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    gamma, alpha = best.params["gamma"], best.params["alpha"]
+    model = train_trial(cfg, data, gamma, alpha, seed, device=None).model.cpu()
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
+                  "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
+        "classes": list(data.classes),
+        "params": {"gamma": gamma, "alpha": alpha},
+        "seed": seed,
+        "trial": best.number,
+        "config": cfg.to_dict(),
+    }
+    return model, payload, "retrained"
+
+
+def save_best_model(study: optuna.Study, path: str | Path) -> dict:
+    """Write the best trial's weights to ``path`` (``torch.load(path, weights_only=True)`` reads
+    it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--save-model {path} is a folder; pass a file path such as {path / 'best.pt'}")
+    cfg = stored_config(study)
+    model, payload, source = best_model(study, cfg)
+    best = best_trial(study)
+    test = study.user_attrs.get(TEST_ATTR)
+    settings = {"study": study.study_name, "trial": best.number, "metric": cfg.study.metric, "value": best.value,
+                "params": payload["params"], "seed": payload["seed"], "classes": payload["classes"], "model": payload["model"],
+                "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
+                "source": source, "test": test if test and test.get("trial") == best.number else None}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+        Path(f"{path}.json").write_text(json.dumps(settings, indent=1) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write the model to {path}: {e.strerror}; pass a --save-model path in a writable folder")
+    return settings

@@ -1,0 +1,262 @@
+"""A study report: PNG plots and one HTML page that holds them (base64), readable offline.
+
+>>> study = optuna.load_study(study_name="smoke", storage="sqlite:///tuner.db")  # doctest: +SKIP
+>>> build_report(study, Path("report"))
+PosixPath('report/index.html')
+"""
+
+import base64
+import html
+import io
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+from sklearn.metrics import average_precision_score, precision_recall_curve
+
+from tuner.data import load_data
+from tuner.errors import UserError
+from tuner.export import best_model
+from tuner.metrics import confusion, scores
+from tuner.results import best_trial
+from tuner.study import stored_config
+from tuner.train import predict, probabilities
+
+matplotlib.use("Agg")
+TOP = 10
+
+
+def build_report(study: optuna.Study, out: Path) -> Path:
+    """Write the PNGs and index.html into ``out``; returns the page's path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder for the report (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the report folder {out}: {e.strerror}; pass a writable --out folder")
+    cfg = stored_config(study)
+    best = best_trial(study)
+    trials = study.get_trials(deepcopy=False)
+    metric = cfg.study.metric
+    sections = [
+        ("Objective over gamma x alpha", _save(out, "plane.png", plane(trials, cfg, best)), ""),
+        ("Optimization history", _save(out, "history.png", history(trials, metric)), ""),
+        ("Intermediate values per epoch", _save(out, "intermediate.png", intermediate(trials, metric)),
+         "Pruned trials are dashed red lines ending in a cross."),
+    ]
+    fig, note = importance(study)
+    sections.append(("Parameter importance", _save(out, "importance.png", fig) if fig else None, note))
+
+    data = load_data(cfg.data, seed=cfg.study.seed)
+    model, _, source = best_model(study, cfg, data)
+    if data.test_x is None:
+        test_note = ("The data has no test split (no test/ folder under data.root), so the best trial's "
+                     "confusion matrix and precision-recall curve are not shown.")
+        test_sections = []
+    else:
+        probs = probabilities(predict(model, data.test_x))
+        s = scores(probs, data.test_y)
+        test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}): "
+                     f"average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
+                     f"macro-F1 {s['macro_f1']:.4f}.")
+        cm = confusion(probs, data.test_y, data.num_classes)
+        test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(cm, data.classes)), ""),
+                         ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes)), "")]
+    page = out / "index.html"
+    page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
+    return page
+
+
+def _save(out: Path, name: str, fig: Figure) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(out / name, dpi=100)
+    return out / name
+
+
+def _finished(trials, state=TrialState.COMPLETE):
+    return [t for t in trials if t.state == state and "gamma" in t.params and "alpha" in t.params]
+
+
+def _last(t) -> float | None:
+    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+
+
+def plane(trials, cfg, best) -> Figure:
+    """Complete trials coloured by value over a filled contour; pruned as grey crosses."""
+    fig = Figure(figsize=(6.4, 5))
+    ax = fig.add_subplot()
+    done = [t for t in _finished(trials) if t.value is not None and math.isfinite(t.value)]
+    g, a, v = (np.array([t.params["gamma"] for t in done]), np.array([t.params["alpha"] for t in done]),
+               np.array([t.value for t in done]))
+    if len(done) >= 4 and np.ptp(v) > 0:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax.tricontourf(g, a, v, levels=12, cmap="viridis", alpha=0.45)
+        except (ValueError, RuntimeError):
+            pass  # collinear or repeated points: the scatter alone still shows them
+    if done:
+        points = ax.scatter(g, a, c=v, cmap="viridis", edgecolors="black", s=60, zorder=3, label="complete")
+        fig.colorbar(points, ax=ax, label=cfg.study.metric)
+    pruned = _finished(trials, TrialState.PRUNED)
+    if pruned:
+        ax.scatter([t.params["gamma"] for t in pruned], [t.params["alpha"] for t in pruned], marker="x", c="grey",
+                   s=50, zorder=3, label="pruned")
+    ax.scatter([best.params["gamma"]], [best.params["alpha"]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
+    for t in trials:
+        if "reference" in t.user_attrs and "gamma" in t.params:
+            ax.annotate(f"ref {t.number}", (t.params["gamma"], t.params["alpha"]), textcoords="offset points", xytext=(6, 6))
+    ax.set(xlabel="gamma", ylabel="alpha", xlim=_pad(cfg.search.gamma), ylim=_pad(cfg.search.alpha),
+           title=f"{cfg.study.metric} over gamma x alpha")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def _pad(lim):
+    lo, hi = lim
+    pad = (hi - lo) * 0.05 or 0.05
+    return lo - pad, hi + pad
+
+
+def history(trials, metric) -> Figure:
+    fig = Figure(figsize=(6.4, 4))
+    ax = fig.add_subplot()
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    ax.scatter([t.number for t in done], [t.value for t in done], label="complete", zorder=3)
+    if done:
+        ax.step([t.number for t in done], np.maximum.accumulate([t.value for t in done]), where="post", c="red", label="best so far")
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and _last(t) is not None]
+    if pruned:
+        ax.scatter([t.number for t in pruned], [_last(t) for t in pruned], marker="x", c="grey", label="pruned (last epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial", ylabel=metric, title="optimization history")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def intermediate(trials, metric) -> Figure:
+    fig = Figure(figsize=(6.4, 4))
+    ax = fig.add_subplot()
+    for t in trials:
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        values = [t.intermediate_values[s] for s in steps]
+        if t.state == TrialState.PRUNED:
+            ax.plot(steps, values, "--", c="tab:red", alpha=0.8)
+            ax.plot(steps[-1:], values[-1:], "x", c="tab:red", ms=9)
+        else:
+            ax.plot(steps, values, "-o", c="tab:blue", alpha=0.6, ms=3)
+    ax.plot([], [], "-o", c="tab:blue", ms=3, label="complete / other")
+    ax.plot([], [], "--x", c="tab:red", label="pruned")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title="intermediate values")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def importance(study) -> tuple[Figure | None, str]:
+    n = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
+    if n < 2:
+        return None, f"Parameter importance needs at least 2 complete trials; this study has {n}."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        return None, f"Parameter importance could not be computed: {e}"
+    fig = Figure(figsize=(6.4, 2.5))
+    ax = fig.add_subplot()
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[k] for k in names], color="tab:blue")
+    ax.set(xlabel="importance (fANOVA)", xlim=(0, 1), title="parameter importance")
+    fig.tight_layout()
+    return fig, f"From {n} complete trials."
+
+
+def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
+    fig = Figure(figsize=(4.8, 4.2))
+    ax = fig.add_subplot()
+    m = np.array(cm)
+    ax.imshow(m, cmap="Blues")
+    for (i, j), c in np.ndenumerate(m):
+        ax.text(j, i, str(c), ha="center", va="center", color="white" if c > m.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title="test confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def pr_plot(probs, targets, classes) -> Figure:
+    fig = Figure(figsize=(5.2, 4.2))
+    ax = fig.add_subplot()
+    p, y = probs.detach().float().cpu().numpy(), targets.cpu().numpy()
+    curves = [(classes[1], p, y == 1)] if p.ndim == 1 else [(c, p[:, i], y == i) for i, c in enumerate(classes)]
+    for name, score, truth in curves:
+        if truth.any():
+            precision, recall, _ = precision_recall_curve(truth, score)
+            ap = average_precision_score(truth, score)
+            ax.step(recall, precision, where="post", label=f"{name}: AP {ap:.3f}, prior {truth.mean():.2f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title="test precision-recall")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _img(path: Path | None) -> str:
+    if path is None:
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v, f=".4f") -> str:
+    return "-" if v is None else format(v, f)
+
+
+def _table(trials, best, metric) -> str:
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.value, reverse=True)
+    rows = done[:TOP] + [t for t in trials if "reference" in t.user_attrs and t not in done[:TOP]]
+    rank = {t.number: i + 1 for i, t in enumerate(done)}
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha", metric, "balanced acc.", "macro-F1", "epochs", "note"))
+    body = []
+    for t in rows:
+        ref = t.user_attrs.get("reference")
+        note = " ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
+        cls = "best" if t.number == best.number else "ref" if ref else ""
+        cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _fmt(t.params.get("alpha"), ".3f"),
+                 _fmt(t.value), _fmt(t.user_attrs.get("balanced_accuracy")), _fmt(t.user_attrs.get("macro_f1")),
+                 t.user_attrs.get("epochs", 0), note)
+        body.append(f'<tr class="{cls}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
+    e = html.escape
+    states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    parts = [
+        f"<h1>Study {e(study.study_name)}</h1>",
+        f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+        f"{states[TrialState.FAIL]} failed. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
+        f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with gamma {best.params['gamma']:.3f}, "
+        f"alpha {best.params['alpha']:.3f}.</p>",
+        f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
+    ]
+    for title, path, note in sections:
+        parts.append(f"<h2>{e(title)}</h2>{_img(path)}" + (f"<p>{e(note)}</p>" if note else ""))
+    parts.append(f"<h2>Best trial on the test split</h2><p>{e(test_note)}</p>")
+    for title, path, note in test_sections:
+        parts.append(f"<h3>{e(title)}</h3>{_img(path)}")
+    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}tr.best{background:#fde2e2}tr.ref{background:#e2ecfd}"
+             "img{max-width:100%}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {e(study.study_name)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
