@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from conftest import assert_user_error
-from test_report import assert_not_blank, cli, finished_study  # noqa: F401 (cli is a fixture)
+from test_report import assert_not_blank, finished_study
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_user_error, tuner
-from test_report import cli, finished_study  # noqa: F401 (cli is a fixture)
+from test_report import finished_study
 from tuner.data import load_data
 from tuner.export import COLUMNS, save_best_model
 from tuner.metrics import scores

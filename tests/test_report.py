@@ -1,8 +1,6 @@
 """The study report: PNGs that decode and show something, one HTML page that needs no network."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +29,6 @@ def finished_study(tmp_path_factory) -> Path:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         _SHARED["folder"] = folder
     return _SHARED["folder"]
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run the command line in this process: the same ``main`` as ``tuner(...)`` (an 'error:' line
-    and exit 2 on a UserError) without the seconds a fresh interpreter spends importing torch."""
-    from tuner.cli import main
-
-    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setenv("TUNER_STORAGE", "")
-        monkeypatch.setattr(sys, "argv", ["tuner", *args])
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stopped:
-            main()
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(["tuner", *args], stopped.value.code, out, err)
-
-    return run
 
 
 def assert_not_blank(path: Path, size: tuple[int, int] | None = None) -> None:

@@ -48,7 +48,13 @@ def load_running(path: Path, params: dict) -> dict | None:
 
 def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -> Path:
     path = trial_path(cfg, study_name, number)
-    payload = {
+    _write(path, model_payload(cfg, number, model, data, gamma, alpha, seed))
+    return path
+
+
+def model_payload(cfg, number, model, data, gamma, alpha, seed) -> dict:
+    """A trained model with what is needed to rebuild and use it: shape, classes, settings."""
+    return {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
                   "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
@@ -58,8 +64,6 @@ def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -
         "trial": number,
         "config": cfg.to_dict(),
     }
-    _write(path, payload)
-    return path
 
 
 def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:

@@ -16,13 +16,9 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuner.checkpoints import load_trial_model, trial_path
-from tuner.config import StudyConfig
-from tuner.data import load_data
 from tuner.errors import UserError
-from tuner.results import TEST_ATTR, best_trial
+from tuner.results import TEST_ATTR, best_model, best_trial
 from tuner.study import stored_config
-from tuner.train import train_trial
 
 FORMATS = ("csv", "json")
 METRICS = ("average_precision", "balanced_accuracy", "macro_f1", "loss", "train_loss")
@@ -63,37 +59,6 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
         Path(out).write_text(text)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")
-
-
-def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.nn.Module, dict, str]:
-    """The best trial's model, its checkpoint-style payload and where it came from: "checkpoint"
-    (``study.artifacts`` seen from the current folder) or "retrained" with the trial's params and seed."""
-    best = best_trial(study)
-    path = trial_path(cfg, study.study_name, best.number)
-    if path.is_file():
-        try:
-            model, payload = load_trial_model(path)
-            return model, payload, "checkpoint"
-        except (OSError, RuntimeError, EOFError, KeyError):
-            pass  # a torn or foreign file: retraining gives the same model
-    seed = best.user_attrs.get("seed")
-    if seed is None:
-        raise UserError(f"trial {best.number} of study {study.study_name!r} has no checkpoint at {path} and no stored seed to retrain "
-                        "it; run this from the folder the study ran in")
-    data = data or load_data(cfg.data, seed=cfg.study.seed)
-    gamma, alpha = best.params["gamma"], best.params["alpha"]
-    model = train_trial(cfg, data, gamma, alpha, seed, device=None).model.cpu()
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
-                  "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
-        "classes": list(data.classes),
-        "params": {"gamma": gamma, "alpha": alpha},
-        "seed": seed,
-        "trial": best.number,
-        "config": cfg.to_dict(),
-    }
-    return model, payload, "retrained"
 
 
 def save_best_model(study: optuna.Study, path: str | Path) -> dict:

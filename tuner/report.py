@@ -7,7 +7,6 @@ PosixPath('report/index.html')
 
 import base64
 import html
-import io
 import math
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from tuner.data import load_data
 from tuner.errors import UserError
-from tuner.export import best_model
+from tuner.results import best_model
 from tuner.metrics import confusion, scores
 from tuner.results import best_trial
 from tuner.study import stored_config

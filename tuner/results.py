@@ -1,9 +1,10 @@
 """What comes back from a study: the best trial, a status table, the test-set check of the best."""
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from tuner.checkpoints import load_trial_model, trial_path
+from tuner.checkpoints import load_trial_model, model_payload, trial_path
 from tuner.config import StudyConfig
 from tuner.data import load_data
 from tuner.errors import UserError
@@ -65,21 +66,35 @@ def status_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
+def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.nn.Module, dict, str]:
+    """The best trial's model, its checkpoint-style payload and where it came from: "checkpoint"
+    (``study.artifacts`` seen from the current folder) or "retrained" with the trial's params and seed."""
+    best = best_trial(study)
+    path = trial_path(cfg, study.study_name, best.number)
+    if path.is_file():
+        try:
+            model, payload = load_trial_model(path)
+            return model, payload, "checkpoint"
+        except (OSError, RuntimeError, EOFError, KeyError):
+            pass  # a torn or foreign file: retraining gives the same model
+    seed = best.user_attrs.get("seed")
+    if seed is None:
+        raise UserError(f"trial {best.number} of study {study.study_name!r} has no checkpoint at {path} and no stored seed to retrain "
+                        "it; run this from the folder the study ran in")
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    gamma, alpha = best.params["gamma"], best.params["alpha"]
+    model = train_trial(cfg, data, gamma, alpha, seed, device=None).model.cpu()
+    return model, model_payload(cfg, best.number, model, data, gamma, alpha, seed), "retrained"
+
+
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig) -> dict | None:
-    """Test-set metrics of the best trial, from its saved model or, when none is kept here,
-    by retraining with its parameters and seed. The only place the test split is used."""
+    """Test-set metrics of the best trial (the only place the test split is used), stored with
+    the study for ``tuner best``."""
     best = best_trial(study)
     data = load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
-    path = trial_path(cfg, study.study_name, best.number)
-    if path.exists():
-        model, _ = load_trial_model(path)
-        source = "saved model"
-    else:
-        gamma, alpha = best.params["gamma"], best.params["alpha"]
-        model = train_trial(cfg, data, gamma, alpha, best.user_attrs["seed"], device=None).model.cpu()
-        source = "retrained"
+    model, _, source = best_model(study, cfg, data)
     logits = predict(model, data.test_x)
     out = {"trial": best.number, "source": source, "n": len(data.test_y),
            **scores(probabilities(logits), data.test_y),
