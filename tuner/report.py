@@ -22,9 +22,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from tuner.data import load_data
 from tuner.errors import UserError
-from tuner.results import best_model
 from tuner.metrics import confusion, scores
-from tuner.results import best_trial
+from tuner.results import best_model, best_trial
 from tuner.study import stored_config
 from tuner.train import predict, probabilities
 
