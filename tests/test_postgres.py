@@ -90,3 +90,32 @@ def test_postgres_restart_mid_study_loses_nothing(pg_study, tmp_path):
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     completed = [(t.params["gamma"], t.params["alpha"]) for t in trials if t.state == TrialState.COMPLETE]
     assert len(completed) == len(set(completed))
+
+
+def test_database_away_past_the_bound_stops_workers_with_a_clear_error(pg_study, tmp_path):
+    url, name = pg_study
+    version = sorted(os.listdir("/etc/postgresql"))[-1] if os.path.isdir("/etc/postgresql") else None
+    if version is None or os.geteuid() != 0:
+        pytest.skip("stopping PostgreSQL needs root and pg_ctlcluster (Debian's postgresql-common)")
+    study_file = write_study(tmp_path, n_trials=4, epochs=6, pruner="none")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--storage", url,
+                               "--study-name", name, "--set", "study.db_retry_s=3", "--set", "data.n_samples=800",
+                               "--set", "data.image_size=24"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if name in optuna.get_all_study_names(url):
+                running = optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.RUNNING,))
+                if running and running[0].intermediate_values:
+                    break
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop"], check=True, timeout=60)
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True, timeout=60)
+        driver.kill()
+    assert driver.returncode == 2, out
+    assert "error: the study database stayed unreachable for 3 s" in out
+    assert "Traceback" not in out

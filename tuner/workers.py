@@ -310,13 +310,15 @@ def launch(url: str, name: str, workers: int, device: str = "auto", mode: str = 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Progress(mode, cfg.train.epochs) as progress:
-            while any(p.poll() is None for p in procs):
+            while True:
+                running = any(p.poll() is None for p in procs)
                 try:
                     progress.update(snapshot(study, target(study, cfg)))
                 except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
-                    pass  # the database is away for a moment; the workers retry on their own
+                    pass  # the database is away; the workers retry on their own, and say when they give up
+                if not running:
+                    break
                 time.sleep(1.0)
-            progress.update(snapshot(study, target(study, cfg)))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
