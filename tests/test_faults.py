@@ -45,12 +45,17 @@ def retry_of(trials, number):
     return [t for t in trials if t.system_attrs.get("failed_trial") == number]
 
 
+def watched_study_with_a_worker(folder, epochs_before):
+    """A watching driver, one worker, and the number of its trial once it ran ``epochs_before``."""
+    study_file = write_study(folder, n_trials=3, epochs=6, pruner="none")
+    watcher = popen(folder, "start-study", str(study_file), "--workers", "0", *SLOWER)
+    study = study_of(folder)
+    worker = popen(folder, "worker", "--study-name", "smoke")
+    return watcher, study, worker, running_trial_after(study, epochs=epochs_before)
+
+
 def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path):
-    study_file = write_study(tmp_path, n_trials=3, epochs=6, pruner="none")
-    watcher = popen(tmp_path, "start-study", str(study_file), "--workers", "0", *SLOWER)
-    study = study_of(tmp_path)
-    doomed = popen(tmp_path, "worker", "--study-name", "smoke")
-    number = running_trial_after(study, epochs=2)
+    watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, epochs_before=2)
     doomed.send_signal(signal.SIGKILL)  # mid-epoch: no chance to clean up
     doomed.communicate(timeout=30)
     killed_at = max(study.trials[number].intermediate_values)
@@ -71,11 +76,7 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path
 
 
 def test_sigterm_stops_a_worker_within_seconds_and_its_trial_resumes(tmp_path):
-    study_file = write_study(tmp_path, n_trials=3, epochs=6, pruner="none")
-    watcher = popen(tmp_path, "start-study", str(study_file), "--workers", "0", *SLOWER)
-    study = study_of(tmp_path)
-    worker = popen(tmp_path, "worker", "--study-name", "smoke")
-    number = running_trial_after(study, epochs=1)
+    watcher, study, worker, number = watched_study_with_a_worker(tmp_path, epochs_before=1)
     sent = time.time()
     worker.send_signal(signal.SIGTERM)
     out, _ = worker.communicate(timeout=30)
