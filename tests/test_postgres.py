@@ -9,6 +9,7 @@ import uuid
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from conftest import assert_user_error, tuner, write_study
 
@@ -55,6 +56,33 @@ def test_unreachable_postgres_is_one_line_and_hides_the_password(tmp_path):
                  cwd=tmp_path)
     assert_user_error(proc, "cannot open storage", "bob:***@127.0.0.1:9")
     assert "hunter2" not in proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def auth_url():
+    url = os.environ.get("TUNER_TEST_POSTGRES_AUTH_URL")
+    if not url:
+        pytest.skip("no password-protected PostgreSQL role: set TUNER_TEST_POSTGRES_AUTH_URL (.ci/run sets one up)")
+    return url
+
+
+def test_wrong_password_is_one_line_and_never_printed(auth_url, tmp_path):
+    wrong = auth_url.replace(make_url(auth_url).password, "not-the-Passw0rd")
+    proc = tuner("start-study", str(write_study(tmp_path)), "--storage", wrong, cwd=tmp_path)
+    assert_user_error(proc, "cannot open storage", "password authentication failed", ":***@")
+    assert "not-the-Passw0rd" not in proc.stdout + proc.stderr
+
+
+def test_right_password_runs_a_study_without_printing_it(auth_url, tmp_path):
+    name = f"pw-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = tuner("start-study", str(write_study(tmp_path, n_trials=2, epochs=1)), "--storage", auth_url,
+                     "--study-name", name, "--workers", "1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert make_url(auth_url).password not in proc.stdout + proc.stderr
+        assert len(optuna.load_study(study_name=name, storage=auth_url).trials) >= 2
+    finally:
+        optuna.delete_study(study_name=name, storage=auth_url)
 
 
 def test_unknown_database_is_one_line(postgres_url, tmp_path):

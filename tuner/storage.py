@@ -52,8 +52,12 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
             _sqlite_wal(Path(parsed.database))
     elif backend == "postgresql":
         # Many processes on a few hosts: keep each one's pool small, and survive server restarts.
+        # A cut network link sends no reset: without keepalives and a TCP user timeout a query
+        # would wait ~15 minutes for the kernel to give up, instead of failing into our retries.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300,
-                         "connect_args": {"connect_timeout": 10}}
+                         "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                                          "keepalives_interval": 5, "keepalives_count": 3,
+                                          "tcp_user_timeout": 30000}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     hb = {}
