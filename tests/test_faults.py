@@ -45,10 +45,10 @@ def retry_of(trials, number):
     return [t for t in trials if t.system_attrs.get("failed_trial") == number]
 
 
-def watched_study_with_a_worker(folder, epochs_before):
+def watched_study_with_a_worker(folder, epochs_before, *settings):
     """A watching driver, one worker, and the number of its trial once it ran ``epochs_before``."""
     study_file = write_study(folder, n_trials=3, epochs=6, pruner="none")
-    watcher = popen(folder, "start-study", str(study_file), "--workers", "0", *SLOWER)
+    watcher = popen(folder, "start-study", str(study_file), "--workers", "0", *SLOWER, *settings)
     study = study_of(folder)
     worker = popen(folder, "worker", "--study-name", "smoke")
     return watcher, study, worker, running_trial_after(study, epochs=epochs_before)
@@ -91,3 +91,23 @@ def test_sigterm_stops_a_worker_within_seconds_and_its_trial_resumes(tmp_path):
     (retry,) = retry_of(study.trials, number)
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
+
+
+def test_killed_fused_worker_trials_resume_fused_from_their_checkpoints(tmp_path):
+    watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, 2, "--set", "train.fuse=2")
+    fused = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    assert number in fused and len(fused) == 2  # the worker trained two trials as one model
+
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    out, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, out
+    trials = study.trials
+    for n in fused:
+        (retry,) = retry_of(trials, n)
+        assert retry.state == TrialState.COMPLETE
+        assert retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
+        assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3

@@ -166,3 +166,43 @@ def test_choose_k_respects_max_k(data):
     for max_k in (1, 3, 8):
         k = choose_k(cfg, data, torch.device("cpu"), max_k=max_k, budget_s=1.0)
         assert isinstance(k, int) and 1 <= k <= max_k
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fused_checkpoints_resume_fused_or_alone_as_if_never_stopped(data, optimizer, tmp_path):
+    """A fused run stopped after epoch 2 of 4: its members' checkpoints continue it, all together
+    or one member alone through train_trial, to the same weights as the run that never stopped."""
+    from tuner.checkpoints import load_running, save_running
+
+    cfg = config(optimizer=optimizer, epochs=4)
+    members = [(0.0, None, 1), (2.0, 0.75, 3), (0.5, 0.25, 2)]
+    unbroken = train_fused(cfg, data, members, order_seed=7)
+
+    def save(i, state):  # through the files a worker writes, as a retry would read them
+        save_running(tmp_path / f"{i}.pt", state, {"member": i})
+
+    def stop_after_two(i, epoch, metrics):
+        if epoch == 2 and i == len(members) - 1:
+            raise KeyboardInterrupt  # a worker stopped mid-run
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        train_fused(cfg, data, members, report=stop_after_two, order_seed=7, save=save)
+    states = [load_running(tmp_path / f"{i}.pt", {"member": i}) for i in range(3)]
+    assert [s["epoch"] for s in states] == [2, 2, 2]
+
+    resumed = train_fused(cfg, data, members, order_seed=7, resume=states)
+    for r, u in zip(resumed, unbroken):
+        assert_same_result(r, u)
+    gamma, alpha, seed = members[1]
+    alone = train_trial(cfg, data, gamma, alpha, seed, order_seed=7, resume=states[1])
+    assert_same_result(alone, unbroken[1])
+    assert unbroken[0].history != unbroken[1].history
+
+
+def test_fused_resume_refuses_states_of_different_epochs(data):
+    cfg = config()
+    saved = {}
+    train_fused(cfg, data, [(0.0, None, 1), (2.0, 0.25, 2)], save=lambda i, s: saved.setdefault((i, s["epoch"]), s))
+    with pytest.raises(ValueError, match="same epoch"):
+        train_fused(cfg, data, [(0.0, None, 1), (2.0, 0.25, 2)], resume=[saved[0, 1], saved[1, 2]])

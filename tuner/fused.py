@@ -28,6 +28,7 @@ from tuner.models import SimpleCNN, build_model
 from tuner.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
+FusedSaver = Callable[[int, dict], None]  # (member index, train_trial's checkpoint state)
 
 # FusedCNN parameter -> the SimpleCNN parameter it stacks (dim 0 is the member).
 SIMPLE_NAMES = {"conv1_weight": "features.0.weight", "conv1_bias": "features.0.bias",
@@ -129,39 +130,68 @@ def _step(model, opt, x, y, gammas, weights, amp: bool) -> torch.Tensor:
     return losses.detach()
 
 
+def _take(model: FusedCNN, opt, index) -> dict:
+    """The optimizer's state_dict for the members ``index`` (a list keeps the member dim, an int
+    drops it: then it is the state_dict of that member's own SimpleCNN optimizer). Per-parameter
+    tensors (moments, momentum) are sliced; shared ones (Adam's step count) are copied."""
+    state_dict, shapes = opt.state_dict(), [p.shape for p in model.parameters()]
+    if isinstance(index, list):
+        index = torch.tensor(index, device=model.head_weight.device)
+    take = lambda v, shape: v[index].clone() if v.shape == shape else v.clone()  # noqa: E731
+    return {"state": {i: {name: take(v, shapes[i]) if torch.is_tensor(v) else v for name, v in s.items()}
+                      for i, s in state_dict["state"].items()},
+            "param_groups": state_dict["param_groups"]}
+
+
+def _stack(states: list[dict]) -> dict:
+    """The fused optimizer's state_dict from its members' own (``_take`` with an int, inverted)."""
+    first = states[0]
+    stack = lambda i, name, v: torch.stack([s["state"][i][name] for s in states]) if v.dim() else v  # noqa: E731
+    return {"state": {i: {name: stack(i, name, v) if torch.is_tensor(v) else v for name, v in s.items()}
+                      for i, s in first["state"].items()},
+            "param_groups": first["param_groups"]}
+
+
 def _keep(cfg, model: FusedCNN, opt, positions: list[int]):
     """Drop members; the optimizer state (moments, momentum, step) of the kept ones carries over."""
     new = model.keep(positions)
     new_opt = make_optimizer(cfg, new.parameters())
-    idx = torch.tensor(positions, device=model.head_weight.device)
-    for p, q in zip(model.parameters(), new.parameters()):
-        if p in opt.state:
-            new_opt.state[q] = {name: v[idx] if torch.is_tensor(v) and v.shape == p.shape else
-                                v.clone() if torch.is_tensor(v) else v for name, v in opt.state[p].items()}
+    new_opt.load_state_dict(_take(model, opt, positions))
     return new, new_opt
 
 
 def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float | None, int]],
                 report: FusedReporter | None = None, device: torch.device | None = None,
-                order_seed: int | None = None) -> list[TrialResult]:
+                order_seed: int | None = None, resume: list[dict] | None = None,
+                save: FusedSaver | None = None) -> list[TrialResult]:
     """Train members (gamma, alpha, seed) as one FusedCNN on one batch order (``order_seed``, default
     the first member's seed). Member i starts from the weights ``train_trial`` builds for its seed;
     ``report(i, epoch, metrics)`` returning True prunes it. One TrialResult per member, in order,
-    exactly as ``train_trial`` would give; a non-finite loss makes a member "diverged" alone."""
+    exactly as ``train_trial`` would give; a non-finite loss makes a member "diverged" alone.
+
+    ``save(i, state)`` gets member i's state after each epoch in ``train_trial``'s checkpoint form,
+    so a retried member can resume alone (``train_trial(resume=state)``) or fused again:
+    ``resume`` takes one such state per member, all saved after the same epoch of one fused run."""
     if cfg.model.kind != "simple_cnn":
         raise ValueError(f"model.kind {cfg.model.kind!r} cannot be fused (only 'simple_cnn'); train it trial by trial")
     if not members:
         return []
+    if resume and len({(s["epoch"], bytes(s["order"].numpy())) for s in resume}) != 1:
+        raise ValueError("fused members resume together only from the same epoch of one batch order")
     models, counts = [], data.class_counts()
-    for _, _, seed in members:
+    for (_, _, seed), state in zip(members, resume or [None] * len(members)):
         torch.manual_seed(seed)
         models.append(build_model("simple_cnn", data.channels, cfg.data.image_size, counts, cfg.model.width))
+        if state is not None:
+            models[-1].load_state_dict(state["model"])
     device = device or pick_device(cfg.train.device)
     order_seed = members[0][2] if order_seed is None else order_seed
-    return _train_loop(cfg, data, FusedCNN.from_models(models), [m[:2] for m in members], report, device, order_seed)
+    return _train_loop(cfg, data, FusedCNN.from_models(models), [m[:2] for m in members], report, device,
+                       order_seed, resume, save)
 
 
-def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | None]], report, device, order_seed):
+def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | None]], report, device, order_seed,
+                resume=None, save=None):
     """The epochs of ``train_fused`` for a built model; losses[i] = (gamma, alpha) of member i."""
     t, counts, cuda = cfg.train, data.class_counts(), device.type == "cuda"
     for gamma, _ in losses:
@@ -179,8 +209,16 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
     order = torch.Generator().manual_seed(order_seed)
     results = [TrialResult("complete", None, None) for _ in losses]
     live = list(range(len(losses)))  # live[j] = original index of fused member j
+    first = 1
+    if resume:
+        opt.load_state_dict(_stack([s["optimizer"] for s in resume]))
+        order.set_state(resume[0]["order"])
+        for r, s in zip(results, resume):
+            r.history = list(s["history"])
+            r.value = r.history[-1][cfg.study.metric] if r.history else None
+        first = resume[0]["epoch"] + 1
 
-    for epoch in range(1, t.epochs + 1):
+    for epoch in range(first, t.epochs + 1):
         gammas, weights = all_gammas[live], all_weights[live]
         total = torch.zeros(len(live), device=device)
         for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
@@ -201,6 +239,9 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
             else:
                 r.history.append(metrics)
                 r.value = metrics[cfg.study.metric]
+                if save is not None:
+                    save(i, {"epoch": epoch, "model": model.member(j).state_dict(), "optimizer": _take(model, opt, j),
+                             "order": order.get_state(), "history": r.history})
                 if report is not None and report(i, epoch, metrics) and epoch < t.epochs:
                     r.state = "pruned"
             if r.state == "complete":

@@ -220,34 +220,55 @@ class _TrialRun:
 
 
 def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState]:
-    """Train the claimed trials: one alone (resuming from its checkpoint), or several fused."""
+    """Train the claimed trials, group by group (see ``_groups``), telling each group's results as
+    soon as it is done; on a stop signal the trials not yet told are queued again."""
     runs = [_TrialRun(study, storage, t, cfg, index) for t in trials]
+    states = {}
     with _Heartbeat(storage, trials, study, cfg.study.grace_period):
-        try:
-            stop.training = True
-            if stop.requested:  # the signal came while these trials were being claimed
-                raise KeyboardInterrupt
-            if len(runs) == 1:
-                r = runs[0]
-                results = [train_trial(cfg, data, r.gamma, r.alpha, r.seed, report=r.report, device=dev,
-                                       resume=r.resume, save=r.save)]
-            else:
-                members = [(r.gamma, r.alpha, r.seed) for r in runs]
-                results = train_fused(cfg, data, members, report=lambda i, epoch, m: runs[i].report(epoch, m),
-                                      device=dev, order_seed=runs[0].seed)
-        except KeyboardInterrupt:
-            stop.training = False
-            for r in runs:
-                r.requeue()
-            return [TrialState.FAIL] * len(runs)
-        except UserError:
-            raise
-        except Exception as e:  # a bad trial must not take the worker down
-            stop.training = False
-            return [r.fail(e) for r in runs]
-        finally:
-            stop.training = False
-        return [r.finish(result, data) for r, result in zip(runs, results)]
+        for group in _groups(runs):
+            try:
+                stop.training = True
+                if stop.requested:  # the signal came while these trials were being claimed
+                    raise KeyboardInterrupt
+                results = _train(cfg, data, group, dev)
+            except KeyboardInterrupt:
+                stop.training = False
+                for r in runs:
+                    if r not in states:
+                        r.requeue()
+                        states[r] = TrialState.FAIL
+                break
+            except UserError:
+                raise
+            except Exception as e:  # a bad trial must not take the worker down
+                stop.training = False
+                states.update((r, r.fail(e)) for r in group)
+                continue
+            finally:
+                stop.training = False
+            states.update((r, r.finish(result, data)) for r, result in zip(group, results))
+    return [states[r] for r in runs]
+
+
+def _groups(runs: list["_TrialRun"]) -> list[list["_TrialRun"]]:
+    """Trials that train together: all fresh ones, and resumed ones that stopped after the same
+    epoch of the same batch order (the members of one fused run), so they fuse again."""
+    groups = {}
+    for r in runs:
+        key = None if r.resume is None else (r.resume["epoch"], bytes(r.resume["order"].numpy()))
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def _train(cfg, data, group: list["_TrialRun"], dev):
+    if len(group) == 1:
+        r = group[0]
+        return [train_trial(cfg, data, r.gamma, r.alpha, r.seed, report=r.report, device=dev,
+                            resume=r.resume, save=r.save)]
+    return train_fused(cfg, data, [(r.gamma, r.alpha, r.seed) for r in group],
+                       report=lambda i, epoch, metrics: group[i].report(epoch, metrics), device=dev,
+                       order_seed=group[0].seed, resume=[r.resume for r in group] if group[0].resume else None,
+                       save=lambda i, state: group[i].save(state))
 
 
 def _db(cfg, index, what, op):
