@@ -3,6 +3,8 @@
 Most cases run the command line in this process (the ``cli`` fixture); the ones that start worker
 processes, and one sample of the rest, run it as a separate process."""
 
+import os
+
 import optuna
 import pytest
 
@@ -92,3 +94,31 @@ def test_help_lists_the_commands(tmp_path, cli):
     assert proc.returncode == 0
     for cmd in ("start-study", "worker", "status", "best", "dashboard"):
         assert cmd in proc.stdout
+
+
+def _spawned_workers_in(folder):
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            if b"spawned-worker" in cmd and os.readlink(f"/proc/{pid}/cwd") == str(folder):
+                found.append(pid)
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_bad_input_leaves_no_spawned_worker_behind(study_file):
+    # Workers start before the study file is read (to overlap their start-up); a bad file stops them.
+    proc = tuner("start-study", str(study_file), "--workers", "2", "--set", "data.kind=imagefolder",
+                 "--set", "data.root=/nowhere", cwd=study_file.parent)
+    assert_user_error(proc, "/nowhere")
+    assert _spawned_workers_in(study_file.parent) == []
+
+
+def test_spawned_worker_exits_quietly_when_the_driver_goes_away(tmp_path):
+    from tuner import launch
+
+    (p,) = launch.spawn("sqlite:///unused.db", 1, None, "lines")
+    p.stdin.close()  # what a driver killed before its study existed leaves behind
+    assert p.wait(timeout=120) == 0

@@ -49,41 +49,76 @@ def start_study(
     workers: Annotated[int, typer.Option(help="worker processes on this machine; 0: create the study and only watch")] = 1,
     n_trials: Annotated[Optional[int], typer.Option(help="finished trials to reach [default: study.n_trials]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the study's train.device]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress; worker output goes to log files")] = False,
 ):
     """Create (or resume) a study and run workers until it has n_trials finished trials."""
-    from tuner.config import load_config
+    from tuner import launch
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
-    cfg = load_config(study_file, set_ or [])
+    _check_device(device)
+    url, mode = _url(storage), "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
+    procs = launch.spawn(url, workers, device, mode) if workers else []
+    try:
+        from tuner.config import load_config
+        from tuner.data import load_data
+        from tuner.study import counts, create_or_resume
 
-    from tuner import results, workers as workers_mod
-    from tuner.data import load_data
+        cfg = load_config(study_file, set_ or [])
+        name = study_name or cfg.study.name
+        data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
+        study, notes = create_or_resume(cfg, url, name, n_trials)
+    except BaseException:
+        launch.discard(procs)
+        raise
+    from tuner import results
+    from tuner.progress import Progress
     from tuner.storage import mask
-    from tuner.study import counts, create_or_resume
 
-    url, name = _url(storage), study_name or cfg.study.name
-    data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-    study, notes = create_or_resume(cfg, url, name, n_trials)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     c = counts(study)
     out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
     try:
-        mode = "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
-        code = workers_mod.launch(url, name, workers, device, mode) if workers else workers_mod.watch(url, name, mode) or 0
+        if workers:
+            launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
+            with Progress(mode, cfg.train.epochs) as progress:
+                code = launch.supervise(procs, lambda: _show(progress, study, cfg))
+        else:
+            from tuner.workers import watch
+
+            code = watch(url, name, mode) or 0
     except KeyboardInterrupt:
         out.print("stopped; run the same command again to resume")
         raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
-    test = results.evaluate_best_on_test(study, cfg)
+    test = results.evaluate_best_on_test(study, cfg, data)
     _print_best(results.best_summary(study, cfg) | {"test": test})
+
+
+def _show(progress, study, cfg) -> None:
+    import optuna
+    import sqlalchemy
+
+    from tuner.progress import snapshot
+    from tuner.study import target
+
+    try:
+        progress.update(snapshot(study, target(study, cfg)))
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+        pass  # the database is away; the workers retry on their own, and say when they give up
+
+
+def _check_device(device: str | None) -> None:
+    import re
+
+    if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
 def _print_best(s: dict) -> None:
@@ -110,11 +145,32 @@ def worker(
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
     """Join a study that exists (from any machine) and run its trials."""
-    from tuner.workers import run_worker
-
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    _check_device(device)
+    from tuner.workers import run_worker
+
     run_worker(_url(storage), study_name, worker_index, device, threads, n_trials)
+
+
+@app.command("spawned-worker", hidden=True)
+def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annotated[int, typer.Option()],
+                   device: Annotated[Optional[str], typer.Option()] = None):
+    """A worker that ``start-study`` spawned before its study existed: it imports what it needs, then
+    waits for one line on stdin naming the study (and its log file); EOF: nothing to do."""
+    import os
+
+    from tuner.workers import run_worker
+
+    line = sys.stdin.readline()
+    if not line:
+        return
+    go = json.loads(line)
+    if go["log"]:
+        log = os.open(go["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+    run_worker(_url(None), go["study_name"], worker_index, device, threads)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from optuna.trial import TrialState
 
 from tuner.checkpoints import load_trial_model, model_payload, trial_path
 from tuner.config import StudyConfig
-from tuner.data import load_data
+from tuner.data import Splits, load_data
 from tuner.errors import UserError
 from tuner.metrics import confusion, scores
 from tuner.study import counts
@@ -87,11 +87,11 @@ def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.
     return model, model_payload(cfg, best.number, model, data, gamma, alpha, seed), "retrained"
 
 
-def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig) -> dict | None:
+def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None) -> dict | None:
     """Test-set metrics of the best trial (the only place the test split is used), stored with
-    the study for ``tuner best``."""
+    the study for ``tuner best``; ``data``: the study's data when already loaded."""
     best = best_trial(study)
-    data = load_data(cfg.data, seed=cfg.study.seed)
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
     model, _, source = best_model(study, cfg, data)

@@ -1,15 +1,13 @@
 """Worker processes: each claims a trial, trains it, tells the result, and repeats until the study
-is full. ``launch`` starts N of them on this machine and forwards Ctrl-C / SIGTERM to them."""
+is full (``tuner.launch`` starts N of them on one machine); ``watch`` follows a study whose workers
+run elsewhere."""
 
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import optuna
 import sqlalchemy
@@ -108,6 +106,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     stop = _Stop()
     data = load_data(cfg.data, seed=cfg.study.seed)
     dev = pick_device(device or cfg.train.device)
+    if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
+        dev = torch.device("cuda", index % torch.cuda.device_count())
     log(f"[worker {index}] joined study {name!r} on {dev} ({torch.get_num_threads()} threads), "
         f"{len(data.train_y)} train / {len(data.val_y)} val images, classes {data.classes}")
     k = fuse_k(cfg, data, dev)
@@ -298,51 +298,3 @@ def watch(url: str, name: str, mode: str = "lines", poll_s: float = 2.0) -> None
             if s["finished"] >= s["target"]:
                 return
             time.sleep(poll_s)
-
-
-def launch(url: str, name: str, workers: int, device: str = "auto", mode: str = "lines") -> int:
-    """Start ``workers`` worker processes here and wait for them, showing progress (``mode``:
-    live, lines or quiet); returns the worst exit code."""
-    study, cfg, _ = open_for_worker(url, name, worker_index=0)
-    cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // workers)
-    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
-    logs = Path(cfg.study.artifacts) / name / "logs"
-    procs = []
-    for i in range(workers):
-        dev = f"cuda:{i % gpus}" if gpus else device
-        env = {**os.environ, "TUNER_STORAGE": url, "OMP_NUM_THREADS": str(threads)}  # URL not on argv: ps shows argv
-        cmd = [sys.executable, "-m", "tuner", "worker", "--study-name", name, "--worker-index", str(i),
-               "--threads", str(threads), "--device", dev]
-        output = None
-        if mode != "lines":  # a live table or silence: worker lines go to a file instead
-            logs.mkdir(parents=True, exist_ok=True)
-            output = open(logs / f"worker-{i}.log", "a")
-        # Own session: a terminal's Ctrl-C reaches only us, and we forward exactly one signal.
-        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT if output else None))
-    signals = []
-
-    def forward(signum, frame):
-        signals.append(signum)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL if len(signals) > 1 else signal.SIGTERM)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with Progress(mode, cfg.train.epochs) as progress:
-            while True:
-                running = any(p.poll() is None for p in procs)
-                try:
-                    progress.update(snapshot(study, target(study, cfg)))
-                except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
-                    pass  # the database is away; the workers retry on their own, and say when they give up
-                if not running:
-                    break
-                time.sleep(1.0)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if signals:
-        raise KeyboardInterrupt
-    return max(p.returncode for p in procs)

@@ -1,0 +1,81 @@
+"""The driver's side of ``tuner start-study --workers N``: start N worker processes on this machine,
+supervise them with a progress display, and forward Ctrl-C / SIGTERM to them.
+
+Workers are spawned first thing, before the driver reads the study file, so that their seconds of
+importing torch overlap the driver's own start-up, data check and study creation; each then waits
+for one line on its stdin (``go``: the study's name and its log file) or exits quietly at EOF.
+This module imports neither torch nor optuna, so spawning costs the driver nothing.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def spawn(url: str, workers: int, device: str | None, mode: str) -> list[subprocess.Popen]:
+    """Start ``workers`` waiting worker processes, each with an equal share of this machine's cores."""
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    env = {**os.environ, "TUNER_STORAGE": url, "OMP_NUM_THREADS": str(threads)}  # URL not on argv: ps shows argv
+    # A live table or silence: worker lines go to a file (given with go); until then, nowhere.
+    output = None if mode == "lines" else subprocess.DEVNULL
+    procs = []
+    for i in range(workers):
+        cmd = [sys.executable, "-m", "tuner", "spawned-worker", "--worker-index", str(i), "--threads", str(threads)]
+        # Own session: a terminal's Ctrl-C reaches only us, and we forward exactly one signal.
+        procs.append(subprocess.Popen(cmd + (["--device", device] if device else []), env=env, text=True,
+                                      stdin=subprocess.PIPE, stdout=output, stderr=output, start_new_session=True))
+    return procs
+
+
+def discard(procs: list[subprocess.Popen]) -> None:
+    """The study could not be made: stop the waiting workers (they have touched nothing yet)."""
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None) -> None:
+    """Let the waiting workers join study ``study_name``; with ``logs``, each writes worker-i.log there."""
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(procs):
+        log = None if logs is None else str((logs / f"worker-{i}.log").resolve())
+        try:
+            p.stdin.write(json.dumps({"study_name": study_name, "log": log}) + "\n")
+            p.stdin.close()
+        except OSError:  # it died already; supervise() reports its exit code
+            pass
+
+
+def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0) -> int:
+    """Wait for the workers, calling ``update()`` about every ``poll_s`` (and once at the end);
+    returns the worst exit code. The first signal is forwarded as SIGTERM (the workers queue their
+    trials again and exit), the second as SIGKILL; then KeyboardInterrupt is raised here."""
+    signals = []
+
+    def forward(signum, frame):
+        signals.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL if len(signals) > 1 else signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            running = any(p.poll() is None for p in procs)
+            update()
+            if not running:
+                break
+            deadline = time.monotonic() + poll_s
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(0.05)  # notice the last worker's exit at once, not a poll later
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if signals:
+        raise KeyboardInterrupt
+    return max(p.returncode for p in procs)
