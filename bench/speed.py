@@ -2,10 +2,10 @@
 
     . .venv/bin/activate && python bench/speed.py [--repeats 2] [--device cpu|cuda] [--out FILE]
 
-Same data (tuner's `digits`, seed-0 split), batch 16, two-conv CNN, 8 trials x 5 epochs: (a) the blog's loop
-in-process (PNG ImageFolder + DataLoader, naive FocalLoss, objective test accuracy); (b) `tuner start-study`,
-1 worker; (c) as (b), fuse=8; (d) nproc workers, fuse 8 // nproc, successive halving. Plus training-step GFLOP/s,
-and on cuda a fused-K scan (K = 1..128, bf16 off/on). Writes bench/results/speed-<device>.md (or --out)."""
+Same data (tuner's `digits`, seed-0 split), batch 16, two-conv CNN, 8 trials x 5 epochs: (a) the blog's
+loop as its own script, bench/blog_loop.py (PNG ImageFolder + DataLoader, naive FocalLoss, objective test
+accuracy); (b) `tuner start-study`, 1 worker; (c) as (b), fuse=8; (d) nproc workers, fuse 8 // nproc,
+successive halving. Plus training-step GFLOP/s, and on cuda a fused-K scan (K = 1..128, bf16 off/on). Writes bench/results/speed-<device>.md (or --out)."""
 
 import argparse, datetime, itertools, json, os, resource, statistics, subprocess, sys, tempfile, time  # noqa: E401
 from pathlib import Path
