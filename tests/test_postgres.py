@@ -26,10 +26,12 @@ def pg_study(postgres_url):
 
 def test_driver_and_separate_worker_finish_a_study(pg_study, tmp_path):
     url, name = pg_study
-    study_file = write_study(tmp_path, n_trials=8, epochs=2)
+    study_file = write_study(tmp_path, n_trials=8, epochs=4)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
+    # Trials long enough that the third worker, started once the study exists, joins before the end.
     driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
-                               "--storage", url, "--study-name", name],
+                               "--storage", url, "--study-name", name, "--set", "data.n_samples=800",
+                               "--set", "data.image_size=24"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for _ in range(120):
         if name in optuna.get_all_study_names(url):
