@@ -1,4 +1,5 @@
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -228,6 +229,32 @@ def test_digits_rgb_and_balanced():
     d = load_data(DataConfig(kind="digits", grayscale=False, rare_fraction=0.5, rare_class=3, image_size=16))
     assert d.train_x.shape[1:] == (3, 16, 16) and torch.equal(d.train_x[:, 0], d.train_x[:, 2])
     assert abs(d.train_y.float().mean().item() - 0.5) < 0.02 and d.classes[1] == "digit 3"
+
+
+def assert_same_splits(a, b):
+    for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and torch.equal(x, y), k
+    assert a.classes == b.classes
+
+
+@pytest.mark.parametrize("cfg", [DataConfig(kind="digits"),
+                                 DataConfig(kind="digits", grayscale=False, rare_class=3, rare_fraction=0.5, image_size=12)])
+def test_digits_cache_is_bit_identical_and_skips_sklearn(tmp_path, monkeypatch, cfg):
+    first = load_data(cfg, seed=7, cache_dir=str(tmp_path))  # a miss: loads through sklearn, writes the cache
+    assert [p.name.startswith("digits-") for p in tmp_path.iterdir()] == [True]
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # any import of it now fails
+    assert_same_splits(first, load_data(cfg, seed=7, cache_dir=str(tmp_path)))
+
+
+def test_digits_torn_cache_is_a_miss(tmp_path):
+    cfg = DataConfig(kind="digits")
+    first = load_data(cfg, seed=1, cache_dir=str(tmp_path))
+    (cache,) = tmp_path.iterdir()
+    cache.write_bytes(cache.read_bytes()[:5000])
+    assert_same_splits(first, load_data(cfg, seed=1, cache_dir=str(tmp_path)))
+    assert len(cache.read_bytes()) > 5000  # rewritten whole
+    assert [p.name for p in tmp_path.iterdir()] == [cache.name]  # no temporary file left
 
 
 # ---- synthetic ----

@@ -2,11 +2,13 @@
 
 Every kind ends as uint8 image tensors (N, C, H, W) split into train / val / (test). An image
 folder is decoded once; the decoded arrays are cached in a .pt file keyed by the files' sizes and
-mtimes, so later trials and studies on the same tree decode nothing.
+mtimes, so later trials and studies on the same tree decode nothing. The digits are cached the same
+way (an .npz of scikit-learn's bundled arrays), so only the first load imports scikit-learn (~1 s).
 """
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -81,7 +83,7 @@ def load_data(cfg: DataConfig, seed: int = 0, cache_dir: str | None = None) -> S
     check_config(cfg)
     if cfg.kind == "imagefolder":
         return load_imagefolder(cfg, seed, cache_dir)
-    x, y, classes = make_digits(cfg, seed) if cfg.kind == "digits" else make_synthetic(cfg, seed)
+    x, y, classes = make_digits(cfg, seed, cache_dir) if cfg.kind == "digits" else make_synthetic(cfg, seed)
     if (n_pos := int((y == 1).sum())) < 3:
         raise UserError(f"data.rare_fraction = {cfg.rare_fraction} leaves only {n_pos} rare images, too few for "
                         "train, val and test; raise data.rare_fraction (or data.n_samples).")
@@ -118,24 +120,50 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
-def make_digits(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+def make_digits(cfg: DataConfig, seed: int, cache_dir: str | None = None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """sklearn's bundled 8x8 digits as the binary task "is it rare_class", positives subsampled."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    images, target = digits_arrays(Path(cache_dir) if cache_dir else default_cache_dir(None))
     rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(digits.target == cfg.rare_class), np.flatnonzero(digits.target != cfg.rare_class)
+    pos, neg = np.flatnonzero(target == cfg.rare_class), np.flatnonzero(target != cfg.rare_class)
     f = cfg.rare_fraction
     if (want := round(f * len(neg) / (1 - f))) <= len(pos):
         pos = rng.choice(pos, want, replace=False)
     else:  # not enough positives for this fraction: keep them all and drop negatives instead
         neg = rng.choice(neg, round(len(pos) * (1 - f) / f), replace=False)
     idx = np.sort(np.concatenate([neg, pos]))
-    x = torch.from_numpy(digits.images[idx]).float().mul(255 / 16).unsqueeze(1)
+    x = torch.from_numpy(images[idx]).float().mul(255 / 16).unsqueeze(1)
     x = F.interpolate(x, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
     x = x.round().clamp(0, 255).to(torch.uint8).repeat(1, 1 if cfg.grayscale else 3, 1, 1)
-    y = (digits.target[idx] == cfg.rare_class).astype(np.int64)
+    y = (target[idx] == cfg.rare_class).astype(np.int64)
     return x, y, ["other", f"digit {cfg.rare_class}"]
+
+
+def digits_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """load_digits()'s images (1797, 8, 8) and target, from an .npz in `folder` keyed by the path, size and
+    mtime of scikit-learn's digits file (found without importing scikit-learn); the first load writes it."""
+    source = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets" / "data" / "digits.csv.gz"
+    st = source.stat()
+    key = hashlib.sha256(f"v{CACHE_VERSION} {source} {st.st_size} {st.st_mtime_ns}".encode()).hexdigest()[:24]
+    cache = folder / f"digits-{key}.npz"
+    try:
+        with np.load(cache) as saved:  # no pickles: a foreign file cannot run code
+            images, target = saved["images"], saved["target"]
+        if images.shape[1:] == (8, 8) and len(images) == len(target):
+            return images, target
+    except Exception:  # missing, torn or foreign: a miss
+        pass
+    from sklearn.datasets import load_digits  # the first load only: importing sklearn takes ~1 s
+
+    digits = load_digits()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=digits.images, target=digits.target)
+        os.replace(tmp, cache)  # atomic, so concurrent workers never read half a file
+    except OSError as e:
+        warnings.warn(f"could not write the digits cache {cache}: {e}")
+    return digits.images, digits.target
 
 
 def make_synthetic(cfg: DataConfig, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
@@ -223,15 +251,18 @@ def cache_key(root: Path, paths: list[Path], cfg: DataConfig) -> str:
     return h.hexdigest()[:24]
 
 
-def default_cache_dir(root: Path) -> Path:
-    d = root / ".tuner-cache"
-    try:
-        d.mkdir(exist_ok=True)
-        if os.access(d, os.W_OK):
-            return d
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / "tuner-cache"
+def default_cache_dir(root: Path | None) -> Path:
+    """ROOT/.tuner-cache when writable, else (and with no root) this user's cache folder: not the
+    shared temp folder, where another user could plant a file under the expected name."""
+    if root is not None:
+        d = root / ".tuner-cache"
+        try:
+            d.mkdir(exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            pass
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuner"
 
 
 def decode_all(paths: list[Path], cfg: DataConfig, cache: Path) -> tuple[np.ndarray, np.ndarray]:
