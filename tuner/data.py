@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
