@@ -34,7 +34,7 @@ class _Heartbeat(threading.Thread):
     trials of dead workers (Optuna itself sweeps only just before an ask)."""
 
     def __init__(self, storage: optuna.storages.RDBStorage, trials: list[optuna.Trial], study: optuna.Study, grace: int):
-        super().__init__(daemon=True)
+        super().__init__(daemon=True, name="tuner-heartbeat")  # cli.main looks for it by name
         self.storage, self.study, self.grace = storage, study, grace
         self.trial_ids = [t._trial_id for t in trials]
         self.interval = storage.get_heartbeat_interval()
@@ -150,6 +150,7 @@ class _TrialRun:
         self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed}
         self.resume = checkpoints.load_running(self.ckpt, self.params)
         self.started = time.time()
+        self.taken_over = False  # the heartbeat sweep failed this trial while we were cut off
         self._db("starting a trial", lambda: (trial.set_user_attr("seed", self.seed),
                                               trial.set_user_attr("worker", f"{socket.gethostname()}:{index}")))
         if self.resume is not None:
@@ -162,37 +163,62 @@ class _TrialRun:
         return _db(self.cfg, self.index, what, op)
 
     def report(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Store one epoch's metrics; True when training should stop (pruned, or taken over)."""
         def write():
             self.trial.report(metrics[self.cfg.study.metric], epoch)
             for key, value in metrics.items():
                 self.trial.set_user_attr(key, value)
             self.trial.set_user_attr("epochs", epoch)
             return self.trial.should_prune()
-        return self._db(f"reporting epoch {epoch}", write)
+        if self.taken_over:
+            return True
+        try:
+            return self._db(f"reporting epoch {epoch}", write)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Our heartbeats stopped reaching the database for longer than the grace period, so a
+            # sweep failed the trial and queued its retry, which resumes from the shared checkpoint.
+            self.taken_over = True
+            log(f"[worker {self.index}] trial {self.trial.number} was failed by a heartbeat sweep while this "
+                f"worker was cut off; its retry carries on from the checkpoint, this worker drops it")
+            return True
 
     def save(self, state: dict) -> None:
-        checkpoints.save_running(self.ckpt, state, self.params)
+        if not self.taken_over:  # the checkpoint now belongs to the retry
+            checkpoints.save_running(self.ckpt, state, self.params)
+
+    def _finished(self) -> bool:
+        self.taken_over = self.taken_over or self.storage.get_trial(self.trial._trial_id).state.is_finished()
+        return self.taken_over
 
     def requeue(self) -> None:
         """Fail the trial and queue a copy that resumes from its checkpoint, as a heartbeat retry does."""
         def write():
             frozen = self.storage.get_trial(self.trial._trial_id)
             if frozen.state.is_finished():
-                return
+                return  # already failed by a sweep, which queued the retry
             self.trial.set_user_attr("stop_reason", "interrupted")
             self.study.tell(self.trial, state=TrialState.FAIL)
             optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, frozen)
         self._db("queueing an interrupted trial", write)
         log(f"[worker {self.index}] trial {self.trial.number} interrupted; queued again to resume from its last epoch")
 
-    def fail(self, e: Exception) -> TrialState:
-        self._db("failing a trial", lambda: (self.trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500]),
-                                             self.study.tell(self.trial, state=TrialState.FAIL)))
+    def fail(self, e: Exception) -> TrialState | None:
+        def write():
+            if self._finished():
+                return
+            self.trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            self.study.tell(self.trial, state=TrialState.FAIL)
+        self._db("failing a trial", write)
+        if self.taken_over:
+            return None
         log(f"[worker {self.index}] trial {self.trial.number} failed: {type(e).__name__}: {e}")
         return TrialState.FAIL
 
-    def finish(self, result, data) -> TrialState:
+    def finish(self, result, data) -> TrialState | None:
+        """Tell the result; None when the trial was taken over (it is neither ours to tell nor a failure)."""
         trial, cfg = self.trial, self.cfg
+        if self.taken_over:
+            return None
         if result.state == "complete":
             checkpoints.save_trial_model(cfg, self.study.study_name, trial.number, result.model, data,
                                          self.gamma, self.alpha, self.seed)
@@ -202,7 +228,10 @@ class _TrialRun:
             reason = "diverged" if result.state == "diverged" else f"pruner at epoch {result.epochs}"
 
         def tell():  # idempotent: after a lost connection the first attempt may have landed already
-            if self.storage.get_trial(trial._trial_id).state.is_finished():
+            frozen = self.storage.get_trial(trial._trial_id)
+            if frozen.state.is_finished():
+                # Ours landed (same state), or a sweep failed the trial while this worker was away.
+                self.taken_over = frozen.state != state
                 return
             trial.set_user_attr("duration_s", round(time.time() - self.started, 2))
             if reason:
@@ -210,6 +239,11 @@ class _TrialRun:
             self.study.tell(trial, result.value if state == TrialState.COMPLETE else None, state=state)
 
         self._db("finishing a trial", tell)
+        if self.taken_over:
+            checkpoints.trial_path(cfg, self.study.study_name, trial.number).unlink(missing_ok=True)
+            log(f"[worker {self.index}] trial {trial.number} was failed by a heartbeat sweep before its result "
+                f"landed; its retry carries on from the checkpoint")
+            return None
         self.ckpt.unlink(missing_ok=True)
         if state == TrialState.COMPLETE:
             self._db("pruning checkpoints", lambda: checkpoints.keep_best(cfg, self.study))
@@ -219,9 +253,10 @@ class _TrialRun:
         return state
 
 
-def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState]:
+def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState | None]:
     """Train the claimed trials, group by group (see ``_groups``), telling each group's results as
-    soon as it is done; on a stop signal the trials not yet told are queued again."""
+    soon as it is done; on a stop signal the trials not yet told are queued again. A trial's state
+    is None when a sweep took it over while this worker was cut off from the database."""
     runs = [_TrialRun(study, storage, t, cfg, index) for t in trials]
     states = {}
     with _Heartbeat(storage, trials, study, cfg.study.grace_period):
@@ -236,7 +271,7 @@ def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState
                 for r in runs:
                     if r not in states:
                         r.requeue()
-                        states[r] = TrialState.FAIL
+                        states[r] = None if r.taken_over else TrialState.FAIL
                 break
             except UserError:
                 raise
@@ -274,14 +309,17 @@ def _train(cfg, data, group: list["_TrialRun"], dev):
 def _db(cfg, index, what, op):
     """Run a storage operation, retrying with back-off while the database is away (a restart, a
     failover), for at most ``study.db_retry_s`` seconds."""
-    deadline, delay = time.time() + cfg.study.db_retry_s, 0.5
+    # Measured from the first attempt: on a cut link that attempt alone waits for the TCP user timeout.
+    start, delay = time.time(), 0.5
+    deadline = start + cfg.study.db_retry_s
     while True:
         try:
             return op()
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
             if time.time() + delay > deadline:
-                raise UserError(f"the study database stayed unreachable for {cfg.study.db_retry_s} s while {what} "
-                                f"on worker {index}; check the database and restart the worker") from e
+                raise UserError(f"the study database stayed unreachable for {time.time() - start:.0f} s "
+                                f"(study.db_retry_s = {cfg.study.db_retry_s}) while {what} on worker {index}; "
+                                f"check the database and restart the worker") from e
             log(f"[worker {index}] database unreachable while {what}; retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
