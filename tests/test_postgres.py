@@ -147,5 +147,5 @@ def test_database_away_past_the_bound_stops_workers_with_a_clear_error(pg_study,
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True, timeout=60)
         driver.kill()
     assert driver.returncode == 2, out
-    assert "error: the study database stayed unreachable for 3 s" in out
+    assert "error: the study database stayed unreachable for " in out
     assert "Traceback" not in out

@@ -1,7 +1,9 @@
 """The ``tuner`` command. Thin: parse, call the module that does the work, print."""
 
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -273,6 +275,12 @@ def main() -> None:
         code = app(sys.argv[1:] or ["--help"], standalone_mode=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        if any(t.name == "tuner-heartbeat" and t.is_alive() for t in threading.enumerate()):
+            # A heartbeat blocked on a dead database connection can make the interpreter's
+            # shutdown abort (SIGABRT) after the error line: leave without that shutdown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
