@@ -19,6 +19,10 @@ from sqlalchemy.engine import make_url
 from tuner.errors import UserError
 
 DEFAULT_URL = "sqlite:///tuner.db"
+# Per-session server settings. PgBouncer refuses them unless its ignore_startup_parameters
+# lists options (it then drops them; set them in its server_connect_query instead).
+SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
+                  "-c tcp_user_timeout=30000 -c idle_in_transaction_session_timeout=60000")
 # Heartbeats and stale-trial sweeps are marked experimental; they are what keeps a dead worker's
 # trial from hanging, so we use them and keep the warning out of every worker's output.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -54,10 +58,12 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
         # Many processes on a few hosts: keep each one's pool small, and survive server restarts.
         # A cut network link sends no reset: without keepalives and a TCP user timeout a query
         # would wait ~15 minutes for the kernel to give up, instead of failing into our retries.
+        # The server gets the same settings for its end (``options``), so the session of a worker
+        # cut off mid-transaction ends and releases its row locks instead of blocking the others.
         engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300,
                          "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                                           "keepalives_interval": 5, "keepalives_count": 3,
-                                          "tcp_user_timeout": 30000}}
+                                          "tcp_user_timeout": 30000, "options": SERVER_OPTIONS}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     hb = {}
