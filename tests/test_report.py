@@ -25,7 +25,9 @@ def finished_study(tmp_path_factory) -> Path:
     """
     if "folder" not in _SHARED:
         folder = tmp_path_factory.mktemp("finished")
-        proc = tuner("start-study", str(write_study(folder, n_trials=6, epochs=2)), "--workers", "2", cwd=folder)
+        # The pruner waits for 2 complete trials: parameter importance needs them, whatever the timing.
+        proc = tuner("start-study", str(write_study(folder, n_trials=6, epochs=2)), "--workers", "2",
+                     "--set", "pruner.n_startup_trials=2", cwd=folder)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         _SHARED["folder"] = folder
     return _SHARED["folder"]
