@@ -80,9 +80,14 @@ def cli(monkeypatch, capsys):
     return run
 
 
+def url_from_env(var: str, missing: str) -> str:
+    """The database URL in environment variable ``var``, or skip the test saying what is missing."""
+    url = os.environ.get(var)
+    if not url:
+        pytest.skip(f"no {missing}: set {var}")
+    return url
+
+
 @pytest.fixture
 def postgres_url():
-    url = os.environ.get("TUNER_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no PostgreSQL: set TUNER_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    return url
+    return url_from_env("TUNER_TEST_POSTGRES_URL", "PostgreSQL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from conftest import assert_user_error, tuner, write_study
+from conftest import assert_user_error, tuner, url_from_env, write_study
 
 
 @pytest.fixture
@@ -62,10 +62,7 @@ def test_unreachable_postgres_is_one_line_and_hides_the_password(tmp_path):
 
 @pytest.fixture
 def auth_url():
-    url = os.environ.get("TUNER_TEST_POSTGRES_AUTH_URL")
-    if not url:
-        pytest.skip("no password-protected PostgreSQL role: set TUNER_TEST_POSTGRES_AUTH_URL (.ci/run sets one up)")
-    return url
+    return url_from_env("TUNER_TEST_POSTGRES_AUTH_URL", "password-protected PostgreSQL role (.ci/run sets one up)")
 
 
 def test_wrong_password_is_one_line_and_never_printed(auth_url, tmp_path):
