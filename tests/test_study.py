@@ -126,14 +126,17 @@ def test_dashboard_serves_the_study(finished):
 
 
 def test_resume_after_the_driver_is_stopped(tmp_path):
-    study_file = write_study(tmp_path, n_trials=6, epochs=3, pruner="none")
+    # Trials of a second or more: with the smoke study's 0.3 s trials the whole study could end
+    # between two looks, and there would be nothing left to interrupt.
+    study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
+    slower = ["--set", "data.n_samples=1200"]
     env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2"],
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2", *slower],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     db = tmp_path / "tuner.db"
     deadline = time.time() + 120
     while time.time() < deadline:  # stop once a trial has finished and others are running
-        time.sleep(0.5)
+        time.sleep(0.1)
         if "smoke" in optuna.get_all_study_names(f"sqlite:///{db}"):
             states = [t.state for t in load(tmp_path).trials]
             if TrialState.COMPLETE in states and TrialState.RUNNING in states:
@@ -146,7 +149,7 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     finished_before = sum(t.state == TrialState.COMPLETE for t in stopped)
     assert finished_before < 6
 
-    proc = tuner("start-study", str(study_file), "--workers", "2", cwd=tmp_path)
+    proc = tuner("start-study", str(study_file), "--workers", "2", *slower, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = load(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
