@@ -3,15 +3,18 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import assert_user_error, tuner, url_from_env, write_study
+from tuner.storage import open_storage, study_lock
 
 
 @pytest.fixture
@@ -146,3 +149,60 @@ def test_database_away_past_the_bound_stops_workers_with_a_clear_error(pg_study,
     assert driver.returncode == 2, out
     assert "error: the study database stayed unreachable for " in out
     assert "Traceback" not in out
+
+
+def server_sessions(url: str, application_name: str) -> int:
+    with sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool).connect() as conn:
+        return conn.execute(sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"),
+                            {"a": application_name}).scalar()
+
+
+@pytest.mark.parametrize("pool, held", [("on", True), ("off", False)])
+def test_tuner_pool_off_holds_no_connection_between_calls(pg_study, pool, held):
+    # For a pooler in front of the server (README, "Scaling out"): with tuner_pool=off a process
+    # gives its connection back after each storage call, so the pooler can lend it to another.
+    url, name = pg_study
+    app = f"tuner-pool-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(f"{url}?application_name={app}&tuner_pool={pool}")
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    with study_lock(storage, name):
+        trial = study.ask({"gamma": optuna.distributions.FloatDistribution(0, 5)})
+    trial.report(0.5, 1)
+    study.tell(trial, 0.5)
+    assert study.best_value == 0.5
+    assert (server_sessions(url, app) > 0) == held
+    storage.engine.dispose()
+
+
+def test_tuner_pool_other_than_on_or_off_is_one_line(cli, tmp_path):
+    proc = cli("status", "--storage", "postgresql+psycopg://bob:hunter2@127.0.0.1:5432/db?tuner_pool=maybe",
+               cwd=tmp_path)
+    assert_user_error(proc, "tuner_pool must be on or off", "bob:***@")
+    assert "hunter2" not in proc.stdout + proc.stderr
+
+
+def test_study_lock_without_a_pool_waits_holding_no_connection(pg_study):
+    # Behind a pooler with fewer server connections than waiting workers, a waiter that sat on a
+    # connection could starve the holder; without a pool the waiter tries, gives back, tries again.
+    url, name = pg_study
+    app = f"tuner-lock-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(f"{url}?application_name={app}&tuner_pool=off")
+    entered = []
+
+    def second():
+        with study_lock(storage, name):
+            entered.append(time.time())
+
+    with study_lock(storage, name):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.5)
+        sessions = []
+        for _ in range(10):
+            sessions.append(server_sessions(url, app))
+            time.sleep(0.05)
+        assert not entered  # the lock excludes
+        released = time.time()
+    waiter.join(timeout=10)
+    assert entered and entered[0] >= released
+    assert min(sessions) == 1, sessions  # the holder's; the waiter holds none between its tries

@@ -7,7 +7,9 @@
 import contextlib
 import fcntl
 import os
+import random
 import sqlite3
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -20,7 +22,7 @@ from tuner.errors import UserError
 
 DEFAULT_URL = "sqlite:///tuner.db"
 # Per-session server settings. PgBouncer refuses them unless its ignore_startup_parameters
-# lists options (it then drops them; set them in its server_connect_query instead).
+# lists options, as bench/pgbouncer.ini does.
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
                   "-c tcp_user_timeout=30000 -c idle_in_transaction_session_timeout=60000")
 # Heartbeats and stale-trial sweeps are marked experimental; they are what keeps a dead worker's
@@ -55,6 +57,13 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
         if parsed.database and parsed.database != ":memory:":
             _sqlite_wal(Path(parsed.database))
     elif backend == "postgresql":
+        # ?tuner_pool=off (for a pooler such as PgBouncer in front of the server): no pool in the
+        # process, so a connection is held only while a storage call runs and is then given back.
+        pooled = parsed.query.get("tuner_pool", "on")
+        if pooled not in ("on", "off"):
+            raise UserError(f"storage URL {mask(url)!r}: tuner_pool must be on or off, got {pooled!r}")
+        parsed = parsed.difference_update_query(["tuner_pool"])
+        url = parsed.render_as_string(hide_password=False)
         # Many processes on a few hosts: keep each one's pool small, and survive server restarts.
         # A cut network link sends no reset: without keepalives and a TCP user timeout a query
         # would wait ~15 minutes for the kernel to give up, instead of failing into our retries.
@@ -64,6 +73,8 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
                          "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
                                           "keepalives_interval": 5, "keepalives_count": 3,
                                           "tcp_user_timeout": 30000, "options": SERVER_OPTIONS}}
+        if pooled == "off":
+            engine_kwargs = {"poolclass": sqlalchemy.pool.NullPool, "connect_args": engine_kwargs["connect_args"]}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     hb = {}
@@ -107,9 +118,7 @@ def study_lock(storage: optuna.storages.RDBStorage, study_name: str):
             yield
     elif url.get_backend_name() == "postgresql":
         key = zlib.crc32(study_name.encode())
-        with storage.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()
+        with _advisory_lock(storage.engine, key) as conn:
             try:
                 yield
             finally:
@@ -117,3 +126,27 @@ def study_lock(storage: optuna.storages.RDBStorage, study_name: str):
                 conn.commit()
     else:
         yield
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine: sqlalchemy.Engine, key: int):
+    """A connection holding PostgreSQL advisory lock ``key``. Without a pool in the process
+    (tuner_pool=off, a pooler in front), a waiter must not sit on a server connection: behind a
+    pooler with fewer server connections than waiters, the holder could then get none and
+    everyone would wait. So it tries, gives the connection back, and tries again."""
+    if not isinstance(engine.pool, sqlalchemy.pool.NullPool):
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            yield conn
+        return
+    delay = 0.01
+    while True:
+        with engine.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            conn.commit()
+            if got:
+                yield conn
+                return
+        time.sleep(random.uniform(0, delay))
+        delay = min(delay * 2, 0.5)
