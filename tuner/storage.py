@@ -69,12 +69,11 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
         # would wait ~15 minutes for the kernel to give up, instead of failing into our retries.
         # The server gets the same settings for its end (``options``), so the session of a worker
         # cut off mid-transaction ends and releases its row locks instead of blocking the others.
-        engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300,
-                         "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-                                          "keepalives_interval": 5, "keepalives_count": 3,
-                                          "tcp_user_timeout": 30000, "options": SERVER_OPTIONS}}
-        if pooled == "off":
-            engine_kwargs = {"poolclass": sqlalchemy.pool.NullPool, "connect_args": engine_kwargs["connect_args"]}
+        connect_args = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                        "keepalives_count": 3, "tcp_user_timeout": 30000, "options": SERVER_OPTIONS}
+        pool = ({"poolclass": sqlalchemy.pool.NullPool} if pooled == "off" else
+                {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300})
+        engine_kwargs = {"connect_args": connect_args, **pool}
     else:
         engine_kwargs = {"pool_pre_ping": True}
     hb = {}

@@ -195,7 +195,8 @@ class _TrialRun:
         def write():
             frozen = self.storage.get_trial(self.trial._trial_id)
             if frozen.state.is_finished():
-                return  # already failed by a sweep, which queued the retry
+                self.taken_over = True  # failed by a sweep, which queued the retry
+                return
             self.trial.set_user_attr("stop_reason", "interrupted")
             self.study.tell(self.trial, state=TrialState.FAIL)
             optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(self.study, frozen)
