@@ -3,19 +3,25 @@
 optuna-dashboard's own API lets anyone who reaches it delete studies and write trials; the guard
 answers 403 to every request that is not GET/HEAD/OPTIONS, and 401 to one without the token.
 A browser passes the token once as ``?token=...``: it gets a cookie and a redirect to the same
-page without the token in its address.
+page without the token in its address. On a loopback address, a request whose Host header names
+another host gets 403: a web page from elsewhere that re-points its own name at 127.0.0.1 (DNS
+rebinding) reads nothing. A read-only dashboard's page says so in a banner and hides the
+controls that would only get a 403.
 
 >>> app = guard(optuna_dashboard.wsgi(storage), allow_writes=False, token="s3cret")  # doctest: +SKIP
->>> serve(app, "127.0.0.1", 8080)  # until Ctrl-C
+>>> server = bind(app, "127.0.0.1", 0)  # doctest: +SKIP
+>>> serve(server)  # until Ctrl-C  # doctest: +SKIP
 """
 
 import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import sys
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from urllib.parse import parse_qsl, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -24,6 +30,26 @@ from tuner.errors import UserError
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 COOKIE = "tuner_dashboard"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+PAGE = re.compile(r"/dashboard(/.*)?")
+BANNER_ID = "tuner-read-only"
+# optuna-dashboard's page allows inline styles (its Content-Security-Policy has style-src
+# 'unsafe-inline') but no inline scripts: the banner is markup, the hiding is CSS. Its buttons have
+# no ids; they are found by the Material icon inside them (data-testid) or their aria-label.
+READ_ONLY_STYLE = f"""<style>
+#{BANNER_ID} {{ position: fixed; bottom: 12px; left: 50%; transform: translateX(-50%); z-index: 2000;
+  padding: 6px 16px; border-radius: 16px; background: #8a4b08; color: #fff; box-shadow: 0 2px 6px rgba(0,0,0,.35);
+  font: 500 14px/1.5 Roboto, Helvetica, Arial, sans-serif; white-space: nowrap; pointer-events: none; }}
+#{BANNER_ID} code {{ font: inherit; font-family: monospace; }}
+button:has([data-testid="AddBoxIcon"]), button:has([data-testid="DeleteIcon"]),
+button:has([data-testid="DriveFileRenameOutlineIcon"]), button:has([data-testid="EditIcon"]),
+button:has([data-testid="StopCircleIcon"]), button:has([data-testid="UploadFileIcon"]),
+button:has([data-testid="RestoreFromTrashIcon"]), button[aria-label="skip trial"],
+[role="menuitem"]:has([data-testid="DeleteIcon"]) {{ display: none !important; }}
+</style>
+""".encode()
+READ_ONLY_BANNER = (f'<div id="{BANNER_ID}" role="status">read-only: studies, trials and notes cannot be changed here '
+                    '(<code>tuner dashboard --allow-writes</code> allows it)</div>').encode()
 
 
 def _digest(token: str) -> str:
@@ -50,11 +76,65 @@ def _has_token(environ: dict, token: str, query: list[tuple[str, str]]) -> bool:
     return COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value.encode(), _digest(token).encode())
 
 
-def guard(app, allow_writes: bool = False, token: str | None = None):
-    """Wrap a WSGI app: 401 without ``token`` (when set), then 403 for writes unless allowed."""
+def host_name(header: str) -> str:
+    """The name in a Host header, without port or brackets: '[::1]:8080' -> '::1'.
+
+    >>> [host_name(h) for h in ("localhost:8080", "127.0.0.1", "[::1]:80", "Example.ORG.")]
+    ['localhost', '127.0.0.1', '::1', 'example.org']
+    """
+    h = header.strip().lower()
+    if h.startswith("["):
+        h = h[1:].split("]", 1)[0]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def allowed_hosts(bound: str) -> frozenset[str] | None:
+    """The Host names a dashboard bound to ``bound`` answers: the loopback names when it is a loopback
+    address, any (None) otherwise. The port is not compared: an SSH tunnel forwards another one."""
+    return frozenset({*LOOPBACK_NAMES, host_name(bound)}) if is_loopback(bound) else None
+
+
+def _with_banner(app, environ, start_response) -> list[bytes]:
+    """The dashboard page with the read-only banner and style in it."""
+    method = environ.get("REQUEST_METHOD", "GET").upper()
+    # The whole page every time: a 304 or a byte range would refer to the file without the banner.
+    environ = {k: v for k, v in environ.items() if k not in ("HTTP_IF_MODIFIED_SINCE", "HTTP_IF_NONE_MATCH", "HTTP_RANGE", "HTTP_IF_RANGE")}
+    environ["REQUEST_METHOD"] = "GET"
+    got, written = {}, []
+
+    def capture(status, headers, exc_info=None):
+        got.update(status=status, headers=headers)
+        return written.append
+
+    result = app(environ, capture)
+    try:
+        body = b"".join([*written, *result])
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    status, headers = got["status"], got["headers"]
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    if status.startswith("200") and content_type.startswith("text/html"):
+        body = body.replace(b"</head>", READ_ONLY_STYLE + b"</head>", 1).replace(b"<body>", b"<body>\n" + READ_ONLY_BANNER, 1)
+        drop = ("content-length", "etag", "last-modified", "accept-ranges", "cache-control")
+        headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        headers += [("Content-Length", str(len(body))), ("Cache-Control", "no-cache")]
+    start_response(status, headers)
+    return [] if method == "HEAD" else [body]
+
+
+def guard(app, allow_writes: bool = False, token: str | None = None, hosts: frozenset[str] | None = None):
+    """Wrap a WSGI app: 403 for a Host header not in ``hosts`` (when given), 401 without ``token``
+    (when set), then 403 for writes unless allowed; a read-only page gets its banner."""
 
     def guarded(environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET").upper()
+        if hosts is not None and "HTTP_HOST" in environ and host_name(environ["HTTP_HOST"]) not in hosts:
+            return _reply(start_response, "403 Forbidden",
+                          f"this dashboard answers only to Host {', '.join(sorted(hosts))}; "
+                          f"open http://localhost:{environ.get('SERVER_PORT', 'PORT')}/ instead")
         if token:
             query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
             if not _has_token(environ, token, query):
@@ -69,9 +149,26 @@ def guard(app, allow_writes: bool = False, token: str | None = None):
         if not allow_writes and method not in SAFE_METHODS:
             return _reply(start_response, "403 Forbidden",
                           "the dashboard is read-only; restart it with tuner dashboard --allow-writes to change studies")
+        if "HTTP_ACCEPT_ENCODING" not in environ:
+            # optuna-dashboard 0.21 reads this header for /favicon.ico and /static/* with [] and
+            # answers 500 (KeyError) to a client that sends none; without it nothing is compressed.
+            environ = {**environ, "HTTP_ACCEPT_ENCODING": "identity"}
+        if not allow_writes and method in ("GET", "HEAD") and PAGE.fullmatch(environ.get("PATH_INFO", "")):
+            return _with_banner(app, environ, start_response)
         return app(environ, start_response)
 
     return guarded
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace and the final newline dropped), or a UserError."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read --token-file {path}: {getattr(e, 'strerror', None) or e}")
+    if not token:
+        raise UserError(f"--token-file {path} is empty; put the token in it (e.g. openssl rand -hex 24 > {path})")
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -96,12 +193,23 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve(app, host: str, port: int) -> None:
-    """Serve ``app`` in the foreground until Ctrl-C; a port in use or a bad host is a UserError."""
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port: use 1 to 65535, or 0 for a free one")
+
+
+def bind(app, host: str, port: int) -> WSGIServer:
+    """A server for ``app`` bound to host:port (0: a free port; ``server.server_port`` says which),
+    or a UserError when the port is in use or the host is not this machine's."""
+    check_port(port)
     try:
-        server = make_server(host, port, app, server_class=_Server6 if ":" in host else _Server, handler_class=_QuietHandler)
+        return make_server(host, port, app, server_class=_Server6 if ":" in host else _Server, handler_class=_QuietHandler)
     except OSError as e:
         raise UserError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e}; pick another --port or --host")
+
+
+def serve(server: WSGIServer) -> None:
+    """Serve in the foreground until Ctrl-C."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:
