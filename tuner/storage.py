@@ -32,7 +32,20 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 
 def default_url() -> str:
-    return os.environ.get("TUNER_STORAGE") or DEFAULT_URL
+    """$TUNER_STORAGE, else the URL in the file $TUNER_STORAGE_FILE names, else sqlite:///tuner.db.
+    The file keeps a password out of the environment, where docker inspect and /proc show it."""
+    if os.environ.get("TUNER_STORAGE"):
+        return os.environ["TUNER_STORAGE"]
+    path = os.environ.get("TUNER_STORAGE_FILE")
+    if not path:
+        return DEFAULT_URL
+    try:
+        url = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read TUNER_STORAGE_FILE {path}: {getattr(e, 'strerror', None) or e}")
+    if not url:
+        raise UserError(f"TUNER_STORAGE_FILE {path} is empty; put the storage URL in it, e.g. postgresql+psycopg://user:password@host/db")
+    return url
 
 
 def mask(url: str) -> str:
