@@ -33,6 +33,11 @@ def folder_cfg(root, **kw):
     return DataConfig(kind="imagefolder", root=str(root), image_size=kw.pop("image_size", 16), **kw)
 
 
+def balanced_cfg(root, **kw):
+    """Two classes of equal size need their positive class named: b."""
+    return folder_cfg(root, positive_class="b", **kw)
+
+
 def corrupt(path):
     """Overwrite a file with garbage of the same size and keep its mtime, so the cache key is unchanged."""
     st = path.stat()
@@ -60,12 +65,12 @@ def test_imagefolder_shapes_dtypes_and_sorted_classes(tmp_path):
 
 def test_imagefolder_grayscale_and_rgb_conversion(tmp_path):
     make_tree(tmp_path, {"blue": 6, "red": 6}, colour={"red": (255, 0, 0), "blue": (0, 0, 255)})
-    gray = load_data(folder_cfg(tmp_path, image_size=20), cache_dir=str(tmp_path / "c"))
+    gray = load_data(folder_cfg(tmp_path, image_size=20, positive_class="red"), cache_dir=str(tmp_path / "c"))
     assert gray.train_x.shape[1:] == (1, 20, 20)
     x = torch.cat([gray.train_x, gray.val_x]).flatten(1)
     y = torch.cat([gray.train_y, gray.val_y])
     assert (x[y == 1] == 76).all() and (x[y == 0] == 29).all()  # PIL's L = 0.299 R + 0.587 G + 0.114 B
-    rgb = load_data(folder_cfg(tmp_path, image_size=20, grayscale=False), cache_dir=str(tmp_path / "c"))
+    rgb = load_data(folder_cfg(tmp_path, image_size=20, grayscale=False, positive_class="red"), cache_dir=str(tmp_path / "c"))
     assert rgb.train_x.shape[1:] == (3, 20, 20) and rgb.channels == 3
     red = rgb.train_x[rgb.train_y == 1]
     assert (red[:, 0] == 255).all() and (red[:, 1:] == 0).all()
@@ -89,7 +94,7 @@ def test_imagefolder_rare_class_always_in_val(tmp_path):
 def test_imagefolder_test_folder(tmp_path):
     make_tree(tmp_path, {"a": 10, "b": 10})
     make_tree(tmp_path, {"a": 4, "b": 3}, split="test", seed=1)
-    d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+    d = load_data(balanced_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
     assert d.test_x.shape == (7, 1, 16, 16) and d.test_y.tolist() == [0] * 4 + [1] * 3
     assert len(d.train_y) + len(d.val_y) == 20
 
@@ -97,35 +102,35 @@ def test_imagefolder_test_folder(tmp_path):
 def test_imagefolder_second_load_comes_from_cache(tmp_path):
     make_tree(tmp_path, {"a": 10, "b": 10})
     cache = tmp_path / "cache"
-    first = load_data(folder_cfg(tmp_path), cache_dir=str(cache))
+    first = load_data(balanced_cfg(tmp_path), cache_dir=str(cache))
     assert len(list(cache.glob("*.pt"))) == 1
     for path in (tmp_path / "train").rglob("*.png"):
         corrupt(path)
-    second = load_data(folder_cfg(tmp_path), cache_dir=str(cache))  # would fail if it decoded anything
+    second = load_data(balanced_cfg(tmp_path), cache_dir=str(cache))  # would fail if it decoded anything
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.val_y, second.val_y)
     assert second.skipped == 0
     with pytest.raises(UserError, match="20 of 20 images"):
-        load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "fresh"))
+        load_data(balanced_cfg(tmp_path), cache_dir=str(tmp_path / "fresh"))
 
 
 def test_imagefolder_default_cache_dir_is_under_root(tmp_path):
     make_tree(tmp_path, {"a": 5, "b": 5})
-    load_data(folder_cfg(tmp_path))
+    load_data(balanced_cfg(tmp_path))
     assert len(list((tmp_path / ".tuner-cache").glob("*.pt"))) == 1
 
 
 def test_imagefolder_cache_key_follows_files_and_settings(tmp_path):
     make_tree(tmp_path, {"a": 5, "b": 5}, colour={"a": (0, 0, 0), "b": (0, 0, 0)})
     cache = tmp_path / "cache"
-    before = load_data(folder_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
+    before = load_data(balanced_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
     path = tmp_path / "train" / "a" / "img000.png"
     Image.fromarray(np.full((12, 12, 3), 255, dtype=np.uint8)).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    after = load_data(folder_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
+    after = load_data(balanced_cfg(tmp_path, val_fraction=0.4), cache_dir=str(cache))
     assert len(list(cache.glob("*.pt"))) == 2
     assert before.train_x.sum() + before.val_x.sum() == 0
     assert after.train_x.sum() + after.val_x.sum() == 255 * 16 * 16
-    load_data(folder_cfg(tmp_path, image_size=24), cache_dir=str(cache))
+    load_data(balanced_cfg(tmp_path, image_size=24), cache_dir=str(cache))
     assert len(list(cache.glob("*.pt"))) == 3
 
 
@@ -172,10 +177,10 @@ def test_imagefolder_few_corrupt_images_are_skipped(tmp_path):
     corrupt(tmp_path / "train" / "a" / "img003.png")
     (tmp_path / "train" / "b" / "img007.png").write_bytes(b"")
     with pytest.warns(UserWarning, match="skipped 2 unreadable images"):
-        d = load_data(folder_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c"))
+        d = load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c"))
     assert d.skipped == 2 and len(d.train_y) + len(d.val_y) == 78
     with pytest.warns(UserWarning, match="skipped 2"):  # the cache remembers which files were bad
-        assert load_data(folder_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 2
+        assert load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 2
 
 
 def test_imagefolder_too_many_corrupt_images(tmp_path):
@@ -184,7 +189,7 @@ def test_imagefolder_too_many_corrupt_images(tmp_path):
     for i in (1, 2):
         corrupt(tmp_path / "train" / "a" / f"img00{i}.png")
     with pytest.raises(UserError, match=f"2 of 80 images .*first: {first_bad}.*data.max_bad_fraction"):
-        load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+        load_data(balanced_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
 
 
 def test_imagefolder_class_with_no_readable_images(tmp_path):
@@ -332,3 +337,79 @@ def test_splits_helpers(tmp_path):
     moved = d.to("meta")
     assert moved is not d and moved.train_x.device.type == "meta" and moved.val_y.device.type == "meta"
     assert moved.test_x is None and d.train_x.device.type == "cpu" and moved.classes == d.classes
+
+
+# ---- the positive class ----
+
+
+def digit_tree(root, names: dict[str, int], rare_digit=9, n_rare=14, n_common=120, test=False):
+    """Real digits as PNG: names = {folder: digit or -1 for "any other digit"}; the rare folder gets
+    n_rare images of rare_digit, the other n_common images of other digits. Same files whatever the names."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rare = np.flatnonzero(digits.target == rare_digit)
+    other = np.flatnonzero(digits.target != rare_digit)
+    for split, (r, o) in {"train": (rare[:n_rare], other[:n_common]), "test": (rare[n_rare:n_rare + 6], other[n_common:n_common + 40])}.items():
+        if split == "test" and not test:
+            continue
+        for name, digit in names.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in (r if digit == rare_digit else o):
+                Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"img{i:04d}.png")
+    return root
+
+
+def trial_history(root, **kw):
+    from tuner.config import from_dict
+    from tuner.train import train_trial
+
+    cfg = from_dict({"data": {"kind": "imagefolder", "root": str(root), "image_size": 16, **kw},
+                     "train": {"epochs": 2, "batch_size": 16, "device": "cpu"}})
+    data = load_data(cfg.data, seed=0, cache_dir=str(root / "cache"))
+    return data, train_trial(cfg, data, gamma=2.0, alpha=0.3, seed=5).history
+
+
+def test_renaming_the_folders_so_the_rare_class_sorts_first_or_last_changes_nothing(tmp_path):
+    first = digit_tree(tmp_path / "first", {"abnormal": 9, "normal": -1}, test=True)  # rare sorts first
+    last = digit_tree(tmp_path / "last", {"no_finding": -1, "yes_finding": 9}, test=True)  # rare sorts last
+    d1, h1 = trial_history(first)
+    d2, h2 = trial_history(last)
+    assert d1.classes == ["normal", "abnormal"] and d2.classes == ["no_finding", "yes_finding"]
+    assert d1.positive_class == "abnormal" and d2.positive_class == "yes_finding"
+    for a, b in zip((d1.train_x, d1.train_y, d1.val_x, d1.val_y, d1.test_x, d1.test_y),
+                    (d2.train_x, d2.train_y, d2.val_x, d2.val_y, d2.test_x, d2.test_y)):
+        assert torch.equal(a, b)
+    assert h1 == h2 and len(h1) == 2  # the same trial values, epoch by epoch
+    assert h1[-1]["average_precision"] < 0.99  # the rare class, not the common one (AP ~ 1 for any model)
+    _, named = trial_history(first, positive_class="abnormal")
+    assert named == h1
+
+
+def test_the_positive_class_defaults_to_the_fewest_training_images_and_can_be_named(tmp_path):
+    digit_tree(tmp_path, {"abnormal": 9, "normal": -1})
+    d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
+    assert d.classes == ["normal", "abnormal"] and d.pool_counts() == [120, 14]
+    assert d.describe_positive() == "positive class 'abnormal': 14 of 134 train images"
+    flipped = load_data(folder_cfg(tmp_path, positive_class="normal"), cache_dir=str(tmp_path / "c"))
+    assert flipped.classes == ["abnormal", "normal"] and flipped.pool_counts() == [14, 120]
+
+
+def test_positive_class_errors(tmp_path):
+    make_tree(tmp_path / "tie", {"a": 5, "b": 5})
+    with pytest.raises(UserError, match="both have 5 training images.*set data.positive_class"):
+        load_data(folder_cfg(tmp_path / "tie"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="'c' is not a class of the data \\(a, b\\)"):
+        load_data(folder_cfg(tmp_path / "tie", positive_class="c"), cache_dir=str(tmp_path / "c"))
+    make_tree(tmp_path / "three", {"a": 5, "b": 4, "c": 3})
+    with pytest.raises(UserError, match="applies to two classes, but the data has 3"):
+        load_data(folder_cfg(tmp_path / "three", positive_class="c"), cache_dir=str(tmp_path / "c"))
+    assert load_data(folder_cfg(tmp_path / "three"), cache_dir=str(tmp_path / "c")).positive_class is None
+
+
+def test_built_in_data_keep_their_rare_class_positive():
+    d = load_data(DataConfig(kind="digits", rare_fraction=0.5, rare_class=3), seed=0)  # a tie is fine here
+    assert d.classes == ["other", "digit 3"] and d.positive_class == "digit 3"
+    flipped = load_data(DataConfig(kind="digits", rare_class=3, positive_class="other"), seed=0)
+    assert flipped.positive_class == "other" and flipped.pool_counts()[1] > flipped.pool_counts()[0]

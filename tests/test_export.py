@@ -14,11 +14,10 @@ from conftest import assert_user_error, tuner
 from test_report import finished_study
 from tuner.data import load_data
 from tuner.export import COLUMNS, save_best_model
-from tuner.metrics import scores
 from tuner.models import build_model
 from tuner.results import TEST_ATTR
 from tuner.study import stored_config
-from tuner.train import predict, probabilities
+from tuner.train import heldout_metrics, predict, probabilities
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +68,10 @@ def test_export_user_errors(folder, cli):
     assert_user_error(cli("best", "--study-name", "smoke", "--save-model", ".", cwd=folder), "--save-model", "is a folder")
 
 
-def _test_metrics(model, cfg):
+def _test_metrics(model, cfg, payload):
+    """Test metrics at the model's own threshold and temperature, chosen on validation."""
     data = load_data(cfg.data, seed=cfg.study.seed)
-    return scores(probabilities(predict(model, data.test_x)), data.test_y)
+    return heldout_metrics(model, data.test_x, data.test_y, payload["threshold"], payload["temperature"])
 
 
 def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, saved_model):
@@ -84,8 +84,9 @@ def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, save
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
     stored = study.user_attrs[TEST_ATTR]
-    got = _test_metrics(model, stored_config(study))
-    for key in ("average_precision", "balanced_accuracy", "macro_f1"):
+    got = _test_metrics(model, stored_config(study), payload)
+    assert settings["threshold"] == payload["threshold"] == study.best_trial.user_attrs["threshold"] == stored["threshold"]
+    for key in ("average_precision", "balanced_accuracy", "macro_f1", "recall", "precision", "ece", "ece_calibrated"):
         assert got[key] == pytest.approx(stored[key], abs=1e-9), key
 
 
@@ -98,7 +99,7 @@ def test_saved_model_without_checkpoint_is_retrained_to_the_same_metrics(folder,
     m = payload["model"]
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
-    got, stored = _test_metrics(model, stored_config(study)), study.user_attrs[TEST_ATTR]
+    got, stored = _test_metrics(model, stored_config(study), payload), study.user_attrs[TEST_ATTR]
     assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=0.02)
 
 
@@ -115,18 +116,34 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     paths.append(tmp_path / "rgb.jpg")
     proc = tuner("predict", str(saved_model), *map(str, paths), cwd=folder)
     assert proc.returncode == 0, proc.stderr
-    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    payload = torch.load(saved_model, weights_only=True)
+    positive, threshold, temperature = payload["positive_class"], payload["threshold"], payload["temperature"]
+    assert positive == data.positive_class == payload["classes"][1] and 0 < threshold < 1 and temperature > 0
+    assert proc.stderr.strip() == (f"threshold {threshold:.4f} on the calibrated probability of {positive!r} "
+                                   "(chosen on validation for balanced_accuracy)")
+    header, *lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert header == ["path", "predicted", f"p({positive})"]
     assert [line[0] for line in lines] == list(map(str, paths))
 
-    payload = torch.load(saved_model, weights_only=True)
     m = payload["model"]
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
-    p1 = probabilities(predict(model, data.test_x[picks]))  # the probability of class 1
+    p1 = probabilities(predict(model, data.test_x[picks]).double() / temperature)  # calibrated, of the positive class
     for (path, name, prob), p in zip(lines, p1.tolist()):
-        assert name == payload["classes"][int(p >= 0.5)]
-        assert float(prob) == pytest.approx(max(p, 1 - p), abs=1e-4)
-    assert lines[3][1] in payload["classes"] and 0.5 <= float(lines[3][2]) <= 1
+        assert name == payload["classes"][int(p >= threshold)]
+        assert float(prob) == pytest.approx(p, abs=1e-4)
+    assert lines[3][1] in payload["classes"] and 0 <= float(lines[3][2]) <= 1
+
+    # --threshold overrides the model's; --all prints both classes; --json is one list
+    forced = tuner("predict", str(saved_model), *map(str, paths[:3]), "--threshold", "1", "--all", cwd=folder)
+    header, *rows = [line.split("\t") for line in forced.stdout.splitlines()]
+    assert header == ["path", "predicted", *(f"p({c})" for c in payload["classes"])]
+    assert {r[1] for r in rows} == {payload["classes"][0]} and "from --threshold" in forced.stderr
+    for r in rows:
+        assert float(r[2]) + float(r[3]) == pytest.approx(1, abs=2e-4)
+    as_json = json.loads(tuner("predict", str(saved_model), str(paths[2]), "--json", cwd=folder).stdout)
+    assert as_json[0]["predicted"] == lines[2][1]
+    assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
 
 
 def test_predict_user_errors(folder, saved_model, tmp_path, cli):
@@ -139,3 +156,4 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     assert_user_error(cli("predict", str(saved_model), str(tmp_path / "gone.png"), cwd=folder), "gone.png")
     assert_user_error(cli("predict", "models/nope.pt", str(good), cwd=folder), "models/nope.pt", "does not exist")
     assert_user_error(cli("predict", str(good), str(good), cwd=folder), "good.png", "not a model")
+    assert_user_error(cli("predict", str(saved_model), str(good), "--threshold", "1.5", cwd=folder), "--threshold 1.5", "probability")

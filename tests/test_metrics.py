@@ -11,39 +11,61 @@ import sklearn.metrics as skm
 import torch
 
 import tuner.metrics
-from tuner.metrics import confusion, scores
+from tuner.metrics import check_operating_point, choose_threshold, confusion, scores
 
 TOL = 1e-12
 
 
-def reference(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """What tuner.metrics.scores computed when it called scikit-learn."""
+def reference(p: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """scikit-learn's metrics of decisions ``pred`` (and of the scores, for AP)."""
     if p.ndim == 1:
-        pred = (p >= 0.5).astype(np.int64)
         ap = skm.average_precision_score(y, p) if y.any() else 0.0
     else:
-        pred = p.argmax(axis=1)
         ap = np.mean([skm.average_precision_score(y == c, p[:, c]) for c in range(p.shape[1]) if (y == c).any()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {
+        out = {
             "average_precision": float(ap),
             "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
             "macro_f1": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
         }
+        if p.ndim == 1:
+            out["recall"] = float(skm.recall_score(y, pred, zero_division=0))
+            out["precision"] = float(skm.precision_score(y, pred, zero_division=0))
+    return out
+
+
+def ece_by_hand(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    conf, hit = (p, y == 1) if p.ndim == 1 else (p.max(axis=1), p.argmax(axis=1) == y)
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = (conf >= lo) & ((conf < hi) if b < bins - 1 else (conf <= hi))
+        if inside.any():
+            total += inside.sum() / len(conf) * abs(hit[inside].mean() - conf[inside].astype(np.float64).mean())
+    return total
 
 
 def check(p: np.ndarray, y: np.ndarray) -> None:
     p = p.astype(np.float32)  # what scores() sees: probabilities as float32
     got = scores(torch.from_numpy(p), torch.from_numpy(y))
-    want = reference(p, y)
-    assert got.keys() == want.keys()
+    if p.ndim == 1:
+        pred = (p >= got["threshold"]).astype(np.int64)
+        half = reference(p, y, (p >= 0.5).astype(np.int64))
+        assert abs(got["balanced_accuracy@0.5"] - half["balanced_accuracy"]) <= TOL
+        assert abs(got["macro_f1@0.5"] - half["macro_f1"]) <= TOL
+        if 0 < y.sum() < len(y):  # the chosen threshold is at least as good as 0.5 on these scores
+            assert got["balanced_accuracy"] >= half["balanced_accuracy"] - TOL
+    else:
+        pred = p.argmax(axis=1)
+    want = reference(p, y, pred)
     for key in want:
         assert abs(got[key] - want[key]) <= TOL, (key, got[key], want[key], p, y)
+    assert got["ece"] == pytest.approx(ece_by_hand(p, y), abs=1e-9)
     c = 2 if p.ndim == 1 else p.shape[1]
-    pred = (p >= 0.5).astype(np.int64) if p.ndim == 1 else p.argmax(axis=1)
     for n in (c, c + 2):  # also a matrix wider than the classes seen
-        assert confusion(torch.from_numpy(p), torch.from_numpy(y), n) == skm.confusion_matrix(y, pred, labels=range(n)).tolist()
+        cut = got.get("threshold", 0.5)
+        assert confusion(torch.from_numpy(p), torch.from_numpy(y), n, cut) == skm.confusion_matrix(y, pred, labels=range(n)).tolist()
 
 
 def binary_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -120,3 +142,83 @@ def test_a_worker_imports_no_sklearn():
     code = "import sys, tuner.workers, tuner.data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---- operating points ----
+
+
+def test_balanced_accuracy_threshold_by_hand():
+    # positives at 0.9 and 0.3, negatives at 0.6, 0.2, 0.1: taking down to 0.3 gives recall 1 and
+    # specificity 2/3 (0.833), better than stopping at 0.9 (0.5 + 0.5 = 0.75)
+    t = choose_threshold(np.array([0.9, 0.6, 0.3, 0.2, 0.1]), np.array([1, 0, 1, 0, 0]), "balanced_accuracy")
+    assert t == pytest.approx((0.3 + 0.2) / 2)
+
+
+def test_f1_prefers_precision_where_balanced_accuracy_takes_recall():
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    pos = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    # top 1: F1 2/3, balanced accuracy 0.75; top 4: F1 2/3 (equal, so the higher cut), balanced accuracy 0.875
+    assert choose_threshold(score, pos, "f1") == pytest.approx((0.9 + 0.8) / 2)
+    assert choose_threshold(score, pos, "balanced_accuracy") == pytest.approx((0.6 + 0.5) / 2)
+
+
+def test_recall_rule_is_the_highest_threshold_that_keeps_the_recall():
+    score = np.array([0.95, 0.9, 0.8, 0.7, 0.4, 0.3])
+    pos = np.array([1, 1, 0, 1, 1, 0])
+    assert choose_threshold(score, pos, "recall>=0.5") == pytest.approx((0.9 + 0.8) / 2)
+    assert choose_threshold(score, pos, "recall>=0.75") == pytest.approx((0.7 + 0.4) / 2)
+    assert choose_threshold(score, pos, "recall>=1") == pytest.approx((0.4 + 0.3) / 2)
+    assert choose_threshold(score[:5], pos[:5], "recall>=1") == pytest.approx(0.4 / 2)  # every image positive: below the last
+
+
+def test_tied_scores_are_decided_together():
+    # three images share 0.5: one positive, two negatives; a cut can only take all three or none
+    score = np.array([0.8, 0.5, 0.5, 0.5, 0.2])
+    pos = np.array([1, 1, 0, 0, 0])
+    t = choose_threshold(score, pos, "recall>=1")
+    assert t == pytest.approx((0.5 + 0.2) / 2)
+    assert ((score >= t) & (pos == 1)).sum() == 2 and (score >= t).sum() == 4
+    assert choose_threshold(score, pos, "f1") == pytest.approx((0.8 + 0.5) / 2)  # F1 2/3 beats 4/6
+
+
+def test_equal_values_take_the_highest_threshold():
+    # stopping after 0.9 or after 0.7 both give balanced accuracy 0.75: the higher cut wins
+    t = choose_threshold(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0]), "balanced_accuracy")
+    assert t == pytest.approx((0.7 + 0.1) / 2) or t == pytest.approx((0.9 + 0.8) / 2)
+    ba = lambda cut: (np.mean(np.array([0.9, 0.7]) >= cut) + np.mean(np.array([0.8, 0.1]) < cut)) / 2  # noqa: E731
+    assert ba((0.9 + 0.8) / 2) == ba((0.7 + 0.1) / 2) == 0.75
+    assert t == pytest.approx((0.9 + 0.8) / 2)
+
+
+def test_validation_without_positives_or_negatives_falls_back_to_one_half():
+    assert choose_threshold(np.array([0.1, 0.7, 0.3]), np.array([0, 0, 0]), "balanced_accuracy") == 0.5
+    assert choose_threshold(np.array([0.1, 0.7]), np.array([1, 1]), "recall>=0.9") == 0.5
+    s = scores(torch.tensor([0.1, 0.7, 0.3]), torch.tensor([0, 0, 0]), "f1")
+    assert s["threshold"] == 0.5 and s["recall"] == 0.0 and s["average_precision"] == 0.0
+
+
+def test_a_fixed_threshold_is_used_as_given():
+    s = scores(torch.tensor([0.9, 0.4, 0.35, 0.1]), torch.tensor([1, 1, 0, 0]), threshold=0.38)
+    assert s["threshold"] == 0.38 and s["recall"] == 1.0 and s["precision"] == 1.0 and s["balanced_accuracy"] == 1.0
+    assert s["balanced_accuracy@0.5"] == 0.75
+
+
+def test_decisions_and_ece_after_calibration_use_the_calibrated_probabilities():
+    raw = torch.tensor([0.9, 0.6, 0.55, 0.52, 0.51, 0.5])
+    calibrated = torch.tensor([0.99, 0.7, 0.6, 0.3, 0.2, 0.1])
+    y = torch.tensor([1, 1, 1, 0, 0, 0])
+    s = scores(raw, y, "balanced_accuracy", calibrated)
+    assert s["threshold"] == pytest.approx((0.6 + 0.3) / 2) and s["balanced_accuracy"] == 1.0
+    assert s["ece"] == pytest.approx(ece_by_hand(raw.numpy(), y.numpy()))
+    assert s["ece_calibrated"] == pytest.approx(ece_by_hand(calibrated.numpy(), y.numpy()))
+
+
+@pytest.mark.parametrize("rule", ["recall>=", "recall>=0", "recall>=1.5", "precision>=0.9", "accuracy", "recall>=-0.1"])
+def test_unknown_operating_points_raise(rule):
+    with pytest.raises(ValueError, match="operating point"):
+        check_operating_point(rule)
+
+
+def test_known_operating_points():
+    assert check_operating_point("balanced_accuracy") is None and check_operating_point("f1") is None
+    assert check_operating_point("recall>=0.95") == 0.95 and check_operating_point("recall>=1") == 1.0

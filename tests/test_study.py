@@ -1,6 +1,7 @@
 """Whole studies through the real command line: worker processes, SQLite, torch."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -74,6 +75,12 @@ def test_parallel_workers_do_not_propose_duplicates(finished):
 def test_driver_prints_best_trial_with_test_metrics(finished):
     folder, proc = finished
     assert "best trial" in proc.stdout and "test set" in proc.stdout and "balanced accuracy" in proc.stdout
+    assert re.search(r"positive class 'rare': \d+ of \d+ train images; operating point: balanced_accuracy", proc.stdout)
+    best = load(folder).best_trial
+    threshold = best.user_attrs["threshold"]
+    assert f"threshold {threshold:.4f} on the calibrated probability of 'rare'" in proc.stdout
+    assert re.search(rf"best trial {best.number}: AP [0-9.]+, balanced accuracy [0-9.]+, recall of 'rare' [0-9.]+, "
+                     rf"precision [0-9.]+ at threshold {threshold:.4f}", proc.stdout)
 
 
 def test_best_json(finished):
@@ -86,6 +93,10 @@ def test_best_json(finished):
     assert best["metric"] == "average_precision" and set(best["params"]) == {"gamma", "alpha"}
     assert best["test"]["trial"] == best["trial"] and 0 <= best["test"]["balanced_accuracy"] <= 1
     assert len(best["references"]) == 2
+    assert best["positive_class"] == "rare" and best["operating_point"] == "balanced_accuracy"
+    assert best["threshold"] == best["test"]["threshold"] == study.best_trial.user_attrs["threshold"]
+    assert best["alpha_per_class"] == {"background": pytest.approx(1 - best["params"]["alpha"]), "rare": best["params"]["alpha"]}
+    assert all(r["test"] is not None for r in best["references"])
 
 
 def test_best_model_file_reloads_with_weights_only(finished):
@@ -93,7 +104,9 @@ def test_best_model_file_reloads_with_weights_only(finished):
     best = load(folder).best_trial
     payload = torch.load(folder / "tuner-artifacts" / "smoke" / f"trial-{best.number}.pt", weights_only=True)
     assert payload["params"] == best.params and payload["trial"] == best.number
-    assert len(list((folder / "tuner-artifacts" / "smoke").glob("*.pt"))) <= 3
+    kept = {int(p.stem.split("-")[1]) for p in (folder / "tuner-artifacts" / "smoke").glob("*.pt")}
+    references = {t.number for t in load(folder).trials if "reference" in t.user_attrs}
+    assert len(kept - references) <= 3  # the best 3, and the reference trials' models for the test check
 
 
 def test_status_table(finished):

@@ -46,15 +46,22 @@ def load_running(path: Path, params: dict) -> dict | None:
     return state if state.get("params") == params else None
 
 
-def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed) -> Path:
+def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed, final: dict) -> Path:
     path = trial_path(cfg, study_name, number)
-    _write(path, model_payload(cfg, number, model, data, gamma, alpha, seed))
+    _write(path, model_payload(cfg, number, model, data, gamma, alpha, seed, final))
     return path
 
 
-def model_payload(cfg, number, model, data, gamma, alpha, seed) -> dict:
-    """A trained model with what is needed to rebuild and use it: shape, classes, settings."""
+def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> dict:
+    """A trained model with what is needed to rebuild and use it: shape, classes, settings, and
+    the operating point chosen on validation (``final``: its last epoch's metrics): the temperature
+    that calibrates its probabilities and, with two classes, the threshold on the calibrated
+    probability of the positive class (classes[1])."""
     return {
+        "temperature": float(final.get("temperature", 1.0)),
+        "threshold": final.get("threshold"),
+        "operating_point": cfg.study.operating_point,
+        "positive_class": data.positive_class,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
                   "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
@@ -77,8 +84,10 @@ def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def keep_best(cfg: StudyConfig, study: optuna.Study, keep: int = KEEP) -> None:
-    """Delete the files of finished trials outside the best ``keep``, to bound disk use."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    """Delete the files of finished trials outside the best ``keep``, to bound disk use; the
+    reference trials' models stay, for the comparison on the test split."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and "reference" not in t.user_attrs]
     done.sort(key=lambda t: t.value, reverse=True)
     for t in done[keep:]:
         trial_path(cfg, study.study_name, t.number).unlink(missing_ok=True)

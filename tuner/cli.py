@@ -72,7 +72,8 @@ def start_study(
         cfg = load_config(study_file, set_ or [])
         name = study_name or cfg.study.name
         data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-        study, notes = create_or_resume(cfg, url, name, n_trials)
+        cfg = cfg.resolved(data.num_classes, data.positive_class)
+        study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts())
     except BaseException:
         launch.discard(procs)
         raise
@@ -85,6 +86,8 @@ def start_study(
     c = counts(study)
     out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
+    out.print(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
+              if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
     try:
         if workers:
             launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
@@ -99,8 +102,8 @@ def start_study(
         raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
-    test = results.evaluate_best_on_test(study, cfg, data)
-    _print_best(results.best_summary(study, cfg) | {"test": test})
+    results.evaluate_best_on_test(study, cfg, data)
+    _print_best(results.best_summary(study, cfg))
 
 
 def _show(progress, study, cfg) -> None:
@@ -126,15 +129,37 @@ def _check_device(device: str | None) -> None:
 def _print_best(s: dict) -> None:
     c = s["counts"]
     out.print(f"\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
-    p = s["params"]
-    out.print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with gamma {p['gamma']:.3f}, alpha {p['alpha']:.3f}")
+    out.print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
+    if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
+        out.print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
+    if s["threshold"] is not None:
+        out.print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+                  f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})", soft_wrap=True)
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         out.print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
-    t = s["test"]
-    if t:
-        out.print(f"test set ({t['n']} images, {t['source']}): average precision {t['average_precision']:.4f}, "
-                  f"balanced accuracy {t['balanced_accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, confusion {t['confusion_matrix']}")
+    if s["test"]:
+        out.print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
+        _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
+        for r in s["references"]:
+            if r["test"] and r["trial"] != s["trial"]:
+                _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
+
+
+def _params(p: dict) -> str:
+    from tuner.study import describe_params
+
+    return describe_params(p).replace("=", " ")
+
+
+def _print_test(name: str, t: dict, positive: str | None) -> None:
+    if positive:
+        out.print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+                  f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
+                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}", soft_wrap=True)
+    else:
+        out.print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+                  f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated", soft_wrap=True)
 
 
 @app.command()
@@ -182,11 +207,13 @@ def status(storage: Storage = None, study_name: StudyName = None):
     from tuner.study import counts
 
     study = _study(_url(storage), study_name)
-    table = Table("trial", "state", "gamma", "alpha", "value", "epochs", "duration", "note", title=f"study {study.study_name}")
+    rows = status_rows(study)
+    second = "beta" if any(r["beta"] is not None for r in rows) else "alpha"
+    table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "note", title=f"study {study.study_name}")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    for r in status_rows(study):
-        table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r["alpha"], ".3f"), fmt(r["value"], ".4f"),
-                      str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
+    for r in rows:
+        table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
+                      fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
     out.print(table)
     c = counts(study)
     out.print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
@@ -217,24 +244,40 @@ def best(storage: Storage = None, study_name: StudyName = None,
 @app.command()
 def dashboard(storage: Storage = None,
               host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="port")] = 8080,
+              port: Annotated[int, typer.Option(help="port, 1 to 65535; 0: a free one (printed)")] = 8080,
               allow_writes: Annotated[bool, typer.Option("--allow-writes", help="let the dashboard delete studies and write trials")] = False,
-              token: Annotated[Optional[str], typer.Option(envvar="TUNER_DASHBOARD_TOKEN", show_envvar=True,
-                                                           help="require this token (Authorization: Bearer, or ?token= once)")] = None):
-    """optuna-dashboard on the same storage: read-only unless --allow-writes, token-protected with --token."""
+              token_file: Annotated[Optional[Path], typer.Option("--token-file", help="require the token in this file (Authorization: Bearer, or ?token= once); or set TUNER_DASHBOARD_TOKEN", show_default=False)] = None,
+              token: Annotated[Optional[str], typer.Option(help="require this token; other users see it in ps, so prefer --token-file")] = None):
+    """optuna-dashboard on the same storage: read-only unless --allow-writes, token-protected with --token-file."""
+    from tuner.dashboard import allowed_hosts, bind, check_port, guard, is_loopback, read_token_file, serve
+
+    check_port(port)
+    if token is not None and token_file is not None:
+        raise UserError("pass --token-file or --token, not both")
+    if token is not None:
+        if not token.strip():
+            raise UserError("--token is empty; pass a token, or leave --token out for none")
+        print("warning: --token on the command line is visible to other users (ps); use --token-file or $TUNER_DASHBOARD_TOKEN",
+              file=sys.stderr)
+    elif token_file is not None:
+        token = read_token_file(token_file)
+    else:
+        token = os.environ.get("TUNER_DASHBOARD_TOKEN", "").strip() or None
     import optuna_dashboard
 
-    from tuner.dashboard import guard, is_loopback, serve
     from tuner.storage import mask, open_storage
 
     url = _url(storage)
-    app = guard(optuna_dashboard.wsgi(open_storage(url)), allow_writes=allow_writes, token=token or None)
+    app = guard(optuna_dashboard.wsgi(open_storage(url)), allow_writes=allow_writes, token=token, hosts=allowed_hosts(host))
     if not token and not is_loopback(host):
-        print(f"warning: the dashboard on {host}:{port} has no token, so anyone who can reach it can read the studies; "
-              "pass --token or set TUNER_DASHBOARD_TOKEN", file=sys.stderr)
+        print(f"warning: the dashboard on {host} has no token, so anyone who can reach it can read the studies; "
+              "pass --token-file or set TUNER_DASHBOARD_TOKEN", file=sys.stderr)
+    server = bind(app, host, port)
     mode = "read-write" if allow_writes else "read-only"
-    print(f"dashboard for {mask(url)} on http://{host}:{port}/ ({mode}{', token required' if token else ''}; Ctrl-C stops)", flush=True)
-    serve(app, host, port)
+    address = f"[{host}]" if ":" in host else host
+    print(f"dashboard for {mask(url)} on http://{address}:{server.server_port}/ ({mode}{', token required' if token else ''}; "
+          "Ctrl-C stops)", flush=True)
+    serve(server)
 
 
 @app.command()
@@ -261,13 +304,33 @@ def export(storage: Storage = None, study_name: StudyName = None,
 
 @app.command("predict")
 def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
-                images: Annotated[list[Path], typer.Argument(help="image files to classify")]):
-    """Classify image files: one line per image with its path, predicted class and probability."""
-    from tuner.predict import classify, load_model
+                images: Annotated[list[Path], typer.Argument(help="image files to classify")],
+                threshold: Annotated[Optional[float], typer.Option(help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
+                all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
+                as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False):
+    """Classify image files: per image its path, predicted class and calibrated probability of the
+    positive class (two classes) or of the predicted class (more)."""
+    from tuner.predict import classify, load_model, operating_threshold
 
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
     net, payload = load_model(model)
-    for path, name, prob in classify(net, payload, [str(p) for p in images]):
-        print(f"{path}\t{name}\t{prob:.4f}")
+    classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
+    rows = classify(net, payload, [str(p) for p in images], threshold)
+    if positive:
+        cut = operating_threshold(payload) if threshold is None else threshold
+        how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
+        print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
+    else:
+        print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    shown = classes if all_classes else [positive] if positive else None
+    print("\t".join(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"]))
+    for r in rows:
+        values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]
+        print("\t".join([r["path"], r["predicted"], *(f"{v:.4f}" for v in values)]))
 
 
 def main() -> None:
@@ -292,3 +355,27 @@ def main() -> None:
         print(f"error: {e.format_message()} (see {where})", file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)  # typer returns the code of typer.Exit here
+
+
+@app.command("healthcheck", hidden=True)
+def healthcheck(storage: Storage = None,
+                http: Annotated[Optional[str], typer.Option("--http", help="GET this URL instead; any answer below 500 is healthy")] = None):
+    """For container health checks: exit 0 when the storage opens (or the URL answers), else an error line and exit 2."""
+    if http is None:
+        from tuner.storage import open_storage
+
+        open_storage(_url(storage)).engine.dispose()
+        return
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a proxy from the environment must not answer for us
+    try:
+        with opener.open(http, timeout=10) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as e:
+        status = e.code  # 401 from a dashboard with a token: it is up
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"no answer from {http}: {getattr(e, 'reason', None) or e}")
+    if status >= 500:
+        raise UserError(f"{http} answered {status}")

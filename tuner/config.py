@@ -16,18 +16,21 @@ from typing import Any
 
 from tuner.data import DataConfig, check_config
 from tuner.errors import UserError
+from tuner.metrics import check_operating_point
 
 METRICS = ("average_precision", "balanced_accuracy", "macro_f1")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 MODELS = ("simple_cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+ALPHA_MODES = ("auto", "rare", "class_balanced")
 
 
 @dataclass(frozen=True)
 class StudySection:
     name: str = "tuner-study"
     metric: str = "average_precision"
+    operating_point: str = "balanced_accuracy"  # how a trial picks its threshold on validation: f1, recall>=0.95, ...
     n_trials: int = 16
     seed: int = 0
     sampler: str = "tpe"
@@ -61,7 +64,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     gamma: tuple[float, float] = (0.0, 5.0)
-    alpha: tuple[float, float] = (0.05, 0.95)
+    alpha: tuple[float, float] = (0.05, 0.95)  # alpha_mode "rare": the weight of the positive (rarest) class
+    alpha_mode: str = "auto"  # "rare", "class_balanced" or "auto": class_balanced with more than two classes
+    beta: tuple[float, float] = (0.9, 0.9999)  # class_balanced: searched on a log scale of 1 - beta
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,15 @@ class StudyConfig:
             name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sec).items()}
             for name, sec in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
         }
+
+    def resolved(self, num_classes: int, positive_class: str | None) -> "StudyConfig":
+        """The config as stored with a study: ``search.alpha_mode = "auto"`` made concrete for data
+        of ``num_classes``, and the positive class named, so every worker agrees on both."""
+        mode = self.search.alpha_mode
+        if mode == "auto":
+            mode = "class_balanced" if num_classes > 2 else "rare"
+        return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode),
+                                   data=dataclasses.replace(self.data, positive_class=positive_class or ""))
 
     def search_space(self) -> dict[str, Any]:
         """What must match for two runs to share a study."""
@@ -193,6 +207,10 @@ def _validate(cfg: StudyConfig) -> None:
     s, t, p = cfg.study, cfg.train, cfg.pruner
     need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", s.name)), "study.name", s.name, "use letters, digits, '-', '_', '.'")
     need(s.metric in METRICS, "study.metric", s.metric, f"choose one of {', '.join(METRICS)}")
+    try:
+        check_operating_point(s.operating_point)
+    except ValueError:
+        need(False, "study.operating_point", s.operating_point, "use balanced_accuracy, f1 or recall>=X with 0 < X <= 1, e.g. recall>=0.95")
     need(s.n_trials >= 1, "study.n_trials", s.n_trials, "need at least 1 trial")
     need(s.sampler in SAMPLERS, "study.sampler", s.sampler, f"choose one of {', '.join(SAMPLERS)}")
     need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
@@ -214,6 +232,9 @@ def _validate(cfg: StudyConfig) -> None:
     need(0 <= lo <= hi <= 20, "search.gamma", [lo, hi], "need 0 <= low <= high <= 20")
     lo, hi = cfg.search.alpha
     need(0 <= lo <= hi <= 1, "search.alpha", [lo, hi], "alpha is a class weight: need 0 <= low <= high <= 1")
+    need(cfg.search.alpha_mode in ALPHA_MODES, "search.alpha_mode", cfg.search.alpha_mode, f"choose one of {', '.join(ALPHA_MODES)}")
+    lo, hi = cfg.search.beta
+    need(0 < lo <= hi < 1, "search.beta", [lo, hi], "need 0 < low <= high < 1, e.g. [0.9, 0.9999]")
     need(p.kind in PRUNERS, "pruner.kind", p.kind, f"choose one of {', '.join(PRUNERS)}")
     need(p.n_startup_trials >= 0, "pruner.n_startup_trials", p.n_startup_trials, "must be >= 0")
     need(p.n_warmup_steps >= 0, "pruner.n_warmup_steps", p.n_warmup_steps, "must be >= 0")

@@ -49,6 +49,7 @@ class DataConfig:
     rare_fraction: float = 0.05  # digits/synthetic
     n_samples: int = 1200  # synthetic only
     max_bad_fraction: float = 0.01  # imagefolder only
+    positive_class: str = ""  # two classes: the class to detect, by name; "" = the one with fewest training images
 
 
 @dataclass
@@ -59,8 +60,12 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor | None  # None when an image folder has no test/ folder
     test_y: torch.Tensor | None
-    classes: list[str]  # class names, index = label
+    classes: list[str]  # class names, index = label; with two, index 1 is the positive class
     skipped: int = 0  # unreadable images skipped
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.classes[1] if self.num_classes == 2 else None
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +78,17 @@ class Splits:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.train_y.cpu(), minlength=self.num_classes).tolist()
 
+    def pool_counts(self) -> list[int]:
+        """Images per class in train + validation (the training images before the split)."""
+        return torch.bincount(torch.cat([self.train_y, self.val_y]).cpu(), minlength=self.num_classes).tolist()
+
+    def describe_positive(self) -> str:
+        """E.g. "positive class 'nine': 63 of 1,275 train images"; "" with more than two classes."""
+        if self.positive_class is None:
+            return ""
+        counts = self.pool_counts()
+        return f"positive class {self.positive_class!r}: {counts[1]:,} of {sum(counts):,} train images"
+
     def to(self, device) -> "Splits":
         moved = {k: getattr(self, k) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return dataclasses.replace(self, **{k: None if t is None else t.to(device) for k, t in moved.items()})
@@ -83,6 +99,8 @@ def load_data(cfg: DataConfig, seed: int = 0, cache_dir: str | None = None) -> S
     if cfg.kind == "imagefolder":
         return load_imagefolder(cfg, seed, cache_dir)
     x, y, classes = make_digits(cfg, seed, cache_dir) if cfg.kind == "digits" else make_synthetic(cfg, seed)
+    if cfg.positive_class:  # built-in data: the rare class is the positive one unless another is named
+        y, classes = orient(y, classes, y, cfg.positive_class)
     if (n_pos := int((y == 1).sum())) < 3:
         raise UserError(f"data.rare_fraction = {cfg.rare_fraction} leaves only {n_pos} rare images, too few for "
                         "train, val and test; raise data.rare_fraction (or data.n_samples).")
@@ -90,6 +108,29 @@ def load_data(cfg: DataConfig, seed: int = 0, cache_dir: str | None = None) -> S
     train, val = (rest[i] for i in stratified_split(y[rest], cfg.val_fraction, seed + 1))
     y = torch.from_numpy(y)
     return Splits(x[train], y[train], x[val], y[val], x[test], y[test], classes)
+
+
+def orient(labels: np.ndarray, classes: list[str], train_labels: np.ndarray, positive: str) -> tuple[np.ndarray, list[str]]:
+    """Two classes: relabel so that the positive class is index 1 and the other index 0, whatever
+    the order of their names. ``positive`` names it; "" picks the class with fewer images in
+    ``train_labels``. More classes keep their labels; naming a positive class is then an error."""
+    if len(classes) != 2:
+        if positive:
+            raise UserError(f"data.positive_class = {positive!r} applies to two classes, but the data has {len(classes)} "
+                            f"({', '.join(classes)}); remove data.positive_class.")
+        return labels, classes
+    if positive:
+        if positive not in classes:
+            raise UserError(f"data.positive_class = {positive!r} is not a class of the data ({', '.join(classes)}); "
+                            "set it to one of them.")
+        p = classes.index(positive)
+    else:
+        counts = np.bincount(train_labels, minlength=2)
+        if counts[0] == counts[1]:
+            raise UserError(f"classes {classes[0]!r} and {classes[1]!r} both have {counts[0]} training images, so neither is "
+                            f"the rare one; set data.positive_class to the class to detect, e.g. --set data.positive_class={classes[1]}")
+        p = int(np.argmin(counts))
+    return (labels == p).astype(np.int64), [classes[1 - p], classes[p]]
 
 
 def check_config(cfg: DataConfig) -> None:
@@ -214,11 +255,19 @@ def load_imagefolder(cfg: DataConfig, seed: int, cache_dir: str | None) -> Split
         warnings.warn(f"skipped {len(bad)} unreadable images under {root}: {', '.join(map(str, bad[:3]))}")
 
     is_train = np.arange(len(paths)) < n_train
-    tx, ty = x[ok & is_train], labels[ok & is_train]
-    for name, count in zip(classes, np.bincount(ty, minlength=len(classes))):
+    for name, count in zip(classes, np.bincount(labels[ok & is_train], minlength=len(classes))):
         if count < 2:
             raise UserError(f"class {name!r} has {count} readable image(s) in {train_dir / name}; "
                             "add images so it has at least 2 (one for training, one for validation).")
+    folder_classes = classes
+    labels, classes = orient(labels, classes, labels[ok & is_train], cfg.positive_class)
+    if classes != folder_classes:
+        # Files were listed folder by folder; listing them by their new label instead (a stable sort
+        # keeps file-name order within a class) makes the data, hence every trial, independent of
+        # whether the positive folder's name sorts first or last.
+        by_label = np.argsort(labels, kind="stable")
+        x, ok, labels, is_train = x[by_label], ok[by_label], labels[by_label], is_train[by_label]
+    tx, ty = x[ok & is_train], labels[ok & is_train]
     train, val = stratified_split(ty, cfg.val_fraction, seed)
     tx, ty = torch.from_numpy(tx), torch.from_numpy(ty)
     test = ok & ~is_train

@@ -17,12 +17,13 @@ import optuna
 import torch
 
 from tuner.errors import UserError
-from tuner.results import TEST_ATTR, best_model, best_trial
+from tuner.results import TEST_ATTR, best_model, best_trial, shown_params
 from tuner.study import stored_config
 
 FORMATS = ("csv", "json")
-METRICS = ("average_precision", "balanced_accuracy", "macro_f1", "loss", "train_loss")
-COLUMNS = ("number", "state", "gamma", "alpha", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
+METRICS = ("average_precision", "threshold", "balanced_accuracy", "macro_f1", "recall", "precision",
+           "balanced_accuracy@0.5", "macro_f1@0.5", "ece", "ece_calibrated", "temperature", "loss", "train_loss")
+COLUMNS = ("number", "state", "gamma", "alpha", "beta", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -34,7 +35,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
         rows.append({"number": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
-                     "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get("epochs", 0),
+                     "beta": shown_params(t).get("beta"), "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get("epochs", 0),
                      "duration_s": duration, "prune_reason": a.get("prune_reason"), "reference": a.get("reference")})
     return rows
 
@@ -73,6 +74,8 @@ def save_best_model(study: optuna.Study, path: str | Path) -> dict:
     test = study.user_attrs.get(TEST_ATTR)
     settings = {"study": study.study_name, "trial": best.number, "metric": cfg.study.metric, "value": best.value,
                 "params": payload["params"], "seed": payload["seed"], "classes": payload["classes"], "model": payload["model"],
+                "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],
+                "threshold": payload["threshold"], "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
                 "source": source, "test": test if test and test.get("trial") == best.number else None}
     try:

@@ -235,7 +235,8 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         stay = []
         for j, i in enumerate(live):
             r, logits = results[i], val[:, j]
-            metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i])
+            metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i],
+                                    cfg.study.operating_point)
             metrics["train_loss"] = train_loss[j]
             if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
                 r.state = "diverged"

@@ -6,41 +6,126 @@ to the prior (0.05) and a balanced accuracy of 0.5.
 >>> scores(torch.tensor([0.9, 0.2, 0.1, 0.3]), torch.tensor([1, 0, 0, 0]))["average_precision"]
 1.0
 
-Plain numpy, so that a worker does not spend a second importing scikit-learn; each function below
-computes what the named scikit-learn function does, in the same order of floating-point operations
+Two classes: the positive class is index 1 (``tuner.data`` puts the named positive class there),
+and a probability is that of the positive class. Thresholded metrics are computed at an operating
+point chosen on the same scores by a rule (``choose_threshold``) or at a given threshold; the
+values at 0.5 are kept under names ending in ``@0.5``. More classes: argmax decisions.
+
+Plain numpy, so that a worker does not spend a second importing scikit-learn; each function named
+after a scikit-learn one computes what it does, in the same order of floating-point operations
 (tests/test_metrics.py checks them against scikit-learn).
 """
+
+import re
 
 import numpy as np
 import torch
 
+OPERATING_POINTS = ("balanced_accuracy", "f1", "recall>=X")
+ECE_BINS = 15
 
-def scores(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Average precision (macro over classes when C > 2), balanced accuracy and macro-F1.
 
-    ``probs`` is (N,) for two classes (the probability of class 1) or (N, C).
+def check_operating_point(rule: str) -> float | None:
+    """The target recall of a ``recall>=X`` rule, None for the other rules; ValueError when unknown."""
+    if rule in ("balanced_accuracy", "f1"):
+        return None
+    m = re.fullmatch(r"recall>=(0?\.\d+|1(\.0*)?)", rule) if isinstance(rule, str) else None
+    if m is None or not 0 < float(m.group(1)) <= 1:
+        raise ValueError(f"operating point {rule!r} is not one of balanced_accuracy, f1, recall>=X with 0 < X <= 1")
+    return float(m.group(1))
+
+
+def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> float:
+    """The decision threshold (predict positive when score >= it) that the rule picks on these scores.
+
+    - ``balanced_accuracy``/``f1``: the one that maximises it; among equal values, the highest.
+    - ``recall>=X``: the highest that keeps the recall of the positive class at or above X.
+    Tied scores are decided together. The threshold lies halfway between the lowest score taken as
+    positive and the next lower score (or 0), so that new images a little below the last positive
+    still count. Scores with no positives or no negatives give 0.5.
+    """
+    target = check_operating_point(rule)
+    pos = np.asarray(positive, dtype=bool)
+    if pos.all() or not pos.any():
+        return 0.5
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, pos = s[order], pos[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # cut k takes s[: last[k] + 1] as positive
+    tp = np.cumsum(pos)[last].astype(np.float64)
+    fp = last + 1 - tp
+    n_pos, n_neg = tp[-1], fp[-1]
+    if target is not None:
+        k = int(np.argmax(tp / n_pos >= target - 1e-12))
+    elif rule == "f1":
+        k = int(np.argmax(2 * tp / (n_pos + tp + fp)))
+    else:
+        k = int(np.argmax(tp / n_pos + (n_neg - fp) / n_neg))
+    below = s[last[k] + 1] if last[k] + 1 < len(s) else 0.0
+    return float((s[last[k]] + below) / 2)
+
+
+def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = "balanced_accuracy",
+           calibrated: torch.Tensor | None = None) -> dict[str, float]:
+    """Average precision (macro over classes when C > 2), balanced accuracy, macro-F1 and expected
+    calibration error; for two classes also the threshold, recall and precision of the positive class.
+
+    ``probs`` is (N,) for two classes (the probability of the positive class, index 1) or (N, C).
+    ``threshold``: an operating-point rule chosen on these scores, or a fixed threshold.
+    ``calibrated``: the same probabilities after temperature scaling; thresholds and decisions then
+    refer to them (and ``ece_calibrated`` is theirs); the ranking, hence AP, is the same.
     """
     p = probs.detach().float().cpu().numpy()
     y = targets.detach().cpu().numpy()
+    cal = p if calibrated is None else calibrated.detach().float().cpu().numpy()
     if p.ndim == 1:
-        pred = (p >= 0.5).astype(np.int64)
-        ap = average_precision(y == 1, p) if y.any() else 0.0
+        t = choose_threshold(cal, y == 1, threshold) if isinstance(threshold, str) else float(threshold)
+        pred, half = (cal >= t).astype(np.int64), (p >= 0.5).astype(np.int64)
+        tp = int(((pred == 1) & (y == 1)).sum())
+        out = {
+            "average_precision": float(average_precision(y == 1, p)) if y.any() else 0.0,
+            "threshold": t,
+            "balanced_accuracy": balanced_accuracy(y, pred),
+            "macro_f1": macro_f1(y, pred),
+            "recall": tp / max(int((y == 1).sum()), 1),
+            "precision": tp / max(int((pred == 1).sum()), 1),
+            "balanced_accuracy@0.5": balanced_accuracy(y, half),
+            "macro_f1@0.5": macro_f1(y, half),
+        }
     else:
         pred = p.argmax(axis=1)
         present = [c for c in range(p.shape[1]) if (y == c).any()]
-        ap = float(np.mean([average_precision(y == c, p[:, c]) for c in present]))
-    return {
-        "average_precision": float(ap),
-        "balanced_accuracy": balanced_accuracy(y, pred),
-        "macro_f1": macro_f1(y, pred),
-    }
+        out = {
+            "average_precision": float(np.mean([average_precision(y == c, p[:, c]) for c in present])),
+            "balanced_accuracy": balanced_accuracy(y, pred),
+            "macro_f1": macro_f1(y, pred),
+        }
+    out["ece"] = expected_calibration_error(p, y)
+    if calibrated is not None:
+        out["ece_calibrated"] = expected_calibration_error(cal, y)
+    return out
 
 
-def confusion(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[list[int]]:
-    """Confusion matrix as nested lists (rows: true class, columns: predicted); as
-    ``sklearn.metrics.confusion_matrix(y, pred, labels=range(num_classes))``."""
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE over equal-width bins: the mean |observed frequency - mean probability|, weighted by the
+    bin's share of samples. Two classes (``p`` of shape (N,)): of the positive class's probability;
+    more: of the top label (confidence = max probability, observed = argmax is right)."""
+    if p.ndim == 1:
+        conf, hit = p.astype(np.float64), (y == 1).astype(np.float64)
+    else:
+        conf, hit = p.max(axis=1).astype(np.float64), (p.argmax(axis=1) == y).astype(np.float64)
+    if len(conf) == 0:
+        return 0.0
+    b = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    gap = np.abs(np.bincount(b, hit, bins) - np.bincount(b, conf, bins))  # |sum(hit) - sum(conf)| per bin
+    return float(gap.sum() / len(conf))
+
+
+def confusion(probs: torch.Tensor, targets: torch.Tensor, num_classes: int, threshold: float = 0.5) -> list[list[int]]:
+    """Confusion matrix as nested lists (rows: true class, columns: predicted), two classes cut at
+    ``threshold``; as ``sklearn.metrics.confusion_matrix(y, pred, labels=range(num_classes))``."""
     p = probs.detach().float().cpu().numpy()
-    pred = (p >= 0.5).astype(np.int64) if p.ndim == 1 else p.argmax(axis=1)
+    pred = (p >= threshold).astype(np.int64) if p.ndim == 1 else p.argmax(axis=1)
     return confusion_matrix(targets.cpu().numpy(), pred, np.arange(num_classes)).tolist()
 
 

@@ -5,7 +5,7 @@ to its image size like the image-folder loader does, then ``tuner.train.prepare`
 
 >>> model, payload = load_model("best.pt")  # doctest: +SKIP
 >>> classify(model, payload, ["a.png"])
-[('a.png', 'rare', 0.93)]
+[{'path': 'a.png', 'predicted': 'nine', 'probabilities': {'other': 0.07, 'nine': 0.93}}]
 """
 
 from pathlib import Path
@@ -40,15 +40,25 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)))
 
 
-def classify(model: torch.nn.Module, payload: dict, paths: list[str]) -> list[tuple[str, str, float]]:
-    """(path, predicted class name, its probability) per image; reads every image before predicting."""
-    m = payload["model"]
+def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None) -> list[dict]:
+    """One dict per image: ``path``, ``predicted`` class name and ``probabilities`` of every class
+    by name, calibrated by the model's temperature. Two classes: the positive class is predicted
+    when its probability is at least ``threshold`` (default: the model's, chosen on validation).
+    Reads every image before predicting."""
+    m, classes = payload["model"], payload["classes"]
     x = torch.stack([read_image(p, m["channels"], m["image_size"]) for p in paths])
-    probs = probabilities(predict(model, x))
-    if probs.dim() == 1:  # two classes: one sigmoid output, the probability of class 1
-        label = (probs >= 0.5).long()
-        conf = torch.where(label == 1, probs, 1 - probs)
+    probs = probabilities(predict(model, x).double() / payload.get("temperature", 1.0)).float()
+    if probs.dim() == 1:  # two classes: one sigmoid output, the probability of the positive class (index 1)
+        cut = operating_threshold(payload) if threshold is None else threshold
+        label, per_class = (probs >= cut).long(), torch.stack([1 - probs, probs], dim=1)
     else:
-        conf, label = probs.max(dim=1)
-    classes = payload["classes"]
-    return [(str(p), classes[int(c)], float(q)) for p, c, q in zip(paths, label, conf)]
+        label, per_class = probs.argmax(dim=1), probs
+    return [{"path": str(p), "predicted": classes[int(c)], "probabilities": dict(zip(classes, map(float, q)))}
+            for p, c, q in zip(paths, label, per_class)]
+
+
+def operating_threshold(payload: dict) -> float:
+    """The model's threshold on the calibrated probability of its positive class (0.5 for files
+    written before thresholds were chosen)."""
+    t = payload.get("threshold")
+    return 0.5 if t is None else float(t)

@@ -10,6 +10,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tuner.study import describe_params
+
 
 def snapshot(study: optuna.Study, target: int) -> dict:
     """Counts, the best trial so far and each worker's running trial, from the storage."""
@@ -27,13 +29,13 @@ def snapshot(study: optuna.Study, target: int) -> dict:
         "running": count[TrialState.RUNNING],
         "waiting": count[TrialState.WAITING],
         "failed": count[TrialState.FAIL],
-        "best": None if best is None else (best.number, best.value, best.params["gamma"], best.params["alpha"]),
+        "best": None if best is None else (best.number, best.value, describe_params(best.params)),
         "workers": running,
     }
 
 
 def summary_line(s: dict) -> str:
-    best = "-" if s["best"] is None else "trial {} = {:.4f} (gamma {:.3f}, alpha {:.3f})".format(*s["best"])
+    best = "-" if s["best"] is None else "trial {} = {:.4f} ({})".format(*s["best"])
     return (f"{s['finished']}/{s['target']} finished ({s['complete']} complete, {s['pruned']} pruned), "
             f"{s['running']} running, {s['failed']} failed; best {best}")
 

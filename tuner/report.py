@@ -22,10 +22,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from tuner.data import load_data
 from tuner.errors import UserError
-from tuner.metrics import confusion, scores
 from tuner.results import best_model, best_trial
-from tuner.study import stored_config
-from tuner.train import predict, probabilities
+from tuner.study import describe_params, stored_config
+from tuner.train import heldout_metrics, predict, probabilities
 
 matplotlib.use("Agg")
 TOP = 10
@@ -45,7 +44,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     trials = study.get_trials(deepcopy=False)
     metric = cfg.study.metric
     sections = [
-        ("Objective over gamma x alpha", _save(out, "plane.png", plane(trials, cfg, best)), ""),
+        ("Objective over gamma x alpha", _save(out, "plane.png", plane(trials, cfg, best)), _alpha_note(study, cfg)),
         ("Optimization history", _save(out, "history.png", history(trials, metric)), ""),
         ("Intermediate values per epoch", _save(out, "intermediate.png", intermediate(trials, metric)),
          "Pruned trials are dashed red lines ending in a cross."),
@@ -54,23 +53,42 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     sections.append(("Parameter importance", _save(out, "importance.png", fig) if fig else None, note))
 
     data = load_data(cfg.data, seed=cfg.study.seed)
-    model, _, source = best_model(study, cfg, data)
+    model, payload, source = best_model(study, cfg, data)
     if data.test_x is None:
         test_note = ("The data has no test split (no test/ folder under data.root), so the best trial's "
                      "confusion matrix and precision-recall curve are not shown.")
         test_sections = []
     else:
-        probs = probabilities(predict(model, data.test_x))
-        s = scores(probs, data.test_y)
-        test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}): "
-                     f"average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
-                     f"macro-F1 {s['macro_f1']:.4f}.")
-        cm = confusion(probs, data.test_y, data.num_classes)
-        test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(cm, data.classes)), ""),
-                         ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes)), "")]
+        threshold, temperature = payload.get("threshold"), payload.get("temperature", 1.0)
+        s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature)
+        probs = probabilities(predict(model, data.test_x).double() / temperature).float()
+        if data.positive_class:
+            test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
+                         f"{s['threshold']:.4f} on the calibrated probability of {data.positive_class!r} chosen on validation "
+                         f"({cfg.study.operating_point}): average precision {s['average_precision']:.4f}, balanced accuracy "
+                         f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
+                         f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
+        else:
+            test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}), argmax decisions: "
+                         f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
+                         f"macro-F1 {s['macro_f1']:.4f}; expected calibration error (top label) {s['ece']:.4f} before and "
+                         f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
+        test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(s["confusion_matrix"], data.classes)), ""),
+                         ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes, s)), "")]
     page = out / "index.html"
     page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
     return page
+
+
+def _alpha_note(study, cfg) -> str:
+    classes = study.user_attrs.get("data", {}).get("classes", [])
+    if cfg.search.alpha_mode == "class_balanced":
+        return ("alpha is not searched here: each class is weighted by its effective number of samples (Cui et al. 2019), "
+                "w_c proportional to (1 - beta) / (1 - beta^n_c), largest weight 1; the search tunes beta.")
+    if len(classes) == 2:
+        return (f"alpha is the weight of the positive class {classes[1]!r} in the loss; the other class, {classes[0]!r}, "
+                "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the rare, hard images.")
+    return "alpha is the weight of the rarest class in the loss; the other classes get 1 - alpha."
 
 
 def _save(out: Path, name: str, fig: Figure) -> Path:
@@ -79,8 +97,13 @@ def _save(out: Path, name: str, fig: Figure) -> Path:
     return out / name
 
 
-def _finished(trials, state=TrialState.COMPLETE):
-    return [t for t in trials if t.state == state and "gamma" in t.params and "alpha" in t.params]
+def _second(cfg) -> str:
+    """The searched parameter beside gamma: alpha, or 1 - beta for class-balanced weights."""
+    return "one_minus_beta" if cfg.search.alpha_mode == "class_balanced" else "alpha"
+
+
+def _finished(trials, state=TrialState.COMPLETE, second="alpha"):
+    return [t for t in trials if t.state == state and "gamma" in t.params and second in t.params]
 
 
 def _last(t) -> float | None:
@@ -91,8 +114,9 @@ def plane(trials, cfg, best) -> Figure:
     """Complete trials coloured by value over a filled contour; pruned as grey crosses."""
     fig = Figure(figsize=(6.4, 5))
     ax = fig.add_subplot()
-    done = [t for t in _finished(trials) if t.value is not None and math.isfinite(t.value)]
-    g, a, v = (np.array([t.params["gamma"] for t in done]), np.array([t.params["alpha"] for t in done]),
+    y_name = _second(cfg)
+    done = [t for t in _finished(trials, second=y_name) if t.value is not None and math.isfinite(t.value)]
+    g, a, v = (np.array([t.params["gamma"] for t in done]), np.array([t.params[y_name] for t in done]),
                np.array([t.value for t in done]))
     if len(done) >= 4 and np.ptp(v) > 0:
         try:
@@ -104,16 +128,21 @@ def plane(trials, cfg, best) -> Figure:
     if done:
         points = ax.scatter(g, a, c=v, cmap="viridis", edgecolors="black", s=60, zorder=3, label="complete")
         fig.colorbar(points, ax=ax, label=cfg.study.metric)
-    pruned = _finished(trials, TrialState.PRUNED)
+    pruned = _finished(trials, TrialState.PRUNED, y_name)
     if pruned:
-        ax.scatter([t.params["gamma"] for t in pruned], [t.params["alpha"] for t in pruned], marker="x", c="grey",
+        ax.scatter([t.params["gamma"] for t in pruned], [t.params[y_name] for t in pruned], marker="x", c="grey",
                    s=50, zorder=3, label="pruned")
-    ax.scatter([best.params["gamma"]], [best.params["alpha"]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
+    if y_name in best.params:
+        ax.scatter([best.params["gamma"]], [best.params[y_name]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
     for t in trials:
-        if "reference" in t.user_attrs and "gamma" in t.params:
-            ax.annotate(f"ref {t.number}", (t.params["gamma"], t.params["alpha"]), textcoords="offset points", xytext=(6, 6))
-    ax.set(xlabel="gamma", ylabel="alpha", xlim=_pad(cfg.search.gamma), ylim=_pad(cfg.search.alpha),
-           title=f"{cfg.study.metric} over gamma x alpha")
+        if "reference" in t.user_attrs and "gamma" in t.params and y_name in t.params:
+            ax.annotate(f"ref {t.number}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
+    if y_name == "alpha":
+        ax.set(ylabel="alpha", ylim=_pad(cfg.search.alpha))
+    else:
+        lo, hi = cfg.search.beta
+        ax.set(ylabel="1 - beta (class-balanced weights)", yscale="log", ylim=((1 - hi) / 1.3, (1 - lo) * 1.3))
+    ax.set(xlabel="gamma", xlim=_pad(cfg.search.gamma), title=f"{cfg.study.metric} over gamma x {y_name.replace('_', ' ')}")
     ax.legend(loc="best", fontsize="small")
     return fig
 
@@ -193,7 +222,9 @@ def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
     return fig
 
 
-def pr_plot(probs, targets, classes) -> Figure:
+def pr_plot(probs, targets, classes, at=None) -> Figure:
+    """Precision-recall of the positive class (classes[1]) with the operating point ``at`` (its
+    test recall and precision at the threshold) marked; one curve per class when C > 2."""
     fig = Figure(figsize=(5.2, 4.2))
     ax = fig.add_subplot()
     p, y = probs.detach().float().cpu().numpy(), targets.cpu().numpy()
@@ -203,6 +234,9 @@ def pr_plot(probs, targets, classes) -> Figure:
             precision, recall, _ = precision_recall_curve(truth, score)
             ap = average_precision_score(truth, score)
             ax.step(recall, precision, where="post", label=f"{name}: AP {ap:.3f}, prior {truth.mean():.2f}")
+    if p.ndim == 1 and at is not None:
+        ax.scatter([at["recall"]], [at["precision"]], marker="o", s=80, c="red", edgecolors="black", zorder=3,
+                   label=f"threshold {at['threshold']:.3f} (chosen on validation)")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title="test precision-recall")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -244,8 +278,8 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<h1>Study {e(study.study_name)}</h1>",
         f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{states[TrialState.FAIL]} failed. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
-        f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with gamma {best.params['gamma']:.3f}, "
-        f"alpha {best.params['alpha']:.3f}.</p>",
+        f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
+        f"{e(describe_params(best.params).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
     ]
     for title, path, note in sections:

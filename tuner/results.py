@@ -1,4 +1,5 @@
-"""What comes back from a study: the best trial, a status table, the test-set check of the best."""
+"""What comes back from a study: the best trial, a status table, the test-set check of the best
+trial and of the reference trials, each at the operating point its trial chose on validation."""
 
 import optuna
 import torch
@@ -8,11 +9,13 @@ from tuner.checkpoints import load_trial_model, model_payload, trial_path
 from tuner.config import StudyConfig
 from tuner.data import Splits, load_data
 from tuner.errors import UserError
-from tuner.metrics import confusion, scores
-from tuner.study import counts
-from tuner.train import predict, probabilities, train_trial
+from tuner.study import DATA_ATTR, UNWEIGHTED, counts
+from tuner.train import alpha_per_class, heldout_metrics, loss_alpha, train_trial
 
 TEST_ATTR = "best_test"
+REFERENCE_TEST_ATTR = "references_test"
+VALIDATION_KEYS = ("average_precision", "balanced_accuracy", "macro_f1", "recall", "precision",
+                   "balanced_accuracy@0.5", "macro_f1@0.5", "ece", "ece_calibrated", "loss")
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -24,12 +27,31 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
                         f"({c['RUNNING']} running, {c['PRUNED']} pruned, {c['FAIL']} failed); run tuner start-study or tuner worker")
 
 
+def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int]):
+    """The class weighting the trial trained with, as the loss took it."""
+    return None if trial.user_attrs.get(UNWEIGHTED) else loss_alpha(trial.params, class_counts)
+
+
+def shown_params(trial: optuna.trial.FrozenTrial) -> dict:
+    """The trial's parameters, with beta next to the searched 1 - beta."""
+    params = dict(trial.params)
+    if "one_minus_beta" in params:
+        params["beta"] = 1.0 - params["one_minus_beta"]
+    return params
+
+
 def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
     """The contract of ``tuner best --json``."""
     best = best_trial(study)
+    data = study.user_attrs.get(DATA_ATTR, {})
+    classes, class_counts = data.get("classes"), data.get("class_counts")
     test = study.user_attrs.get(TEST_ATTR)
+    test = test if test and test.get("trial") == best.number else None
+    ref_tests = {r["trial"]: r for r in study.user_attrs.get(REFERENCE_TEST_ATTR, [])}
     refs = [
-        {"trial": t.number, "label": t.user_attrs["reference"], "state": t.state.name, "value": t.value}
+        {"trial": t.number, "label": t.user_attrs["reference"], "state": t.state.name, "value": t.value,
+         "params": shown_params(t), "threshold": t.user_attrs.get("threshold"),
+         "test": test if t.number == best.number else ref_tests.get(t.number)}
         for t in study.get_trials(deepcopy=False) if "reference" in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
     ]
     return {
@@ -37,11 +59,17 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "metric": cfg.study.metric,
         "value": best.value,
         "trial": best.number,
-        "params": {"gamma": best.params["gamma"], "alpha": best.params["alpha"]},
-        "validation": {k: best.user_attrs[k] for k in ("average_precision", "balanced_accuracy", "macro_f1", "loss") if k in best.user_attrs},
+        "params": shown_params(best),
+        "alpha_mode": cfg.search.alpha_mode,
+        "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts), classes) if classes and class_counts else None,
+        "positive_class": cfg.data.positive_class or None,
+        "operating_point": cfg.study.operating_point,
+        "threshold": best.user_attrs.get("threshold"),
+        "temperature": best.user_attrs.get("temperature"),
+        "validation": {k: best.user_attrs[k] for k in VALIDATION_KEYS if k in best.user_attrs},
         "epochs": best.user_attrs.get("epochs"),
         "seed": best.user_attrs.get("seed"),
-        "test": test if test and test.get("trial") == best.number else None,
+        "test": test,
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
     }
@@ -57,7 +85,9 @@ def status_rows(study: optuna.Study) -> list[dict]:
             "state": t.state.name,
             "gamma": t.params.get("gamma"),
             "alpha": t.params.get("alpha"),
+            "beta": shown_params(t).get("beta"),
             "value": t.value,
+            "threshold": t.user_attrs.get("threshold"),
             "epochs": t.user_attrs.get("epochs", 0),
             "duration_s": duration,
             "note": "; ".join(str(t.user_attrs[k]) for k in ("reference", "prune_reason", "stop_reason", "error")
@@ -66,38 +96,49 @@ def status_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
-def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.nn.Module, dict, str]:
-    """The best trial's model, its checkpoint-style payload and where it came from: "checkpoint"
+def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.FrozenTrial, data=None) -> tuple[torch.nn.Module, dict, str]:
+    """A finished trial's model, its checkpoint-style payload and where it came from: "checkpoint"
     (``study.artifacts`` seen from the current folder) or "retrained" with the trial's params and seed."""
-    best = best_trial(study)
-    path = trial_path(cfg, study.study_name, best.number)
+    path = trial_path(cfg, study.study_name, trial.number)
     if path.is_file():
         try:
             model, payload = load_trial_model(path)
             return model, payload, "checkpoint"
         except (OSError, RuntimeError, EOFError, KeyError):
             pass  # a torn or foreign file: retraining gives the same model
-    seed = best.user_attrs.get("seed")
+    seed = trial.user_attrs.get("seed")
     if seed is None:
-        raise UserError(f"trial {best.number} of study {study.study_name!r} has no checkpoint at {path} and no stored seed to retrain "
+        raise UserError(f"trial {trial.number} of study {study.study_name!r} has no checkpoint at {path} and no stored seed to retrain "
                         "it; run this from the folder the study ran in")
     data = data or load_data(cfg.data, seed=cfg.study.seed)
-    gamma, alpha = best.params["gamma"], best.params["alpha"]
-    model = train_trial(cfg, data, gamma, alpha, seed, device=None).model.cpu()
-    return model, model_payload(cfg, best.number, model, data, gamma, alpha, seed), "retrained"
+    gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts())
+    result = train_trial(cfg, data, gamma, alpha, seed, device=None)
+    model = result.model.cpu()
+    return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
+
+
+def best_model(study: optuna.Study, cfg: StudyConfig, data=None) -> tuple[torch.nn.Module, dict, str]:
+    return trial_model(study, cfg, best_trial(study), data)
+
+
+def check_on_test(study, cfg, trial, data: Splits) -> dict:
+    """Test-split metrics of one finished trial's model at its own threshold and temperature."""
+    model, payload, source = trial_model(study, cfg, trial, data)
+    out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), payload.get("temperature", 1.0))
+    return {"trial": trial.number, "source": source, **out}
 
 
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None) -> dict | None:
-    """Test-set metrics of the best trial (the only place the test split is used), stored with
-    the study for ``tuner best``; ``data``: the study's data when already loaded."""
+    """Test-set metrics of the best trial and of the complete reference trials (the only place the
+    test split is used), stored with the study for ``tuner best``; ``data``: the study's data when
+    already loaded."""
     best = best_trial(study)
     data = data or load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
-    model, _, source = best_model(study, cfg, data)
-    logits = predict(model, data.test_x)
-    out = {"trial": best.number, "source": source, "n": len(data.test_y),
-           **scores(probabilities(logits), data.test_y),
-           "confusion_matrix": confusion(probabilities(logits), data.test_y, data.num_classes)}
+    out = check_on_test(study, cfg, best, data)
+    refs = [check_on_test(study, cfg, t, data) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "reference" in t.user_attrs and t.number != best.number]
     study.set_user_attr(TEST_ATTR, out)
+    study.set_user_attr(REFERENCE_TEST_ATTR, refs)
     return out

@@ -21,17 +21,52 @@ from tuner.storage import mask, open_storage, study_lock
 
 CONFIG_ATTR = "tuner_config"
 TARGET_ATTR = "n_trials"
+DATA_ATTR = "data"  # the classes by name and their training-split counts, for reports that load no data
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-REFERENCES = (
-    ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy (gamma=0)"),
-    ({"gamma": 2.0, "alpha": 0.25}, "focal default (gamma=2, alpha=0.25)"),
-)
+UNWEIGHTED = "unweighted"  # a trial attribute: train with no class weights whatever the params say
+REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
+    "rare": (
+        ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy (gamma=0)", {}),
+        ({"gamma": 2.0, "alpha": 0.25}, "focal default (gamma=2, alpha=0.25)", {}),
+    ),
+    "class_balanced": (
+        ({"gamma": 0.0, "one_minus_beta": None}, "cross-entropy (gamma=0, no class weights; its beta is unused)",
+         {UNWEIGHTED: True}),
+        ({"gamma": 2.0, "one_minus_beta": 0.001}, "focal gamma=2 with class-balanced weights of beta=0.999", {}),
+    ),
+}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
+    """gamma, and alpha (the positive or rarest class's weight) or 1 - beta (class-balanced weights,
+    log scale: beta = 0.9, 0.99, 0.999 are equally far apart)."""
+    if cfg.search.alpha_mode == "class_balanced":
+        lo, hi = cfg.search.beta
+        return {"gamma": FloatDistribution(*cfg.search.gamma), "one_minus_beta": FloatDistribution(1 - hi, 1 - lo, log=True)}
     return {"gamma": FloatDistribution(*cfg.search.gamma), "alpha": FloatDistribution(*cfg.search.alpha)}
+
+
+def describe_params(params: dict) -> str:
+    """E.g. "gamma=2.000 alpha=0.250" or "gamma=2.000 beta=0.9990"."""
+    parts = [f"gamma={params['gamma']:.3f}"] if "gamma" in params else []
+    if "alpha" in params:
+        parts.append(f"alpha={params['alpha']:.3f}")
+    if "one_minus_beta" in params:
+        parts.append(f"beta={1 - params['one_minus_beta']:.4f}")
+    return " ".join(parts)
+
+
+def reference_trials(cfg: StudyConfig) -> list[tuple[dict, str, dict]]:
+    """The reference trials that fit the search space: (params, label, trial attributes)."""
+    space = distributions(cfg)
+    out = []
+    for params, label, attrs in REFERENCES["class_balanced" if "one_minus_beta" in space else "rare"]:
+        params = {k: space[k].high if v is None else v for k, v in params.items()}  # None: any value, unused
+        if all(space[k].low <= v <= space[k].high for k, v in params.items()):
+            out.append((params, label, attrs))
+    return out
 
 
 def make_sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -53,8 +88,10 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None) -> tuple[optuna.Study, list[str]]:
-    """Create the study, or resume it when it exists with the same search space.
+def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None,
+                     classes: list[str] | None = None, class_counts: list[int] | None = None) -> tuple[optuna.Study, list[str]]:
+    """Create the study, or resume it when it exists with the same search space. ``classes`` and
+    ``class_counts`` (of the training split) are stored for reports.
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
@@ -70,13 +107,14 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study.set_metric_names([cfg.study.metric])
         if cfg.study.sampler == "grid":
             # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
-            axes = [np.linspace(lo, hi, cfg.study.grid_points).tolist() for lo, hi in (cfg.search.gamma, cfg.search.alpha)]
-            for gamma, alpha in itertools.product(*axes):
-                study.enqueue_trial({"gamma": gamma, "alpha": alpha}, user_attrs={"grid": True})
+            space = distributions(cfg)
+            axes = [np.geomspace(d.low, d.high, cfg.study.grid_points) if d.log else np.linspace(d.low, d.high, cfg.study.grid_points)
+                    for d in space.values()]
+            for point in itertools.product(*(a.tolist() for a in axes)):
+                study.enqueue_trial(dict(zip(space, point)), user_attrs={"grid": True})
         if cfg.study.reference_trials:
-            for params, label in REFERENCES:
-                if all(lo <= params[k] <= hi for k, (lo, hi) in cfg.to_dict()["search"].items()):
-                    study.enqueue_trial(params, user_attrs={"reference": label})
+            for params, label, attrs in reference_trials(cfg):
+                study.enqueue_trial(params, user_attrs={"reference": label, **attrs})
     else:
         stored = stored_config(existing)
         if stored.search_space() != cfg.search_space():
@@ -90,6 +128,8 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
         study = existing
     study.set_user_attr(TARGET_ATTR, n_trials or cfg.study.n_trials)
+    if classes is not None:
+        study.set_user_attr(DATA_ATTR, {"classes": list(classes), "class_counts": list(class_counts)})
     return study, notes
 
 

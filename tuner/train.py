@@ -14,8 +14,9 @@ from torch import nn
 
 from tuner.config import StudyConfig
 from tuner.data import Splits
-from tuner.losses import focal_loss
-from tuner.metrics import scores
+from tuner.calibration import fit_temperature
+from tuner.losses import class_balanced_weights, focal_loss
+from tuner.metrics import confusion, scores
 from tuner.models import build_model
 
 Reporter = Callable[[int, dict[str, float]], bool]
@@ -42,14 +43,31 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def class_weights(alpha: float | None, counts: list[int]) -> float | list[float] | None:
-    """The trial's scalar alpha as the loss wants it: with two classes, alpha for class 1 (the
-    rare class of the built-in data) and 1 - alpha for class 0; with more, alpha for the rarest
-    class and 1 - alpha for the others."""
-    if alpha is None or len(counts) == 2:
+def class_weights(alpha: float | list[float] | None, counts: list[int]) -> float | list[float] | None:
+    """The trial's alpha as the loss wants it: with two classes, alpha for the positive class
+    (index 1, see ``tuner.data.orient``) and 1 - alpha for the other; with more, alpha for the
+    rarest class and 1 - alpha for the others. A per-class list passes through."""
+    if alpha is None or len(counts) == 2 or not isinstance(alpha, (int, float)):
         return alpha
     rarest = counts.index(min(counts))
     return [alpha if c == rarest else 1.0 - alpha for c in range(len(counts))]
+
+
+def loss_alpha(params: dict, counts: list[int]) -> float | list[float] | None:
+    """A trial's class weighting from its parameters: ``alpha`` (see ``class_weights``), or
+    ``one_minus_beta`` for class-balanced weights from the class counts; None for neither."""
+    if "one_minus_beta" in params:
+        return class_balanced_weights(counts, 1.0 - params["one_minus_beta"])
+    return class_weights(params.get("alpha"), counts)
+
+
+def alpha_per_class(alpha: float | list[float] | None, classes: list[str]) -> dict[str, float]:
+    """The weight of each class by name, as reports show it (None: every class 1)."""
+    if alpha is None:
+        return {c: 1.0 for c in classes}
+    if isinstance(alpha, (int, float)):
+        return {classes[0]: 1.0 - alpha, classes[1]: float(alpha)}
+    return {c: float(w) for c, w in zip(classes, alpha)}
 
 
 def prepare(x: torch.Tensor) -> torch.Tensor:
@@ -70,17 +88,37 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.dim() == 1 else torch.softmax(logits, dim=1)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha) -> dict[str, float]:
-    return logit_metrics(predict(model, x).float(), y, gamma, alpha)
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
+             operating_point: str = "balanced_accuracy") -> dict[str, float]:
+    return logit_metrics(predict(model, x).float(), y, gamma, alpha, operating_point)
 
 
-def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha) -> dict[str, float]:
-    """Validation metrics and focal loss from logits; only a loss entry (NaN) when they are not finite."""
+def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
+                  operating_point: str = "balanced_accuracy") -> dict[str, float]:
+    """Validation metrics and focal loss from logits; only a loss entry (NaN) when they are not finite.
+
+    The temperature is fitted on these logits, and the threshold chosen by ``operating_point`` on
+    the calibrated probabilities, so the threshold a model ships with is one on the probabilities
+    that ``tuner predict`` prints."""
     target = y.float() if logits.dim() == 1 else y
     loss = focal_loss(logits, target, gamma, alpha).item()
     if not math.isfinite(loss) or not torch.isfinite(logits).all():
         return {"loss": float("nan")}
-    return {**scores(probabilities(logits), y), "loss": loss}
+    temperature = fit_temperature(logits, y)
+    calibrated = probabilities(logits.double() / temperature).float()
+    return {**scores(probabilities(logits), y, operating_point, calibrated), "temperature": temperature, "loss": loss}
+
+
+@torch.no_grad()
+def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float | None,
+                 temperature: float) -> dict:
+    """Held-out metrics of a finished model at the threshold and temperature chosen on validation,
+    with the confusion matrix at that threshold and the ECE before and after the temperature."""
+    logits = predict(model, x).float()
+    raw, calibrated = probabilities(logits), probabilities(logits.double() / temperature).float()
+    cut = 0.5 if threshold is None else threshold
+    return {"n": len(y), **scores(raw, y, cut, calibrated),
+            "confusion_matrix": confusion(calibrated, y, raw.shape[1] if raw.dim() == 2 else 2, cut)}
 
 
 def make_optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
@@ -140,7 +178,7 @@ def train_trial(
             loss.backward()
             opt.step()
             total += loss.detach()
-        metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights)
+        metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights, cfg.study.operating_point)
         metrics["train_loss"] = total.item() * t.batch_size / len(x)
         if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
             result.state = "diverged"

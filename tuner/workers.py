@@ -19,8 +19,8 @@ from tuner.data import load_data
 from tuner.errors import UserError
 from tuner.fused import choose_k, train_fused
 from tuner.progress import Progress, snapshot
-from tuner.study import claim_trial, counts, open_for_worker, target
-from tuner.train import pick_device, train_trial
+from tuner.study import UNWEIGHTED, claim_trial, counts, describe_params, open_for_worker, target
+from tuner.train import loss_alpha, pick_device, train_trial
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -109,7 +109,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
         dev = torch.device("cuda", index % torch.cuda.device_count())
     log(f"[worker {index}] joined study {name!r} on {dev} ({torch.get_num_threads()} threads), "
-        f"{len(data.train_y)} train / {len(data.val_y)} val images, classes {data.classes}")
+        f"{len(data.train_y)} train / {len(data.val_y)} val images, classes {data.classes}"
+        + (f"; {data.describe_positive()}" if data.positive_class else ""))
     k = fuse_k(cfg, data, dev)
     if k > 1:
         log(f"[worker {index}] trains {k} trials at once as one fused model")
@@ -140,9 +141,10 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
 class _TrialRun:
     """One claimed trial's bookkeeping: its seed and checkpoint, reports, and the final tell."""
 
-    def __init__(self, study, storage, trial, cfg, index):
+    def __init__(self, study, storage, trial, cfg, index, counts):
         self.study, self.storage, self.trial, self.cfg, self.index = study, storage, trial, cfg, index
-        self.gamma, self.alpha = trial.params["gamma"], trial.params["alpha"]
+        self.gamma = trial.params["gamma"]
+        self.alpha = None if trial.user_attrs.get(UNWEIGHTED) else loss_alpha(trial.params, counts)
         self.retry = self._db("reading a trial", lambda: storage.get_trial(trial._trial_id)).system_attrs
         self.origin = self.retry.get("failed_trial", trial.number)  # the first trial of its retry lineage
         self.seed = trial.user_attrs.get("seed", cfg.study.seed * 100_003 + self.origin)
@@ -222,7 +224,7 @@ class _TrialRun:
             return None
         if result.state == "complete":
             checkpoints.save_trial_model(cfg, self.study.study_name, trial.number, result.model, data,
-                                         self.gamma, self.alpha, self.seed)
+                                         self.gamma, self.alpha, self.seed, result.history[-1])
             state, reason = TrialState.COMPLETE, None
         else:
             state = TrialState.PRUNED
@@ -249,7 +251,7 @@ class _TrialRun:
         if state == TrialState.COMPLETE:
             self._db("pruning checkpoints", lambda: checkpoints.keep_best(cfg, self.study))
         value = "-" if result.value is None else f"{result.value:.4f}"
-        log(f"[worker {self.index}] trial {trial.number} gamma={self.gamma:.3f} alpha={self.alpha:.3f} -> "
+        log(f"[worker {self.index}] trial {trial.number} {describe_params(trial.params)} -> "
             f"{state.name.lower()} {cfg.study.metric}={value} after {result.epochs} epochs ({time.time() - self.started:.1f} s)")
         return state
 
@@ -258,7 +260,7 @@ def _run(study, storage, trials, cfg, data, dev, index, stop) -> list[TrialState
     """Train the claimed trials, group by group (see ``_groups``), telling each group's results as
     soon as it is done; on a stop signal the trials not yet told are queued again. A trial's state
     is None when a sweep took it over while this worker was cut off from the database."""
-    runs = [_TrialRun(study, storage, t, cfg, index) for t in trials]
+    runs = [_TrialRun(study, storage, t, cfg, index, data.class_counts()) for t in trials]
     states = {}
     with _Heartbeat(storage, trials, study, cfg.study.grace_period):
         for group in _groups(runs):

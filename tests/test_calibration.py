@@ -1,0 +1,52 @@
+"""Temperature scaling: it must lower the validation NLL of a miscalibrated model and keep rankings."""
+
+import doctest
+
+import pytest
+import torch
+
+import tuner.calibration
+from tuner.calibration import T_RANGE, fit_temperature, nll
+from tuner.metrics import expected_calibration_error
+
+
+def toy(n=2000, scale=1.0, c=None, seed=0):
+    """Logits of a calibrated model (labels drawn from its own probabilities), times ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    if c is None:
+        z = torch.randn(n, generator=g, dtype=torch.float64) * 2
+        y = (torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(z)).long()
+    else:
+        z = torch.randn(n, c, generator=g, dtype=torch.float64) * 2
+        y = torch.multinomial(torch.softmax(z, 1), 1, generator=g).squeeze(1)
+    return z * scale, y
+
+
+@pytest.mark.parametrize("c", [None, 4])
+@pytest.mark.parametrize("scale", [0.3, 3.0])
+def test_temperature_undoes_over_and_under_confidence(scale, c):
+    logits, y = toy(scale=scale, c=c)
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(scale, rel=0.15)  # the true model is logits / scale
+    assert nll(logits / t, y) < nll(logits, y) - 0.01
+    p = torch.sigmoid if c is None else (lambda x: torch.softmax(x, 1))
+    before = expected_calibration_error(p(logits).numpy(), y.numpy())
+    after = expected_calibration_error(p(logits / t).numpy(), y.numpy())
+    assert after < before
+
+
+def test_calibrated_model_keeps_its_temperature_near_one():
+    logits, y = toy(scale=1.0)
+    assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.1)
+
+
+def test_separable_or_broken_logits_stay_in_bounds():
+    y = torch.tensor([0, 0, 1, 1])
+    assert T_RANGE[0] <= fit_temperature(torch.tensor([-5.0, -4.0, 4.0, 5.0]), y) < 1  # sharper, never 0
+    assert fit_temperature(torch.tensor([-5e3, -4e3, 4e3, 5e3]), y) >= T_RANGE[0]
+    assert fit_temperature(torch.tensor([float("nan"), 0.0, 1.0, 2.0]), y) == 1.0
+    assert fit_temperature(torch.zeros(0), torch.zeros(0, dtype=torch.long)) == 1.0
+
+
+def test_doctest():
+    assert doctest.testmod(tuner.calibration).failed == 0

@@ -1,0 +1,85 @@
+"""More than two classes: class-balanced alpha searched through beta, named per class in the output."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tuner
+from tuner.losses import class_balanced_weights
+
+COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("many")
+    digits = load_digits()
+    for name, digit in zip(COUNTS, (8, 5, 1, 0)):
+        idx = np.flatnonzero(digits.target == digit)
+        for split, chosen in (("train", idx[: COUNTS[name]]), ("test", idx[100:110])):
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in chosen:
+                Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8)).save(root / "data" / split / name / f"{i}.png")
+    (root / "study.toml").write_text(f"""
+[study]
+name = "tail"
+n_trials = 4
+n_startup_trials = 2
+[data]
+kind = "imagefolder"
+root = "{root / 'data'}"
+image_size = 16
+val_fraction = 0.34
+[train]
+epochs = 2
+device = "cpu"
+[pruner]
+kind = "none"
+""")
+    proc = tuner("start-study", "study.toml", "--workers", "1", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, proc.stdout
+
+
+def test_the_driver_says_how_classes_are_weighted(folder):
+    _, out = folder
+    assert "classes eight, five, one, zero: class_balanced class weights, argmax decisions" in out
+    assert "class weights: eight 1.000" in out and "macro AP" in out
+
+
+def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder):
+    root, _ = folder
+    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    assert best["alpha_mode"] == "class_balanced" and best["positive_class"] is None and best["threshold"] is None
+    params = best["params"]
+    assert set(params) == {"gamma", "one_minus_beta", "beta"} and 0.9 <= params["beta"] <= 0.9999
+    alpha = best["alpha_per_class"]
+    assert list(alpha) == list(COUNTS)
+    if best["trial"] == 0:  # the cross-entropy reference trains with no class weights
+        assert set(alpha.values()) == {1.0}
+    else:
+        assert list(alpha.values()) == pytest.approx(class_balanced_weights(_train_counts(root), params["beta"]))
+        assert alpha["eight"] == 1.0 and alpha["zero"] < alpha["one"] < alpha["five"] < 1.0
+
+
+def _train_counts(root):
+    from tuner.config import load_config
+    from tuner.data import load_data
+
+    cfg = load_config(root / "study.toml")
+    return load_data(cfg.data, seed=cfg.study.seed).class_counts()
+
+
+def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
+    root, _ = folder
+    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    labels = {r["trial"]: r["label"] for r in best["references"]}
+    assert labels[0].startswith("cross-entropy") and "no class weights" in labels[0]
+    assert labels[1] == "focal gamma=2 with class-balanced weights of beta=0.999"
+    refs = {r["trial"]: r for r in best["references"]}
+    assert refs[1]["params"]["beta"] == pytest.approx(0.999) and refs[1]["params"]["gamma"] == 2.0
+    assert all(r["test"] is not None and "balanced_accuracy" in r["test"] for r in best["references"])
