@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from tuner.config import load_config
-from tuner.data import DataConfig, load_data
-from tuner.fused import FusedCNN, member_losses, train_fused
-from tuner.losses import focal_loss
-from tuner.metrics import scores
-from tuner.models import SimpleCNN
-from tuner.train import prepare, train_trial
+from tuner.search.config import load_config
+from tuner.learn.data import load_data
+from tuner.search.config import DataConfig
+from tuner.learn.fused import FusedCNN, member_losses, train_fused
+from tuner.learn.losses import focal_loss
+from tuner.learn.metrics import scores
+from tuner.learn.models import SimpleCNN
+from tuner.learn.train import prepare, train_trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blog_loop import BATCH, EPOCHS, TF, TRIALS, BlogCNN  # noqa: E402
@@ -160,13 +161,13 @@ def step_rate(data, k: int, device, steps=300, blog=False) -> tuple[float, float
     model = (BlogCNN() if blog else SimpleCNN(1, 32, 1) if k == 1 else
              FusedCNN.from_models([SimpleCNN(1, 32, 1) for _ in range(k)])).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gammas, weights = torch.full((k,), 2.0, device=device), torch.tensor([[0.75, 0.25]] * k, device=device)
+    losses = [(2.0, 0.25)] * k
     x, y, n = prepare(data.train_x.to(device)), data.train_y.to(device), len(data.train_y) // BATCH
     def run(count):
         for i in range(count):
             xb, yb = x[i % n * BATCH:(i % n + 1) * BATCH], y[i % n * BATCH:(i % n + 1) * BATCH]
             loss = (focal_loss(model(xb).squeeze(1), yb.float(), 2.0, 0.25) if k == 1
-                    else member_losses(model(xb), yb, gammas, weights).sum())
+                    else member_losses(model(xb), yb, losses).sum())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -182,11 +183,11 @@ def cfg_for(device, amp=False):
 
 def profile(data, device, med) -> list[str]:
     """Where (b)'s and (c)'s wall time goes: their worker logs, and the same pieces measured alone."""
-    imp = min(clock(lambda: subprocess.run([sys.executable, "-c", "import tuner.workers"], check=True), device) for _ in range(2))
+    imp = min(clock(lambda: subprocess.run([sys.executable, "-c", "import tuner.search.workers"], check=True), device) for _ in range(2))
     one = clock(lambda: train_trial(cfg_for(device), data, 2.0, 0.25, 1, device=device), device)
     fused = clock(lambda: train_fused(cfg_for(device), data, [(0.5 * i, 0.05 + 0.1 * i, i) for i in range(TRIALS)], device=device), device)
     n, a_rate = len(data.train_y) * TRIALS * EPOCHS, med["a"]["rate"]
-    out = [f"Alone: fresh `python -c 'import tuner.workers'` {imp:.2f} s (one process start-up); one trial "
+    out = [f"Alone: fresh `python -c 'import tuner.search.workers'` {imp:.2f} s (one process start-up); one trial "
            f"in-process (`train_trial`, no storage) {one:.2f} s, x{TRIALS} = {TRIALS * one:.1f} s; `train_fused` K={TRIALS} {fused:.2f} s.",
            "", "Last (b), (c) runs, from worker 0's log (1 s stamps). start-up: driver, data, study, worker spawn, imports, data, to 'joined'; "
            "trials: claim to tell (training, per-epoch storage writes, checkpoints); gaps: claims, TPE; tail: driver's 1 s poll, test check.", "",

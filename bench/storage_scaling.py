@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from tuner.storage import open_storage, study_lock
+from tuner.search.storage import open_storage, study_lock
 
 TRIALS_PER_WORKER = 8
 REPORTS = 3

@@ -1,6 +1,9 @@
 import os
+import re
+import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,35 @@ def url_from_env(var: str, missing: str) -> str:
 @pytest.fixture
 def postgres_url():
     return url_from_env("TUNER_TEST_POSTGRES_URL", "PostgreSQL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+
+
+class Dashboard:
+    """A real ``tuner dashboard --port 0`` process; ``port`` is the one it printed once bound."""
+
+    def __init__(self, folder: Path, *args: str, env: dict | None = None):
+        env = {**os.environ, "TUNER_STORAGE": f"sqlite:///{folder / 'tuner.db'}", "TUNER_DASHBOARD_TOKEN": "",
+               "PYTHONWARNINGS": "ignore", **(env or {})}
+        self.folder = folder
+        self.err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--port", "0", *args], cwd=folder, env=env,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
+        self.line = self.proc.stdout.readline() if ready else ""
+        bound = re.search(r" on http://127\.0\.0\.1:(\d+)/ ", self.line)
+        if not bound:
+            raise AssertionError(f"no address line from the dashboard: {self.line!r}\n{self.stop()}")
+        self.port = int(bound[1])
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def stop(self) -> str:
+        """Stop the server; returns all it printed."""
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return self.line + out + self.stderr()

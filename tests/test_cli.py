@@ -117,7 +117,7 @@ def test_bad_input_leaves_no_spawned_worker_behind(study_file):
 
 
 def test_spawned_worker_exits_quietly_when_the_driver_goes_away(tmp_path):
-    from tuner import launch
+    from tuner.search import launch
 
     (p,) = launch.spawn("sqlite:///unused.db", 1, None, "lines")
     p.stdin.close()  # what a driver killed before its study existed leaves behind

@@ -16,10 +16,9 @@ import typer
 import yaml
 from optuna.trial import TrialState
 
-from conftest import ROOT, assert_user_error, tuner
-from test_dashboard import Dashboard
+from conftest import ROOT, Dashboard, assert_user_error, tuner
 from tuner.cli import app
-from tuner.storage import default_url
+from tuner.search.storage import default_url
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

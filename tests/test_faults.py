@@ -111,24 +111,3 @@ def test_killed_fused_worker_trials_resume_fused_from_their_checkpoints(tmp_path
         assert retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
         assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
-
-
-def test_worker_whose_trial_was_swept_meanwhile_drops_it_and_goes_on(tmp_path):
-    # What a sweep does when a worker's heartbeats stop arriving (a cut link, a stalled host) while
-    # the worker itself goes on: the trial is failed and a retry queued. The worker must not die
-    # on its next report, nor tell the trial twice.
-    watcher, study, worker, number = watched_study_with_a_worker(tmp_path, epochs_before=1)
-    frozen = study.trials[number]
-    study.tell(number, state=TrialState.FAIL)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, frozen)
-
-    out, _ = worker.communicate(timeout=120)
-    assert worker.returncode == 0 and "Traceback" not in out, out
-    assert f"trial {number} was failed by a heartbeat sweep" in out
-    watcher.communicate(timeout=120)
-    trials = study.trials
-    assert trials[number].state == TrialState.FAIL and "duration_s" not in trials[number].user_attrs
-    (retry,) = retry_of(trials, number)
-    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1, out
-    assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3

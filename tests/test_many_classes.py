@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import tuner
-from tuner.losses import class_balanced_weights
+from tuner.learn.losses import class_balanced_weights
 
 COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
 
@@ -67,8 +67,8 @@ def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder):
 
 
 def _train_counts(root):
-    from tuner.config import load_config
-    from tuner.data import load_data
+    from tuner.search.config import load_config
+    from tuner.learn.data import load_data
 
     cfg = load_config(root / "study.toml")
     return load_data(cfg.data, seed=cfg.study.seed).class_counts()

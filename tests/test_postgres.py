@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import assert_user_error, tuner, url_from_env, write_study
-from tuner.storage import open_storage, study_lock
+from tuner.search.storage import open_storage, study_lock
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """The ``tuner`` command. Thin: parse, call the module that does the work, print."""
 
+import functools
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,14 +16,20 @@ from tuner.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tune focal-loss gamma and alpha with parallel Optuna workers.")
-out = Console(width=120, highlight=False)
+
+
+@functools.cache
+def out() -> Console:
+    """The terminal: made at the first print, not at import."""
+    return Console(width=120, highlight=False)
+
 
 Storage = Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL [default: $TUNER_STORAGE or sqlite:///tuner.db]", show_default=False)]
 StudyName = Annotated[Optional[str], typer.Option("--study-name", help="study in the storage (optional when it holds just one)")]
 
 
 def _url(storage: str | None) -> str:
-    from tuner.storage import default_url
+    from tuner.search.storage import default_url
 
     return storage or default_url()
 
@@ -31,8 +37,8 @@ def _url(storage: str | None) -> str:
 def _study(url: str, name: str | None):
     import optuna
 
-    from tuner.storage import mask, open_storage
-    from tuner.study import load
+    from tuner.search.storage import mask, open_storage
+    from tuner.search.study import load
 
     if name is None:
         names = optuna.get_all_study_names(open_storage(url))
@@ -55,7 +61,7 @@ def start_study(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress; worker output goes to log files")] = False,
 ):
     """Create (or resume) a study and run workers until it has n_trials finished trials."""
-    from tuner import launch
+    from tuner.search import launch
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
@@ -65,9 +71,9 @@ def start_study(
     url, mode = _url(storage), "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
     procs = launch.spawn(url, workers, device, mode) if workers else []
     try:
-        from tuner.config import load_config
-        from tuner.data import load_data
-        from tuner.study import counts, create_or_resume
+        from tuner.search.config import load_config
+        from tuner.learn.data import load_data
+        from tuner.search.study import counts, create_or_resume
 
         cfg = load_config(study_file, set_ or [])
         name = study_name or cfg.study.name
@@ -77,16 +83,16 @@ def start_study(
     except BaseException:
         launch.discard(procs)
         raise
-    from tuner import results
-    from tuner.progress import Progress
-    from tuner.storage import mask
+    from tuner.show import results
+    from tuner.show.progress import Progress
+    from tuner.search.storage import mask
 
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     c = counts(study)
-    out.print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
+    out().print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
-    out.print(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
+    out().print(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
               if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
     try:
         if workers:
@@ -94,15 +100,15 @@ def start_study(
             with Progress(mode, cfg.train.epochs) as progress:
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
         else:
-            from tuner.workers import watch
+            from tuner.show.watch import watch
 
             code = watch(url, name, mode) or 0
     except KeyboardInterrupt:
-        out.print("stopped; run the same command again to resume")
+        out().print("stopped; run the same command again to resume")
         raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
-    results.evaluate_best_on_test(study, cfg, data)
+    results.evaluate_best_on_test(study, cfg, data, retrain=True)
     _print_best(results.best_summary(study, cfg))
 
 
@@ -110,8 +116,8 @@ def _show(progress, study, cfg) -> None:
     import optuna
     import sqlalchemy
 
-    from tuner.progress import snapshot
-    from tuner.study import target
+    from tuner.show.progress import snapshot
+    from tuner.search.study import target
 
     try:
         progress.update(snapshot(study, target(study, cfg)))
@@ -128,18 +134,18 @@ def _check_device(device: str | None) -> None:
 
 def _print_best(s: dict) -> None:
     c = s["counts"]
-    out.print(f"\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
-    out.print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
+    out().print(f"\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
+    out().print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
     if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
-        out.print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
+        out().print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
     if s["threshold"] is not None:
-        out.print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+        out().print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
                   f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})", soft_wrap=True)
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        out.print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
+        out().print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
     if s["test"]:
-        out.print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
+        out().print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
@@ -147,18 +153,18 @@ def _print_best(s: dict) -> None:
 
 
 def _params(p: dict) -> str:
-    from tuner.study import describe_params
+    from tuner.search.study import describe_params
 
     return describe_params(p).replace("=", " ")
 
 
 def _print_test(name: str, t: dict, positive: str | None) -> None:
     if positive:
-        out.print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+        out().print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
                   f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}", soft_wrap=True)
     else:
-        out.print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+        out().print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated", soft_wrap=True)
 
 
@@ -175,7 +181,7 @@ def worker(
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
     _check_device(device)
-    from tuner.workers import run_worker
+    from tuner.search.workers import run_worker
 
     run_worker(_url(storage), study_name, worker_index, device, threads, n_trials)
 
@@ -185,9 +191,8 @@ def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annota
                    device: Annotated[Optional[str], typer.Option()] = None):
     """A worker that ``start-study`` spawned before its study existed: it imports what it needs, then
     waits for one line on stdin naming the study (and its log file); EOF: nothing to do."""
-    import os
 
-    from tuner.workers import run_worker
+    from tuner.search.workers import run_worker
 
     line = sys.stdin.readline()
     if not line:
@@ -203,8 +208,8 @@ def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annota
 @app.command()
 def status(storage: Storage = None, study_name: StudyName = None):
     """A table of the study's trials."""
-    from tuner.results import status_rows
-    from tuner.study import counts
+    from tuner.show.results import status_rows
+    from tuner.search.study import counts
 
     study = _study(_url(storage), study_name)
     rows = status_rows(study)
@@ -214,27 +219,31 @@ def status(storage: Storage = None, study_name: StudyName = None):
     for r in rows:
         table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
                       fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
-    out.print(table)
+    out().print(table)
     c = counts(study)
-    out.print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
+    out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
 
 
 @app.command()
 def best(storage: Storage = None, study_name: StudyName = None,
          as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
-         save_model: Annotated[Optional[Path], typer.Option("--save-model", help="write the best model to PATH (+ PATH.json), e.g. best.pt")] = None):
+         save_model: Annotated[Optional[Path], typer.Option("--save-model", help="write the best model to PATH (+ PATH.json), e.g. best.pt")] = None,
+         retrain: Annotated[bool, typer.Option("--retrain", help="train the best trial (and the reference trials) again with their parameters and seeds when their model files are not here, and check them on the test split")] = False):
     """The best trial: value, metric, gamma/alpha, trial number."""
-    from tuner.results import best_summary
-    from tuner.study import stored_config
+    from tuner.search.study import stored_config
+    from tuner.show.results import best_summary, evaluate_best_on_test
 
     study = _study(_url(storage), study_name)
-    summary = best_summary(study, stored_config(study))
+    cfg = stored_config(study)
+    if retrain:
+        evaluate_best_on_test(study, cfg, retrain=True)
+    summary = best_summary(study, cfg)
     if as_json:
         print(json.dumps(summary))
     else:
         _print_best(summary)
     if save_model is not None:
-        from tuner.export import save_best_model
+        from tuner.show.export import save_best_model
 
         saved = save_best_model(study, save_model)
         print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json",
@@ -249,7 +258,7 @@ def dashboard(storage: Storage = None,
               token_file: Annotated[Optional[Path], typer.Option("--token-file", help="require the token in this file (Authorization: Bearer, or ?token= once); or set TUNER_DASHBOARD_TOKEN", show_default=False)] = None,
               token: Annotated[Optional[str], typer.Option(help="require this token; other users see it in ps, so prefer --token-file")] = None):
     """optuna-dashboard on the same storage: read-only unless --allow-writes, token-protected with --token-file."""
-    from tuner.dashboard import allowed_hosts, bind, check_port, guard, is_loopback, read_token_file, serve
+    from tuner.show.dashboard import allowed_hosts, bind, check_port, guard, is_loopback, read_token_file, serve
 
     check_port(port)
     if token is not None and token_file is not None:
@@ -265,7 +274,7 @@ def dashboard(storage: Storage = None,
         token = os.environ.get("TUNER_DASHBOARD_TOKEN", "").strip() or None
     import optuna_dashboard
 
-    from tuner.storage import mask, open_storage
+    from tuner.search.storage import mask, open_storage
 
     url = _url(storage)
     app = guard(optuna_dashboard.wsgi(open_storage(url)), allow_writes=allow_writes, token=token, hosts=allowed_hosts(host))
@@ -284,7 +293,7 @@ def dashboard(storage: Storage = None,
 def report(storage: Storage = None, study_name: StudyName = None,
            out_dir: Annotated[Path, typer.Option("--out", help="folder for index.html and the PNGs")] = Path("tuner-report")):
     """An offline HTML report with plots, top trials and the best trial's test-set results."""
-    from tuner.report import build_report
+    from tuner.show.report import build_report
 
     page = build_report(_study(_url(storage), study_name), out_dir)
     print(f"report written to {page}")
@@ -295,7 +304,7 @@ def export(storage: Storage = None, study_name: StudyName = None,
            fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
            out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write [default: stdout]")] = None):
     """One row per trial: state, gamma, alpha, value, metrics, epochs, duration, notes."""
-    from tuner.export import FORMATS, trial_rows, write_rows
+    from tuner.show.export import FORMATS, trial_rows, write_rows
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not supported; use --format csv or --format json")
@@ -310,7 +319,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
                 as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False):
     """Classify image files: per image its path, predicted class and calibrated probability of the
     positive class (two classes) or of the predicted class (more)."""
-    from tuner.predict import classify, load_model, operating_threshold
+    from tuner.show.predict import classify, load_model, operating_threshold
 
     if threshold is not None and not 0 <= threshold <= 1:
         raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
@@ -333,17 +342,25 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         print("\t".join([r["path"], r["predicted"], *(f"{v:.4f}" for v in values)]))
 
 
+def quiet_libraries() -> None:
+    """Once per process, before any command: Optuna logs only warnings (tuner prints its own lines),
+    and the experimental-feature warnings of the heartbeats and sweeps tuner relies on stay out of
+    every worker's output."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
 def main() -> None:
+    quiet_libraries()
     try:
         code = app(sys.argv[1:] or ["--help"], standalone_mode=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        if any(t.name == "tuner-heartbeat" and t.is_alive() for t in threading.enumerate()):
-            # A heartbeat blocked on a dead database connection can make the interpreter's
-            # shutdown abort (SIGABRT) after the error line: leave without that shutdown.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(2)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -362,7 +379,7 @@ def healthcheck(storage: Storage = None,
                 http: Annotated[Optional[str], typer.Option("--http", help="GET this URL instead; any answer below 500 is healthy")] = None):
     """For container health checks: exit 0 when the storage opens (or the URL answers), else an error line and exit 2."""
     if http is None:
-        from tuner.storage import open_storage
+        from tuner.search.storage import open_storage
 
         open_storage(_url(storage)).engine.dispose()
         return

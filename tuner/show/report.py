@@ -11,7 +11,6 @@ import math
 import warnings
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import optuna
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,13 +19,13 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-from tuner.data import load_data
+from tuner import keys
+from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.results import best_model, best_trial
-from tuner.study import describe_params, stored_config
-from tuner.train import heldout_metrics, predict, probabilities
+from tuner.show.results import best_model, best_trial
+from tuner.search.study import describe_params, stored_config
+from tuner.learn.train import heldout_metrics, predict, probabilities
 
-matplotlib.use("Agg")
 TOP = 10
 
 
@@ -53,12 +52,12 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     sections.append(("Parameter importance", _save(out, "importance.png", fig) if fig else None, note))
 
     data = load_data(cfg.data, seed=cfg.study.seed)
-    model, payload, source = best_model(study, cfg, data)
     if data.test_x is None:
         test_note = ("The data has no test split (no test/ folder under data.root), so the best trial's "
                      "confusion matrix and precision-recall curve are not shown.")
         test_sections = []
     else:
+        model, payload, source = best_model(study, cfg, data)
         threshold, temperature = payload.get("threshold"), payload.get("temperature", 1.0)
         s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature)
         probs = probabilities(predict(model, data.test_x).double() / temperature).float()
@@ -81,7 +80,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
 
 
 def _alpha_note(study, cfg) -> str:
-    classes = study.user_attrs.get("data", {}).get("classes", [])
+    classes = study.user_attrs.get(keys.DATA, {}).get("classes", [])
     if cfg.search.alpha_mode == "class_balanced":
         return ("alpha is not searched here: each class is weighted by its effective number of samples (Cui et al. 2019), "
                 "w_c proportional to (1 - beta) / (1 - beta^n_c), largest weight 1; the search tunes beta.")
@@ -135,7 +134,7 @@ def plane(trials, cfg, best) -> Figure:
     if y_name in best.params:
         ax.scatter([best.params["gamma"]], [best.params[y_name]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
     for t in trials:
-        if "reference" in t.user_attrs and "gamma" in t.params and y_name in t.params:
+        if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params:
             ax.annotate(f"ref {t.number}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
     if y_name == "alpha":
         ax.set(ylabel="alpha", ylim=_pad(cfg.search.alpha))
@@ -256,17 +255,17 @@ def _fmt(v, f=".4f") -> str:
 
 def _table(trials, best, metric) -> str:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.value, reverse=True)
-    rows = done[:TOP] + [t for t in trials if "reference" in t.user_attrs and t not in done[:TOP]]
+    rows = done[:TOP] + [t for t in trials if keys.REFERENCE in t.user_attrs and t not in done[:TOP]]
     rank = {t.number: i + 1 for i, t in enumerate(done)}
     head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha", metric, "balanced acc.", "macro-F1", "epochs", "note"))
     body = []
     for t in rows:
-        ref = t.user_attrs.get("reference")
+        ref = t.user_attrs.get(keys.REFERENCE)
         note = " ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
         cls = "best" if t.number == best.number else "ref" if ref else ""
         cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _fmt(t.params.get("alpha"), ".3f"),
                  _fmt(t.value), _fmt(t.user_attrs.get("balanced_accuracy")), _fmt(t.user_attrs.get("macro_f1")),
-                 t.user_attrs.get("epochs", 0), note)
+                 t.user_attrs.get(keys.EPOCHS, 0), note)
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 

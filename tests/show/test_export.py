@@ -12,12 +12,12 @@ from PIL import Image
 
 from conftest import assert_user_error, tuner
 from test_report import finished_study
-from tuner.data import load_data
-from tuner.export import COLUMNS, save_best_model
-from tuner.models import build_model
-from tuner.results import TEST_ATTR
-from tuner.study import stored_config
-from tuner.train import heldout_metrics, predict, probabilities
+from tuner.learn.data import load_data
+from tuner.show.export import COLUMNS
+from tuner.learn.models import build_model
+from tuner.keys import BEST_TEST
+from tuner.search.study import stored_config
+from tuner.learn.train import heldout_metrics, predict, probabilities
 
 
 @pytest.fixture(scope="module")
@@ -83,24 +83,33 @@ def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, save
     m = payload["model"]
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
-    stored = study.user_attrs[TEST_ATTR]
+    stored = study.user_attrs[BEST_TEST]
     got = _test_metrics(model, stored_config(study), payload)
     assert settings["threshold"] == payload["threshold"] == study.best_trial.user_attrs["threshold"] == stored["threshold"]
     for key in ("average_precision", "balanced_accuracy", "macro_f1", "recall", "precision", "ece", "ece_calibrated"):
         assert got[key] == pytest.approx(stored[key], abs=1e-9), key
 
 
-def test_saved_model_without_checkpoint_is_retrained_to_the_same_metrics(folder, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # study.artifacts is relative: no checkpoints seen from here
+def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path, cli):
+    url = f"sqlite:///{folder / 'tuner.db'}"  # study.artifacts is relative: no model files seen from tmp_path
     study = load(folder)
-    settings = save_best_model(study, tmp_path / "retrained.pt")
-    assert settings["source"] == "retrained"
+    best = study.best_trial.number
+    for args in (["best", "--save-model", "best.pt"], ["report", "--out", "report"]):
+        proc = cli(*args, "--storage", url, cwd=tmp_path)
+        assert_user_error(proc, f"trial {best}", f"no model file at tuner-artifacts/smoke/trial-{best}.pt", "tuner best --retrain")
+    assert not (tmp_path / "tuner-artifacts").exists() and not (tmp_path / "best.pt").exists()
+
+    proc = cli("best", "--retrain", "--json", "--save-model", "retrained.pt", "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "retrained.pt.json").read_text())["source"] == "checkpoint"  # the retrained file
+    assert (tmp_path / "tuner-artifacts" / "smoke" / f"trial-{best}.pt").is_file()
     payload = torch.load(tmp_path / "retrained.pt", weights_only=True)
     m = payload["model"]
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
-    got, stored = _test_metrics(model, stored_config(study), payload), study.user_attrs[TEST_ATTR]
-    assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=0.02)
+    got, stored = _test_metrics(model, stored_config(study), payload), load(folder).user_attrs[BEST_TEST]
+    assert stored["source"] == "retrained" and json.loads(proc.stdout)["test"]["source"] == "retrained"
+    assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=1e-6)  # this very file
 
 
 def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):

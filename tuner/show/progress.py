@@ -10,7 +10,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from tuner.study import describe_params
+from tuner import keys
+from tuner.search.study import describe_params
 
 
 def snapshot(study: optuna.Study, target: int) -> dict:
@@ -19,7 +20,7 @@ def snapshot(study: optuna.Study, target: int) -> dict:
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(done, key=lambda t: t.value, default=None)
-    running = sorted((t.user_attrs.get("worker", "?"), t.number, t.user_attrs.get("epochs", 0))
+    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0))
                      for t in trials if t.state == TrialState.RUNNING)
     return {
         "target": target,

@@ -4,9 +4,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tuner.config import from_dict
+from tuner.search.config import from_dict
 from tuner.errors import UserError
-from tuner.study import claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker, stored_config
+from tuner.search.study import claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker, stored_config
 
 
 def cfg_with(**sections):

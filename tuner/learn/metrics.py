@@ -6,7 +6,7 @@ to the prior (0.05) and a balanced accuracy of 0.5.
 >>> scores(torch.tensor([0.9, 0.2, 0.1, 0.3]), torch.tensor([1, 0, 0, 0]))["average_precision"]
 1.0
 
-Two classes: the positive class is index 1 (``tuner.data`` puts the named positive class there),
+Two classes: the positive class is index 1 (``tuner.learn.data`` puts the named positive class there),
 and a probability is that of the positive class. Thresholded metrics are computed at an operating
 point chosen on the same scores by a rule (``choose_threshold``) or at a given threshold; the
 values at 0.5 are kept under names ending in ``@0.5``. More classes: argmax decisions.
@@ -20,6 +20,8 @@ import re
 
 import numpy as np
 import torch
+
+from tuner import keys
 
 OPERATING_POINTS = ("balanced_accuracy", "f1", "recall>=X")
 ECE_BINS = 15
@@ -83,26 +85,26 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
         pred, half = (cal >= t).astype(np.int64), (p >= 0.5).astype(np.int64)
         tp = int(((pred == 1) & (y == 1)).sum())
         out = {
-            "average_precision": float(average_precision(y == 1, p)) if y.any() else 0.0,
-            "threshold": t,
-            "balanced_accuracy": balanced_accuracy(y, pred),
-            "macro_f1": macro_f1(y, pred),
-            "recall": tp / max(int((y == 1).sum()), 1),
-            "precision": tp / max(int((pred == 1).sum()), 1),
-            "balanced_accuracy@0.5": balanced_accuracy(y, half),
-            "macro_f1@0.5": macro_f1(y, half),
+            keys.AVERAGE_PRECISION: float(average_precision(y == 1, p)) if y.any() else 0.0,
+            keys.THRESHOLD: t,
+            keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
+            keys.MACRO_F1: macro_f1(y, pred),
+            keys.RECALL: tp / max(int((y == 1).sum()), 1),
+            keys.PRECISION: tp / max(int((pred == 1).sum()), 1),
+            keys.BALANCED_ACCURACY_HALF: balanced_accuracy(y, half),
+            keys.MACRO_F1_HALF: macro_f1(y, half),
         }
     else:
         pred = p.argmax(axis=1)
         present = [c for c in range(p.shape[1]) if (y == c).any()]
         out = {
-            "average_precision": float(np.mean([average_precision(y == c, p[:, c]) for c in present])),
-            "balanced_accuracy": balanced_accuracy(y, pred),
-            "macro_f1": macro_f1(y, pred),
+            keys.AVERAGE_PRECISION: float(np.mean([average_precision(y == c, p[:, c]) for c in present])),
+            keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
+            keys.MACRO_F1: macro_f1(y, pred),
         }
-    out["ece"] = expected_calibration_error(p, y)
+    out[keys.ECE] = expected_calibration_error(p, y)
     if calibrated is not None:
-        out["ece_calibrated"] = expected_calibration_error(cal, y)
+        out[keys.ECE_CALIBRATED] = expected_calibration_error(cal, y)
     return out
 
 

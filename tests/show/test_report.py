@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import assert_user_error, tuner, write_study
-from tuner.config import load_config
+from tuner.search.config import load_config
 from tuner.errors import UserError
-from tuner.report import build_report
-from tuner.study import create_or_resume, distributions
+from tuner.show.report import build_report
+from tuner.search.study import create_or_resume, distributions
 
 PNGS = ("plane.png", "history.png", "intermediate.png", "importance.png", "confusion.png", "pr-curve.png")
 _SHARED = {}
@@ -101,7 +101,7 @@ def _image_folder(root: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_report_without_test_split_and_one_complete_trial(tmp_path, monkeypatch):
-    """The best model is retrained (no checkpoint here), importance is skipped, the page says why."""
+    """No model file is needed without a test split; importance is skipped; the page says why."""
     monkeypatch.chdir(tmp_path)
     _image_folder(tmp_path / "images")
     cfg = load_config(write_study(tmp_path, n_trials=2, epochs=1),

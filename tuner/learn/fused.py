@@ -13,7 +13,6 @@ is that of a separate run with the same seed and batch order.
 """
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 
@@ -21,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.config import StudyConfig
-from tuner.data import Splits
-from tuner.losses import _class_weights
-from tuner.models import SimpleCNN, build_model
-from tuner.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare
+from tuner import keys
+from tuner.learn.data import Splits
+from tuner.learn.losses import focal_loss
+from tuner.learn.models import SimpleCNN, build_model
+from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
 FusedSaver = Callable[[int, dict], None]  # (member index, train_trial's checkpoint state)
@@ -100,19 +99,15 @@ class FusedCNN(nn.Module):
         return out.transpose(0, 1)
 
 
-def member_losses(logits: torch.Tensor, y: torch.Tensor, gammas: torch.Tensor, weights: torch.Tensor):
-    """Mean focal loss of each member, (K,), in one pass: ``focal_loss``'s formula with gamma_k and
-    class weights w_k (weights is (K, classes), all ones for alpha None) broadcast over members.
-    logits (N, K, 1) take the binary form (y in {0, 1}), (N, K, C) the softmax form."""
+def member_losses(logits: torch.Tensor, y: torch.Tensor, losses: list[tuple[float, object]]) -> torch.Tensor:
+    """Mean focal loss of each member, (K,): ``focal_loss`` on member k's logits with its own
+    (gamma, alpha) = losses[k]. logits (N, K, 1) take the binary form (y in {0, 1}), (N, K, C) the
+    softmax form. One small call per member: the same function as a lone trial, so fused and
+    separate runs cannot drift apart."""
     if logits.shape[2] == 1:
-        t = y.to(logits.dtype).unsqueeze(1)
-        margin = logits.squeeze(2) * (2 * t - 1)
-        alpha_t = weights[:, 0] + (weights[:, 1] - weights[:, 0]) * t
-    else:
-        idx = y.view(-1, 1, 1).expand(-1, logits.shape[1], 1)
-        margin = logits.gather(2, idx).squeeze(2) - logits.scatter(2, idx, -math.inf).logsumexp(2)
-        alpha_t = weights.t()[y]
-    return (-F.logsigmoid(margin) * torch.exp(gammas * F.logsigmoid(-margin)) * alpha_t).mean(0)
+        target = y.to(logits.dtype)
+        return torch.stack([focal_loss(logits[:, k, 0], target, g, a) for k, (g, a) in enumerate(losses)])
+    return torch.stack([focal_loss(logits[:, k], y, g, a) for k, (g, a) in enumerate(losses)])
 
 
 def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,11 +117,11 @@ def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(finite, losses, torch.zeros_like(losses)).sum(), finite
 
 
-def _step(model, opt, x, y, gammas, weights, amp: bool) -> torch.Tensor:
+def _step(model, opt, x, y, losses: list, amp: bool) -> torch.Tensor:
     """One optimizer step on one batch; returns the member losses (K,), unmasked."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
-    losses = member_losses(logits.float(), y, gammas, weights)
+    losses = member_losses(logits.float(), y, losses)
     opt.zero_grad(set_to_none=True)
     _sum_finite(losses)[0].backward()
     opt.step()
@@ -163,10 +158,10 @@ def _keep(cfg, model: FusedCNN, opt, positions: list[int]):
     return new, new_opt
 
 
-def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float | None, int]],
+def train_fused(cfg, data: Splits, members: list[tuple[float, float | None, int]],
                 report: FusedReporter | None = None, device: torch.device | None = None,
                 order_seed: int | None = None, resume: list[dict] | None = None,
-                save: FusedSaver | None = None) -> list[TrialResult]:
+                save: FusedSaver | None = None, stop=None) -> list[TrialResult]:
     """Train members (gamma, alpha, seed) as one FusedCNN on one batch order (``order_seed``, default
     the first member's seed). Member i starts from the weights ``train_trial`` builds for its seed;
     ``report(i, epoch, metrics)`` returning True prunes it. One TrialResult per member, in order,
@@ -174,7 +169,8 @@ def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float
 
     ``save(i, state)`` gets member i's state after each epoch in ``train_trial``'s checkpoint form,
     so a retried member can resume alone (``train_trial(resume=state)``) or fused again:
-    ``resume`` takes one such state per member, all saved after the same epoch of one fused run."""
+    ``resume`` takes one such state per member, all saved after the same epoch of one fused run.
+    ``stop()`` turning true makes every member still training "interrupted", as in ``train_trial``."""
     if cfg.model.kind != "simple_cnn":
         raise ValueError(f"model.kind {cfg.model.kind!r} cannot be fused (only 'simple_cnn'); train it trial by trial")
     if not members:
@@ -190,20 +186,14 @@ def train_fused(cfg: StudyConfig, data: Splits, members: list[tuple[float, float
     device = device or pick_device(cfg.train.device)
     order_seed = members[0][2] if order_seed is None else order_seed
     return _train_loop(cfg, data, FusedCNN.from_models(models), [m[:2] for m in members], report, device,
-                       order_seed, resume, save)
+                       order_seed, resume, save, stop)
 
 
 def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | None]], report, device, order_seed,
-                resume=None, save=None):
+                resume=None, save=None, stop=None):
     """The epochs of ``train_fused`` for a built model; losses[i] = (gamma, alpha) of member i."""
     t, counts, cuda = cfg.train, data.class_counts(), device.type == "cuda"
-    for gamma, _ in losses:
-        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    alphas = [class_weights(a, counts) for _, a in losses]
-    ones = torch.ones(len(counts))
-    all_weights = torch.stack([ones if a is None else _class_weights(a, len(counts), ones) for a in alphas]).to(device)
-    all_gammas = torch.tensor([g for g, _ in losses], dtype=torch.float32, device=device)
+    losses = [(gamma, class_weights(alpha, counts)) for gamma, alpha in losses]
     torch.backends.cudnn.benchmark |= cuda
     fmt = torch.channels_last if cuda else torch.contiguous_format
     x, y, val_x, val_y = (v.to(device) for v in (data.train_x, data.train_y, data.val_x, data.val_y))
@@ -222,11 +212,15 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         first = resume[0]["epoch"] + 1
 
     for epoch in range(first, t.epochs + 1):
-        gammas, weights = all_gammas[live], all_weights[live]
+        live_losses = [losses[i] for i in live]
         total = torch.zeros(len(live), device=device)
         for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
+            if stop is not None and stop():
+                for i in live:
+                    results[i].state = "interrupted"
+                return results
             idx = idx.to(device)
-            total += _step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], gammas, weights, t.amp)
+            total += _step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], live_losses, t.amp)
         with torch.no_grad():
             step = max(1, 512 // len(live))
             val = torch.cat([model(prepare(val_x[i : i + step]).contiguous(memory_format=fmt))
@@ -235,10 +229,10 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         stay = []
         for j, i in enumerate(live):
             r, logits = results[i], val[:, j]
-            metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, losses[i][0], alphas[i],
+            metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, *losses[i],
                                     cfg.study.operating_point)
-            metrics["train_loss"] = train_loss[j]
-            if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
+            metrics[keys.TRAIN_LOSS] = train_loss[j]
+            if not math.isfinite(metrics[keys.TRAIN_LOSS]) or not math.isfinite(metrics[keys.LOSS]):
                 r.state = "diverged"
             else:
                 r.history.append(metrics)
@@ -262,7 +256,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
     return results
 
 
-def choose_k(cfg: StudyConfig, data: Splits, device: torch.device, max_k: int = 64, budget_s: float = 3.0) -> int:
+def choose_k(cfg, data: Splits, device: torch.device, max_k: int = 64, budget_s: float = 3.0) -> int:
     """How many trials to fuse (``fuse = "auto"``): the K in 1, 2, 4, ... <= max_k after which
     trial-images per second (K * batch images / step time) grow by less than 10%. Stops early when
     the next K would run past ``budget_s``, out of memory or (CUDA) past ~80% of free memory.
@@ -287,7 +281,7 @@ def choose_k(cfg: StudyConfig, data: Splits, device: torch.device, max_k: int = 
     return best_k
 
 
-def _throughput(cfg: StudyConfig, data: Splits, k: int, x: torch.Tensor, y: torch.Tensor, seconds: float):
+def _throughput(cfg, data: Splits, k: int, x: torch.Tensor, y: torch.Tensor, seconds: float):
     """Trial-images per second of K members training on batch (x, y), from the fastest step (other
     processes can only slow a step down), and whether 2K members would fit in 80% of free memory."""
     counts, cuda, device = data.class_counts(), x.is_cuda, x.device
@@ -298,11 +292,10 @@ def _throughput(cfg: StudyConfig, data: Splits, k: int, x: torch.Tensor, y: torc
     model = FusedCNN.from_models([SimpleCNN(data.channels, cfg.data.image_size, outputs, cfg.model.width)
                                   for _ in range(k)]).to(device)
     opt = make_optimizer(cfg, model.parameters())
-    gammas, weights = torch.full((k,), 2.0, device=device), torch.ones(k, max(outputs, 2), device=device)
     times = []
     while len(times) < 4 or sum(times[1:]) < seconds:  # times[0] is the warm-up (allocation, autotuning)
         t0 = time.perf_counter()
-        _step(model, opt, x, y, gammas, weights, cfg.train.amp)
+        _step(model, opt, x, y, [(2.0, None)] * k, cfg.train.amp)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)

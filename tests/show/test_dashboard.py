@@ -9,52 +9,18 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 
-from conftest import assert_user_error
+from conftest import Dashboard, assert_user_error
 from test_report import assert_not_blank, finished_study
-from tuner.dashboard import allowed_hosts
+from tuner.show.dashboard import allowed_hosts
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run installs it)")
-
-
-class Dashboard:
-    """A real ``tuner dashboard --port 0`` process; ``port`` is the one it printed once bound."""
-
-    def __init__(self, folder: Path, *args: str, env: dict | None = None):
-        env = {**os.environ, "TUNER_STORAGE": f"sqlite:///{folder / 'tuner.db'}", "TUNER_DASHBOARD_TOKEN": "",
-               "PYTHONWARNINGS": "ignore", **(env or {})}
-        self.folder = folder
-        self.err = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--port", "0", *args], cwd=folder, env=env,
-                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
-        self.line = self.proc.stdout.readline() if ready else ""
-        bound = re.search(r" on http://127\.0\.0\.1:(\d+)/ ", self.line)
-        if not bound:
-            raise AssertionError(f"no address line from the dashboard: {self.line!r}\n{self.stop()}")
-        self.port = int(bound[1])
-
-    def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read()
-
-    def stop(self) -> str:
-        """Stop the server; returns all it printed."""
-        self.proc.terminate()
-        try:
-            out, _ = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return self.line + out + self.stderr()
 
 
 def request(port: int, method: str, path: str, headers: dict | None = None, accept_encoding: bool = True) -> tuple[int, dict, bytes]:

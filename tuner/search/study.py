@@ -14,16 +14,13 @@ from optuna.distributions import FloatDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from tuner import config as config_mod
-from tuner.config import StudyConfig
+from tuner import keys
+from tuner.search import config as config_mod
+from tuner.search.config import StudyConfig
 from tuner.errors import UserError
-from tuner.storage import mask, open_storage, study_lock
+from tuner.search.storage import mask, open_storage, study_lock
 
-CONFIG_ATTR = "tuner_config"
-TARGET_ATTR = "n_trials"
-DATA_ATTR = "data"  # the classes by name and their training-split counts, for reports that load no data
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-UNWEIGHTED = "unweighted"  # a trial attribute: train with no class weights whatever the params say
 REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
     "rare": (
         ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy (gamma=0)", {}),
@@ -31,12 +28,11 @@ REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
     ),
     "class_balanced": (
         ({"gamma": 0.0, "one_minus_beta": None}, "cross-entropy (gamma=0, no class weights; its beta is unused)",
-         {UNWEIGHTED: True}),
+         {keys.UNWEIGHTED: True}),
         ({"gamma": 2.0, "one_minus_beta": 0.001}, "focal gamma=2 with class-balanced weights of beta=0.999", {}),
     ),
 }
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
@@ -103,7 +99,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         existing = None
     if existing is None:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
-        study.set_user_attr(CONFIG_ATTR, cfg.to_dict())
+        study.set_user_attr(keys.CONFIG, cfg.to_dict())
         study.set_metric_names([cfg.study.metric])
         if cfg.study.sampler == "grid":
             # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
@@ -111,10 +107,10 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             axes = [np.geomspace(d.low, d.high, cfg.study.grid_points) if d.log else np.linspace(d.low, d.high, cfg.study.grid_points)
                     for d in space.values()]
             for point in itertools.product(*(a.tolist() for a in axes)):
-                study.enqueue_trial(dict(zip(space, point)), user_attrs={"grid": True})
+                study.enqueue_trial(dict(zip(space, point)), user_attrs={keys.GRID: True})
         if cfg.study.reference_trials:
             for params, label, attrs in reference_trials(cfg):
-                study.enqueue_trial(params, user_attrs={"reference": label, **attrs})
+                study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
     else:
         stored = stored_config(existing)
         if stored.search_space() != cfg.search_space():
@@ -127,9 +123,9 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
         study = existing
-    study.set_user_attr(TARGET_ATTR, n_trials or cfg.study.n_trials)
+    study.set_user_attr(keys.TARGET, n_trials or cfg.study.n_trials)
     if classes is not None:
-        study.set_user_attr(DATA_ATTR, {"classes": list(classes), "class_counts": list(class_counts)})
+        study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts)})
     return study, notes
 
 
@@ -145,7 +141,7 @@ def load(url: str, name: str) -> optuna.Study:
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:
-    raw = study.user_attrs.get(CONFIG_ATTR)
+    raw = study.user_attrs.get(keys.CONFIG)
     if raw is None:
         raise UserError(f"study {study.study_name!r} was not created by tuner (it has no stored settings)")
     return config_mod.from_dict(raw, source=f"the settings stored with study {study.study_name!r}")
@@ -170,7 +166,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 def target(study: optuna.Study, cfg: StudyConfig) -> int:
     """Finished trials the study is to reach (start-study --n-trials may have raised it)."""
-    return study.user_attrs.get(TARGET_ATTR, cfg.study.n_trials)
+    return study.user_attrs.get(keys.TARGET, cfg.study.n_trials)
 
 
 def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> optuna.Trial | None:

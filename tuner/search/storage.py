@@ -10,7 +10,6 @@ import os
 import random
 import sqlite3
 import time
-import warnings
 import zlib
 from pathlib import Path
 
@@ -25,10 +24,6 @@ DEFAULT_URL = "sqlite:///tuner.db"
 # lists options, as bench/pgbouncer.ini does.
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
                   "-c tcp_user_timeout=30000 -c idle_in_transaction_session_timeout=60000")
-# Heartbeats and stale-trial sweeps are marked experimental; they are what keeps a dead worker's
-# trial from hanging, so we use them and keep the warning out of every worker's output.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def default_url() -> str:
@@ -39,13 +34,19 @@ def default_url() -> str:
     path = os.environ.get("TUNER_STORAGE_FILE")
     if not path:
         return DEFAULT_URL
+    return read_secret_file(Path(path), "TUNER_STORAGE_FILE", "the storage URL, e.g. postgresql+psycopg://user:password@host/db")
+
+
+def read_secret_file(path: Path, name: str, what: str) -> str:
+    """The secret in ``path`` (surrounding whitespace and the final newline dropped), or a UserError
+    naming the file by ``name`` (the option or variable that gave it) and saying ``what`` belongs in it."""
     try:
-        url = Path(path).read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read TUNER_STORAGE_FILE {path}: {getattr(e, 'strerror', None) or e}")
-    if not url:
-        raise UserError(f"TUNER_STORAGE_FILE {path} is empty; put the storage URL in it, e.g. postgresql+psycopg://user:password@host/db")
-    return url
+        raise UserError(f"cannot read {name} {path}: {getattr(e, 'strerror', None) or e}")
+    if not secret:
+        raise UserError(f"{name} {path} is empty; put {what} in it")
+    return secret
 
 
 def mask(url: str) -> str:

@@ -1,6 +1,6 @@
 import pytest
 
-from tuner.config import StudyConfig, apply_override, from_dict, load_config
+from tuner.search.config import DataConfig, StudyConfig, apply_override, check_data, from_dict, load_config
 from tuner.errors import UserError
 
 from conftest import ROOT
@@ -79,3 +79,29 @@ def test_missing_file_is_a_user_error(tmp_path):
 
 def test_defaults_are_a_valid_config():
     assert from_dict({}) == StudyConfig()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("kind", "mnist"),
+        ("image_size", 4),
+        ("image_size", 2048),
+        ("val_fraction", 0.0),
+        ("val_fraction", 0.95),
+        ("test_fraction", -0.1),
+        ("rare_fraction", 0.0),
+        ("rare_fraction", 0.6),
+        ("rare_class", 10),
+        ("n_samples", 10),
+        ("max_bad_fraction", 1.5),
+    ],
+)
+def test_bad_config_values(field, value):
+    with pytest.raises(UserError, match=f"data.{field} = {value!r}"):
+        check_data(DataConfig(**{"kind": "synthetic", field: value}))
+
+
+def test_imagefolder_needs_root():
+    with pytest.raises(UserError, match="data.root"):
+        check_data(DataConfig(kind="imagefolder"))

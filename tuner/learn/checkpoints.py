@@ -1,26 +1,24 @@
 """Trained models on disk: the state of a running trial after each epoch (so a retried trial
-resumes where its dead worker stopped), and the model of each finished trial, the best few kept.
+resumes where its dead worker stopped), and the model of each finished trial.
 
 A file holds only tensors and plain values, so ``torch.load(path, weights_only=True)`` reads it.
+Paths live under the study's artifacts folder (``cfg.study.artifacts``, cfg a StudyConfig).
 """
 
 import os
 from pathlib import Path
 
-import optuna
 import torch
-from optuna.trial import TrialState
 
-from tuner.config import StudyConfig
-
-KEEP = 3
+from tuner import keys
+from tuner.learn.models import build_model
 
 
-def trial_path(cfg: StudyConfig, study_name: str, number: int) -> Path:
+def trial_path(cfg, study_name: str, number: int) -> Path:
     return Path(cfg.study.artifacts) / study_name / f"trial-{number}.pt"
 
 
-def running_path(cfg: StudyConfig, study_name: str, origin: int) -> Path:
+def running_path(cfg, study_name: str, origin: int) -> Path:
     """One file per trial lineage: a retry writes where the trial it retries wrote."""
     return Path(cfg.study.artifacts) / study_name / "running" / f"trial-{origin}.pt"
 
@@ -58,8 +56,8 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
     that calibrates its probabilities and, with two classes, the threshold on the calibrated
     probability of the positive class (classes[1])."""
     return {
-        "temperature": float(final.get("temperature", 1.0)),
-        "threshold": final.get("threshold"),
+        "temperature": float(final.get(keys.TEMPERATURE, 1.0)),
+        "threshold": final.get(keys.THRESHOLD),
         "operating_point": cfg.study.operating_point,
         "positive_class": data.positive_class,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -74,20 +72,8 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
 
 
 def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
-    from tuner.models import build_model
-
     payload = torch.load(path, map_location="cpu", weights_only=True)
     m = payload["model"]
     model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
     return model, payload
-
-
-def keep_best(cfg: StudyConfig, study: optuna.Study, keep: int = KEEP) -> None:
-    """Delete the files of finished trials outside the best ``keep``, to bound disk use; the
-    reference trials' models stay, for the comparison on the test split."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and "reference" not in t.user_attrs]
-    done.sort(key=lambda t: t.value, reverse=True)
-    for t in done[keep:]:
-        trial_path(cfg, study.study_name, t.number).unlink(missing_ok=True)

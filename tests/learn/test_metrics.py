@@ -1,4 +1,4 @@
-"""tuner.metrics is plain numpy; scikit-learn, still a dependency, is the reference it must equal."""
+"""tuner.learn.metrics is plain numpy; scikit-learn, still a dependency, is the reference it must equal."""
 
 import doctest
 import subprocess
@@ -10,8 +10,8 @@ import pytest
 import sklearn.metrics as skm
 import torch
 
-import tuner.metrics
-from tuner.metrics import check_operating_point, choose_threshold, confusion, scores
+import tuner.learn.metrics
+from tuner.learn.metrics import check_operating_point, choose_threshold, confusion, scores
 
 TOL = 1e-12
 
@@ -135,11 +135,11 @@ def test_no_positives_is_zero_not_nan():
 
 
 def test_doctest():
-    assert doctest.testmod(tuner.metrics).failed == 0
+    assert doctest.testmod(tuner.learn.metrics).failed == 0
 
 
 def test_a_worker_imports_no_sklearn():
-    code = "import sys, tuner.workers, tuner.data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
+    code = "import sys, tuner.search.workers, tuner.learn.data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from tuner.errors import UserError
+from tuner.search.storage import read_secret_file
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 COOKIE = "tuner_dashboard"
@@ -161,14 +162,7 @@ def guard(app, allow_writes: bool = False, token: str | None = None, hosts: froz
 
 
 def read_token_file(path: Path) -> str:
-    """The token in ``path`` (surrounding whitespace and the final newline dropped), or a UserError."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read --token-file {path}: {getattr(e, 'strerror', None) or e}")
-    if not token:
-        raise UserError(f"--token-file {path} is empty; put the token in it (e.g. openssl rand -hex 24 > {path})")
-    return token
+    return read_secret_file(path, "--token-file", f"the token (e.g. openssl rand -hex 24 > {path})")
 
 
 def is_loopback(host: str) -> bool:

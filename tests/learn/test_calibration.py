@@ -5,9 +5,9 @@ import doctest
 import pytest
 import torch
 
-import tuner.calibration
-from tuner.calibration import T_RANGE, fit_temperature, nll
-from tuner.metrics import expected_calibration_error
+import tuner.learn.calibration
+from tuner.learn.calibration import T_RANGE, fit_temperature, nll
+from tuner.learn.metrics import expected_calibration_error
 
 
 def toy(n=2000, scale=1.0, c=None, seed=0):
@@ -49,4 +49,4 @@ def test_separable_or_broken_logits_stay_in_bounds():
 
 
 def test_doctest():
-    assert doctest.testmod(tuner.calibration).failed == 0
+    assert doctest.testmod(tuner.learn.calibration).failed == 0

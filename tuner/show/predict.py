@@ -1,7 +1,7 @@
 """Classify image files with a model saved by ``tuner best --save-model``.
 
 Images go through the training preprocessing: grayscale or RGB as the model was trained, resized
-to its image size like the image-folder loader does, then ``tuner.train.prepare``.
+to its image size like the image-folder loader does, then ``tuner.learn.train.prepare``.
 
 >>> model, payload = load_model("best.pt")  # doctest: +SKIP
 >>> classify(model, payload, ["a.png"])
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tuner.checkpoints import load_trial_model
+from tuner.learn.checkpoints import load_trial_model
 from tuner.errors import UserError
-from tuner.train import predict, probabilities
+from tuner.learn.train import predict, probabilities
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -30,7 +30,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 
 def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
-    """uint8 (channels, size, size), as ``tuner.data`` decodes an image folder."""
+    """uint8 (channels, size, size), as ``tuner.learn.data`` decodes an image folder."""
     try:
         with Image.open(path) as im:
             a = np.array(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))

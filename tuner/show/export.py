@@ -16,13 +16,15 @@ from pathlib import Path
 import optuna
 import torch
 
+from tuner import keys
 from tuner.errors import UserError
-from tuner.results import TEST_ATTR, best_model, best_trial, shown_params
-from tuner.study import stored_config
+from tuner.show.results import best_model, best_trial, shown_params
+from tuner.search.study import stored_config
 
 FORMATS = ("csv", "json")
-METRICS = ("average_precision", "threshold", "balanced_accuracy", "macro_f1", "recall", "precision",
-           "balanced_accuracy@0.5", "macro_f1@0.5", "ece", "ece_calibrated", "temperature", "loss", "train_loss")
+METRICS = (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_ACCURACY, keys.MACRO_F1, keys.RECALL, keys.PRECISION,
+           keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED, keys.TEMPERATURE, keys.LOSS,
+           keys.TRAIN_LOSS)
 COLUMNS = ("number", "state", "gamma", "alpha", "beta", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
 
 
@@ -31,12 +33,12 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        duration = a.get("duration_s")
+        duration = a.get(keys.DURATION_S)
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
         rows.append({"number": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
-                     "beta": shown_params(t).get("beta"), "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get("epochs", 0),
-                     "duration_s": duration, "prune_reason": a.get("prune_reason"), "reference": a.get("reference")})
+                     "beta": shown_params(t).get("beta"), "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get(keys.EPOCHS, 0),
+                     "duration_s": duration, "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE)})
     return rows
 
 
@@ -71,7 +73,7 @@ def save_best_model(study: optuna.Study, path: str | Path) -> dict:
     cfg = stored_config(study)
     model, payload, source = best_model(study, cfg)
     best = best_trial(study)
-    test = study.user_attrs.get(TEST_ATTR)
+    test = study.user_attrs.get(keys.BEST_TEST)
     settings = {"study": study.study_name, "trial": best.number, "metric": cfg.study.metric, "value": best.value,
                 "params": payload["params"], "seed": payload["seed"], "classes": payload["classes"], "model": payload["model"],
                 "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.data import DataConfig, check_config
+from tuner import keys
 from tuner.errors import UserError
-from tuner.metrics import check_operating_point
 
-METRICS = ("average_precision", "balanced_accuracy", "macro_f1")
+METRICS = keys.OBJECTIVES
+# balanced_accuracy, f1, or recall>=X with 0 < X <= 1 (tuner.learn.metrics.choose_threshold reads them)
+OPERATING_POINT = re.compile(r"balanced_accuracy|f1|recall>=(0?\.\d*[1-9]\d*|1(\.0*)?)")
+DATA_KINDS = ("imagefolder", "digits", "synthetic")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 MODELS = ("simple_cnn", "resnet")
@@ -26,10 +28,37 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 ALPHA_MODES = ("auto", "rare", "class_balanced")
 
 
+DATA_CHECKS = (  # field, valid(value), what to use instead
+    ("kind", lambda v: v in DATA_KINDS, f"one of {', '.join(DATA_KINDS)}"),
+    ("image_size", lambda v: 8 <= v <= 1024, "an integer from 8 to 1024"),
+    ("val_fraction", lambda v: 0 < v < 0.9, "a number above 0 and below 0.9"),
+    ("test_fraction", lambda v: 0 < v < 0.9, "a number above 0 and below 0.9"),
+    ("rare_fraction", lambda v: 0 < v <= 0.5, "a number above 0 and at most 0.5"),
+    ("rare_class", lambda v: v in range(10), "a digit from 0 to 9"),
+    ("n_samples", lambda v: v >= 50, "an integer of at least 50"),
+    ("max_bad_fraction", lambda v: 0 <= v < 1, "a number from 0 up to, not including, 1"),
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "digits"  # "imagefolder" | "digits" | "synthetic"
+    root: str = ""  # imagefolder only: holds train/<class>/* and optionally test/<class>/*
+    image_size: int = 32
+    grayscale: bool = True
+    val_fraction: float = 0.2
+    test_fraction: float = 0.25  # digits/synthetic only
+    rare_class: int = 9  # digits only
+    rare_fraction: float = 0.05  # digits/synthetic
+    n_samples: int = 1200  # synthetic only
+    max_bad_fraction: float = 0.01  # imagefolder only
+    positive_class: str = ""  # two classes: the class to detect, by name; "" = the one with fewest training images
+
+
 @dataclass(frozen=True)
 class StudySection:
     name: str = "tuner-study"
-    metric: str = "average_precision"
+    metric: str = keys.AVERAGE_PRECISION
     operating_point: str = "balanced_accuracy"  # how a trial picks its threshold on validation: f1, recall>=0.95, ...
     n_trials: int = 16
     seed: int = 0
@@ -207,10 +236,8 @@ def _validate(cfg: StudyConfig) -> None:
     s, t, p = cfg.study, cfg.train, cfg.pruner
     need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", s.name)), "study.name", s.name, "use letters, digits, '-', '_', '.'")
     need(s.metric in METRICS, "study.metric", s.metric, f"choose one of {', '.join(METRICS)}")
-    try:
-        check_operating_point(s.operating_point)
-    except ValueError:
-        need(False, "study.operating_point", s.operating_point, "use balanced_accuracy, f1 or recall>=X with 0 < X <= 1, e.g. recall>=0.95")
+    need(bool(OPERATING_POINT.fullmatch(s.operating_point)), "study.operating_point", s.operating_point,
+         "use balanced_accuracy, f1 or recall>=X with 0 < X <= 1, e.g. recall>=0.95")
     need(s.n_trials >= 1, "study.n_trials", s.n_trials, "need at least 1 trial")
     need(s.sampler in SAMPLERS, "study.sampler", s.sampler, f"choose one of {', '.join(SAMPLERS)}")
     need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
@@ -240,4 +267,18 @@ def _validate(cfg: StudyConfig) -> None:
     need(p.n_warmup_steps >= 0, "pruner.n_warmup_steps", p.n_warmup_steps, "must be >= 0")
     need(p.min_resource >= 1, "pruner.min_resource", p.min_resource, "must be >= 1")
     need(p.reduction_factor >= 2, "pruner.reduction_factor", p.reduction_factor, "must be >= 2")
-    check_config(cfg.data)
+    check_data(cfg.data)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Raise UserError naming data.<field> for the first value out of range."""
+    for field_name, valid, want in DATA_CHECKS:
+        value = getattr(cfg, field_name)
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise UserError(f"data.{field_name} = {value!r} is invalid; use {want} in the [data] section.")
+    if cfg.kind == "imagefolder" and not cfg.root:
+        raise UserError("data.root is empty but data.kind = 'imagefolder'; set data.root to the folder holding train/<class>/.")

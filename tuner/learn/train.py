@@ -1,8 +1,11 @@
 """One trial: train a focal-loss CNN with a given gamma/alpha, evaluate on validation each epoch.
 
 The trainer knows nothing of Optuna: it calls ``report(epoch, metrics)`` after every epoch and
-stops when that returns True. The data stay on the device as uint8 tensors; a batch is an index
-slice, so no decoding or DataLoader work happens inside the loop.
+stops when that returns True, and asks ``stop()`` before every batch (a stop signal must not wait
+for the end of a long epoch). ``cfg`` is the study's ``StudyConfig``: it reads ``cfg.train``,
+``cfg.model``, ``cfg.data.image_size`` and ``cfg.study.metric`` / ``operating_point``. The data stay
+on the device as uint8 tensors; a batch is an index slice, so no decoding or DataLoader work
+happens inside the loop.
 """
 
 import math
@@ -12,20 +15,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tuner.config import StudyConfig
-from tuner.data import Splits
-from tuner.calibration import fit_temperature
-from tuner.losses import class_balanced_weights, focal_loss
-from tuner.metrics import confusion, scores
-from tuner.models import build_model
+from tuner import keys
+from tuner.learn.data import Splits
+from tuner.learn.calibration import fit_temperature
+from tuner.learn.losses import class_balanced_weights, focal_loss
+from tuner.learn.metrics import confusion, scores
+from tuner.learn.models import build_model
 
 Reporter = Callable[[int, dict[str, float]], bool]
 Saver = Callable[[dict], None]
+Stop = Callable[[], bool]
 
 
 @dataclass
 class TrialResult:
-    state: str  # "complete", "pruned" (report said stop) or "diverged" (loss not finite)
+    state: str  # "complete", "pruned" (report said stop), "diverged" (loss not finite) or "interrupted" (stop())
     value: float | None  # the study metric at the last epoch run
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
@@ -45,7 +49,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def class_weights(alpha: float | list[float] | None, counts: list[int]) -> float | list[float] | None:
     """The trial's alpha as the loss wants it: with two classes, alpha for the positive class
-    (index 1, see ``tuner.data.orient``) and 1 - alpha for the other; with more, alpha for the
+    (index 1, see ``tuner.learn.data.orient``) and 1 - alpha for the other; with more, alpha for the
     rarest class and 1 - alpha for the others. A per-class list passes through."""
     if alpha is None or len(counts) == 2 or not isinstance(alpha, (int, float)):
         return alpha
@@ -103,10 +107,10 @@ def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
     target = y.float() if logits.dim() == 1 else y
     loss = focal_loss(logits, target, gamma, alpha).item()
     if not math.isfinite(loss) or not torch.isfinite(logits).all():
-        return {"loss": float("nan")}
+        return {keys.LOSS: float("nan")}
     temperature = fit_temperature(logits, y)
     calibrated = probabilities(logits.double() / temperature).float()
-    return {**scores(probabilities(logits), y, operating_point, calibrated), "temperature": temperature, "loss": loss}
+    return {**scores(probabilities(logits), y, operating_point, calibrated), keys.TEMPERATURE: temperature, keys.LOSS: loss}
 
 
 @torch.no_grad()
@@ -121,7 +125,7 @@ def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshol
             "confusion_matrix": confusion(calibrated, y, raw.shape[1] if raw.dim() == 2 else 2, cut)}
 
 
-def make_optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg, params) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
@@ -130,7 +134,7 @@ def make_optimizer(cfg: StudyConfig, params) -> torch.optim.Optimizer:
 
 
 def train_trial(
-    cfg: StudyConfig,
+    cfg,
     data: Splits,
     gamma: float,
     alpha: float | None,
@@ -140,12 +144,14 @@ def train_trial(
     order_seed: int | None = None,
     resume: dict | None = None,
     save: Saver | None = None,
+    stop: Stop | None = None,
 ) -> TrialResult:
     """Train one model; ``seed`` fixes its initial weights, ``order_seed`` (default: seed) the
     batch order, so fused and separate runs can be compared batch for batch.
 
     ``save(state)`` gets everything needed to continue after each epoch; ``resume=state`` continues
-    from it with the same weights, optimizer moments and batch order as an unbroken run."""
+    from it with the same weights, optimizer moments and batch order as an unbroken run. When
+    ``stop()`` turns true the epoch under way is dropped and the result is "interrupted"."""
     device = device or pick_device(cfg.train.device)
     t = cfg.train
     torch.manual_seed(seed)
@@ -169,6 +175,9 @@ def train_trial(
     for epoch in range(first, t.epochs + 1):
         total = torch.zeros((), device=device)
         for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
+            if stop is not None and stop():
+                result.state = "interrupted"
+                return result
             idx = idx.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
                 logits = model(prepare(x[idx]))
@@ -179,8 +188,8 @@ def train_trial(
             opt.step()
             total += loss.detach()
         metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights, cfg.study.operating_point)
-        metrics["train_loss"] = total.item() * t.batch_size / len(x)
-        if not math.isfinite(metrics["train_loss"]) or not math.isfinite(metrics["loss"]):
+        metrics[keys.TRAIN_LOSS] = total.item() * t.batch_size / len(x)
+        if not math.isfinite(metrics[keys.TRAIN_LOSS]) or not math.isfinite(metrics[keys.LOSS]):
             result.state = "diverged"
             return result
         result.history.append(metrics)

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from tuner.config import from_dict
-from tuner.data import Splits, load_data
-from tuner.fused import FusedCNN, _sum_finite, _train_loop, choose_k, member_losses, train_fused
-from tuner.losses import focal_loss
-from tuner.models import SimpleCNN, build_model
-from tuner.train import train_trial
+from tuner.search.config import from_dict
+from tuner.learn.data import Splits, load_data
+from tuner.learn.fused import FusedCNN, _sum_finite, _train_loop, choose_k, member_losses, train_fused
+from tuner.learn.losses import focal_loss
+from tuner.learn.models import SimpleCNN, build_model
+from tuner.learn.train import train_trial
 
 # Fused and separate runs do the same arithmetic, possibly in another reduction order (one conv with
 # K * width channels instead of width, a batched matmul instead of a linear layer, a (N, K) loss mean),
@@ -82,9 +82,7 @@ def test_member_losses_equal_focal_loss(classes):
     logits, y = 3 * torch.randn(20, 4, outputs), torch.randint(0, classes, (20,))
     gammas = [0.0, 0.5, 2.0, 5.0]
     alphas = [None, 0.25, 0.9, None] if classes == 2 else [None, [0.2, 0.3, 0.5], [1.0, 0.0, 0.5], None]
-    weights = torch.stack([torch.ones(classes) if a is None else torch.tensor(
-        [1 - a, a] if classes == 2 else a) for a in alphas])
-    got = member_losses(logits, y, torch.tensor(gammas), weights)
+    got = member_losses(logits, y, list(zip(gammas, alphas)))
     for k, (g, a) in enumerate(zip(gammas, alphas)):
         want = focal_loss(logits[:, k, 0], y.float(), g, a) if classes == 2 else focal_loss(logits[:, k], y, g, a)
         torch.testing.assert_close(got[k], want, atol=1e-6, rtol=1e-6)
@@ -172,7 +170,7 @@ def test_choose_k_respects_max_k(data):
 def test_fused_checkpoints_resume_fused_or_alone_as_if_never_stopped(data, optimizer, tmp_path):
     """A fused run stopped after epoch 2 of 4: its members' checkpoints continue it, all together
     or one member alone through train_trial, to the same weights as the run that never stopped."""
-    from tuner.checkpoints import load_running, save_running
+    from tuner.learn.checkpoints import load_running, save_running
 
     cfg = config(optimizer=optimizer, epochs=4)
     members = [(0.0, None, 1), (2.0, 0.75, 3), (0.5, 0.25, 2)]

@@ -1,0 +1,207 @@
+"""The life of a claimed trial, in-process: a real SQLite storage, a fake trainer that completes,
+prunes, diverges, raises, is interrupted or is cut off while a sweep takes its trial over."""
+
+import threading
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+from tuner import keys
+from tuner.errors import UserError
+from tuner.learn import checkpoints
+from tuner.learn.data import Splits
+from tuner.learn.models import build_model
+from tuner.learn.train import TrialResult
+from tuner.search.config import from_dict
+from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
+from tuner.search.liveness import DbRetry
+from tuner.search.study import claim_trial, create_or_resume, open_for_worker
+
+METRICS = {"average_precision": 0.7, "balanced_accuracy": 0.8, "threshold": 0.3, "temperature": 1.2, "loss": 0.1}
+
+
+@pytest.fixture
+def worker(tmp_path):
+    cfg = from_dict({"study": {"name": "life", "n_trials": 4, "heartbeat_interval": 1, "grace_period": 3,
+                               "artifacts": str(tmp_path / "artifacts"), "db_retry_s": 5, "reference_trials": False},
+                     "data": {"kind": "synthetic"}, "train": {"epochs": 3}})
+    url = f"sqlite:///{tmp_path / 'life.db'}"
+    create_or_resume(cfg, url, "life")
+    study, cfg, storage = open_for_worker(url, "life", worker_index=0)
+    lines = []
+    w = Worker(study, storage, cfg, 0, DbRetry(5, "worker 0", lines.append), lines.append, threading.Event())
+    w.lines = lines
+    return w
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = torch.zeros(8, 1, 16, 16, dtype=torch.uint8)
+    y = torch.tensor([0, 0, 0, 1] * 2)
+    return Splits(x, y, x, y, None, None, ["background", "rare"])
+
+
+def claim(w, n=1):
+    return [TrialRun(w, claim_trial(w.study, w.cfg, w.storage), alpha=0.25) for _ in range(n)]
+
+
+def model(data):
+    return build_model("simple_cnn", 1, 16, data.class_counts())
+
+
+def trainer(w, data, outcome, epochs=2, during=None):
+    """A fake trainer: reports ``epochs`` epochs, saves a checkpoint after each, calls ``during(run)``
+    after the first, and ends with ``outcome`` (or raises it)."""
+    def train(group):
+        results = []
+        for r in group:
+            result = TrialResult("complete", None, model(data))
+            for epoch in range(1, epochs + 1):
+                result.history.append(METRICS)
+                result.value = METRICS["average_precision"]
+                r.save({"epoch": epoch, "model": result.model.state_dict(), "optimizer": {}, "order": torch.Generator().get_state(),
+                        "history": result.history})
+                stop = r.report(epoch, METRICS)
+                if during and epoch == 1:
+                    during(r)
+                if stop:
+                    break
+            if isinstance(outcome, Exception):
+                raise outcome
+            result.state = outcome
+            results.append(result)
+        return results
+    return train
+
+
+def frozen(w, run):
+    return w.study.trials[run.trial.number]
+
+
+def test_a_complete_trial_is_told_with_its_value_and_model_file(worker, data):
+    (run,) = claim(worker)
+    assert run_trials(worker, [run], trainer(worker, data, "complete"), data) == [State.COMPLETE]
+    t = frozen(worker, run)
+    assert t.state == TrialState.COMPLETE and t.value == 0.7 and t.user_attrs[keys.EPOCHS] == 2
+    assert t.user_attrs[keys.SEED] == run.seed and keys.DURATION_S in t.user_attrs
+    assert sorted(t.intermediate_values) == [1, 2]
+    payload = torch.load(checkpoints.trial_path(worker.cfg, "life", t.number), weights_only=True)
+    assert payload["threshold"] == 0.3 and payload["temperature"] == 1.2 and payload["positive_class"] == "rare"
+    assert not run.ckpt.exists()  # the running checkpoint is gone once the trial is told
+    assert any("-> complete average_precision=0.7000 after 2 epochs" in line for line in worker.lines)
+
+
+@pytest.mark.parametrize("outcome, reason", [("pruned", "pruner at epoch 2"), ("diverged", "diverged")])
+def test_pruned_and_diverged_trials_are_told_pruned_with_the_reason(worker, data, outcome, reason):
+    (run,) = claim(worker)
+    assert run_trials(worker, [run], trainer(worker, data, outcome), data) == [State.PRUNED]
+    t = frozen(worker, run)
+    assert t.state == TrialState.PRUNED and t.user_attrs[keys.PRUNE_REASON] == reason
+    assert not checkpoints.trial_path(worker.cfg, "life", t.number).exists()
+
+
+def test_a_trainer_that_raises_fails_its_trial_and_the_worker_goes_on(worker, data):
+    (run,) = claim(worker)
+    assert run_trials(worker, [run], trainer(worker, data, RuntimeError("CUDA error: boom")), data) == [State.FAILED]
+    t = frozen(worker, run)
+    assert t.state == TrialState.FAIL and t.user_attrs[keys.ERROR] == "RuntimeError: CUDA error: boom"
+    assert not [x for x in worker.study.trials if x.state == TrialState.WAITING]  # not retried
+
+
+def test_a_user_error_is_not_a_trial_failure_but_stops_the_worker(worker, data):
+    (run,) = claim(worker)
+    with pytest.raises(UserError):
+        run_trials(worker, [run], trainer(worker, data, UserError("database gone")), data)
+
+
+def test_an_interrupted_trial_is_queued_again_to_resume_from_its_checkpoint(worker, data):
+    (run,) = claim(worker)
+    states = run_trials(worker, [run], trainer(worker, data, "interrupted", during=lambda r: worker.stop.set()), data)
+    assert states == [State.REQUEUED]
+    t = frozen(worker, run)
+    assert t.state == TrialState.FAIL and t.user_attrs[keys.STOP_REASON] == "interrupted"
+    (retry,) = [x for x in worker.study.trials if x.state == TrialState.WAITING]
+    assert retry.system_attrs["failed_trial"] == t.number and sorted(retry.intermediate_values) == [1, 2]
+    assert run.ckpt.exists()  # kept for the retry
+
+    worker.stop.clear()
+    (again,) = claim(worker)
+    assert again.trial.number == retry.number
+    assert run_trials(worker, [again], trainer(worker, data, "complete", epochs=3), data) == [State.COMPLETE]
+    assert again.resume["epoch"] == 2 and again.ckpt == run.ckpt
+    assert frozen(worker, again).user_attrs[keys.RESUMED_FROM_EPOCH] == 2
+
+
+def test_a_stop_before_training_requeues_without_training(worker, data):
+    runs = claim(worker, 2)
+    worker.stop.set()
+    called = []
+    assert run_trials(worker, runs, lambda group: called.append(group), data) == [State.REQUEUED] * 2
+    assert not called and len([t for t in worker.study.trials if t.state == TrialState.WAITING]) == 2
+
+
+def sweep(w, run):
+    """What a heartbeat sweep does to a trial whose worker it thinks dead."""
+    t = frozen(w, run)
+    w.study.tell(run.trial.number, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(w.study, t)
+
+
+def test_a_trial_swept_while_its_worker_was_cut_off_is_dropped_not_told(worker, data):
+    (run,) = claim(worker)
+    states = run_trials(worker, [run], trainer(worker, data, "complete", epochs=3, during=lambda r: sweep(worker, r)), data)
+    assert states == [State.TAKEN_OVER]
+    t = frozen(worker, run)
+    assert t.state == TrialState.FAIL and keys.DURATION_S not in t.user_attrs and sorted(t.intermediate_values) == [1]
+    assert not checkpoints.trial_path(worker.cfg, "life", t.number).exists()
+    assert run.ckpt.exists()  # the retry's now
+    assert any(f"trial {t.number} was failed by a heartbeat sweep" in line for line in worker.lines)
+
+
+def test_a_sweep_between_the_last_report_and_the_tell_leaves_no_model_file(worker, data):
+    (run,) = claim(worker)
+
+    def train(group):
+        results = trainer(worker, data, "complete")(group)
+        sweep(worker, group[0])
+        return results
+
+    assert run_trials(worker, [run], train, data) == [State.TAKEN_OVER]
+    assert frozen(worker, run).state == TrialState.FAIL
+    assert not checkpoints.trial_path(worker.cfg, "life", run.trial.number).exists()
+
+
+def test_heartbeats_are_recorded_and_the_thread_is_joined(worker, data):
+    (run,) = claim(worker)
+    seen = []
+
+    def train(group):
+        with sqlalchemy.create_engine(worker.storage.engine.url).connect() as conn:
+            seen.append(conn.execute(sqlalchemy.text("SELECT count(*) FROM trial_heartbeats")).scalar())
+        return trainer(worker, data, "complete", epochs=1)(group)
+
+    run_trials(worker, [run], train, data)
+    assert seen == [1]  # a beat before training started
+    assert not [t for t in threading.enumerate() if t.name.startswith("tuner ")]
+
+
+def test_the_database_retry_waits_for_the_database_then_gives_up_with_one_sentence():
+    lines, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return "done"
+
+    assert DbRetry(10, "worker 7", lines.append)("asking for a trial", flaky) == "done"
+    assert len(lines) == 2 and "database unreachable while asking for a trial; retrying in 0.5 s" in lines[0]
+
+    def down():
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    with pytest.raises(UserError, match=r"unreachable for \d+ s \(study.db_retry_s = 0\) while telling trial 3 on worker 7"):
+        DbRetry(0, "worker 7", lines.append)("telling trial 3", down)

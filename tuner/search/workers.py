@@ -1,0 +1,114 @@
+"""A worker process: claim trials, hand each to its lifecycle (``tuner.search.lifecycle``), repeat
+until the study is full. ``tuner.search.launch`` starts N of them on one machine; ``tuner worker``
+starts one anywhere. This is where the search service meets torch.
+"""
+
+import os
+import signal
+import socket
+import threading
+import time
+import zlib
+
+import torch
+
+from tuner.errors import UserError
+from tuner.learn.data import load_data
+from tuner.learn.fused import choose_k, train_fused
+from tuner.learn.train import loss_alpha, pick_device, train_trial
+from tuner import keys
+from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
+from tuner.search.liveness import DbRetry, sweeper
+from tuner.search.study import claim_trial, counts, open_for_worker, target
+
+MAX_FAILURES_IN_A_ROW = 3
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def stop_on_signals() -> threading.Event:
+    """First SIGINT/SIGTERM: set the event (the trials under way stop between two batches and are
+    queued again; the worker then exits 0). A second one: exit at once."""
+    stop = threading.Event()
+
+    def handle(signum, frame):
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+    return stop
+
+
+def fuse_k(cfg, data, dev) -> int:
+    """How many trials this worker trains at once: train.fuse, or measured when it is "auto"."""
+    if cfg.model.kind != "simple_cnn":
+        return 1  # only the two-conv CNN has a fused form
+    if cfg.train.fuse == "auto":
+        return choose_k(cfg, data, dev)
+    return cfg.train.fuse
+
+
+def default_index() -> int:
+    """A worker index unlikely to repeat across hosts, so that sampler seeds differ."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
+
+
+def run_worker(url: str, name: str, index: int | None = None, device: str | None = None,
+               threads: int | None = None, max_trials: int | None = None) -> int:
+    """Run trials of study ``name`` until it is full (or ``max_trials`` ran); returns trials run."""
+    index = default_index() if index is None else index
+    if threads:
+        torch.set_num_threads(threads)
+    study, cfg, storage = open_for_worker(url, name, index)
+    say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
+    w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals())
+    data = load_data(cfg.data, seed=cfg.study.seed)
+    dev = pick_device(device or cfg.train.device)
+    if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
+        dev = torch.device("cuda", index % torch.cuda.device_count())
+    say(f"joined study {name!r} on {dev} ({torch.get_num_threads()} threads), {len(data.train_y)} train / "
+        f"{len(data.val_y)} val images, classes {data.classes}" + (f"; {data.describe_positive()}" if data.positive_class else ""))
+    k = fuse_k(cfg, data, dev)
+    if k > 1:
+        say(f"trains {k} trials at once as one fused model")
+    ran = failures = 0
+    with sweeper(study, storage, cfg.study.grace_period, say):
+        while not w.stop.is_set() and (max_trials is None or ran < max_trials):
+            want = k if max_trials is None else min(k, max_trials - ran)
+            trials = []
+            while len(trials) < want and not w.stop.is_set():
+                trial = w.db("asking for a trial", lambda: claim_trial(study, cfg, storage))
+                if trial is None:
+                    break
+                trials.append(trial)
+            if not trials:
+                c = w.db("counting trials", lambda: counts(study))
+                if storage.get_heartbeat_interval() and c["RUNNING"] and c["FINISHED"] < target(study, cfg):
+                    w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
+                    continue
+                break
+            runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts()))
+                    for t in trials]
+            states = run_trials(w, runs, lambda group: _train(cfg, data, group, dev, w.stop.is_set), data)
+            ran += len(trials)
+            failures = failures + 1 if State.FAILED in states else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the "
+                                "last trials (tuner status)")
+    say(f"done after {ran} trials" + (" (stopped by signal)" if w.stop.is_set() else ""))
+    return ran
+
+
+def _train(cfg, data, group: list[TrialRun], dev, stop):
+    if len(group) == 1:
+        r = group[0]
+        return [train_trial(cfg, data, r.gamma, r.alpha, r.seed, report=r.report, device=dev,
+                            resume=r.resume, save=r.save, stop=stop)]
+    return train_fused(cfg, data, [(r.gamma, r.alpha, r.seed) for r in group],
+                       report=lambda i, epoch, metrics: group[i].report(epoch, metrics), device=dev,
+                       order_seed=group[0].seed, resume=[r.resume for r in group] if group[0].resume else None,
+                       save=lambda i, state: group[i].save(state), stop=stop)

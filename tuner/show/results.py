@@ -1,0 +1,153 @@
+"""What comes back from a study: the best trial, a status table, the test-set check of the best
+trial and of the reference trials, each at the operating point its trial chose on validation.
+
+Reading never trains: a model file that is not there is an error that names the path, unless the
+caller (``start-study``'s driver, ``tuner best --retrain``) asks to retrain."""
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tuner import keys
+from tuner.learn.checkpoints import load_trial_model, model_payload, save_trial_model, trial_path
+from tuner.search.config import StudyConfig
+from tuner.learn.data import Splits, load_data
+from tuner.errors import UserError
+from tuner.search.study import counts
+from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, train_trial
+
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        c = counts(study)
+        raise UserError(f"study {study.study_name!r} has no completed trial yet "
+                        f"({c['RUNNING']} running, {c['PRUNED']} pruned, {c['FAIL']} failed); run tuner start-study or tuner worker")
+
+
+def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int]):
+    """The class weighting the trial trained with, as the loss took it."""
+    return None if trial.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(trial.params, class_counts)
+
+
+def shown_params(trial: optuna.trial.FrozenTrial) -> dict:
+    """The trial's parameters, with beta next to the searched 1 - beta."""
+    params = dict(trial.params)
+    if "one_minus_beta" in params:
+        params["beta"] = 1.0 - params["one_minus_beta"]
+    return params
+
+
+def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
+    """The contract of ``tuner best --json``."""
+    best = best_trial(study)
+    data = study.user_attrs.get(keys.DATA, {})
+    classes, class_counts = data.get("classes"), data.get("class_counts")
+    test = study.user_attrs.get(keys.BEST_TEST)
+    test = test if test and test.get("trial") == best.number else None
+    ref_tests = {r["trial"]: r for r in study.user_attrs.get(keys.REFERENCES_TEST, [])}
+    refs = [
+        {"trial": t.number, "label": t.user_attrs[keys.REFERENCE], "state": t.state.name, "value": t.value,
+         "params": shown_params(t), "threshold": t.user_attrs.get(keys.THRESHOLD),
+         "test": test if t.number == best.number else ref_tests.get(t.number)}
+        for t in study.get_trials(deepcopy=False) if keys.REFERENCE in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    return {
+        "study": study.study_name,
+        "metric": cfg.study.metric,
+        "value": best.value,
+        "trial": best.number,
+        "params": shown_params(best),
+        "alpha_mode": cfg.search.alpha_mode,
+        "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts), classes) if classes and class_counts else None,
+        "positive_class": cfg.data.positive_class or None,
+        "operating_point": cfg.study.operating_point,
+        "threshold": best.user_attrs.get(keys.THRESHOLD),
+        "temperature": best.user_attrs.get(keys.TEMPERATURE),
+        "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
+        "epochs": best.user_attrs.get(keys.EPOCHS),
+        "seed": best.user_attrs.get(keys.SEED),
+        "test": test,
+        "references": refs,
+        "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
+    }
+
+
+def status_rows(study: optuna.Study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        end = t.datetime_complete
+        duration = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name,
+            "gamma": t.params.get("gamma"),
+            "alpha": t.params.get("alpha"),
+            "beta": shown_params(t).get("beta"),
+            "value": t.value,
+            "threshold": t.user_attrs.get(keys.THRESHOLD),
+            "epochs": t.user_attrs.get(keys.EPOCHS, 0),
+            "duration_s": duration,
+            "note": "; ".join(str(t.user_attrs[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
+                              if k in t.user_attrs),
+        })
+    return rows
+
+
+def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.FrozenTrial, data=None,
+                retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
+    """A finished trial's model, its payload and where it came from: "checkpoint" (its file under
+    ``study.artifacts``, seen from the current folder) or, only with ``retrain``, "retrained" with
+    the trial's parameters and seed (and written there, so later reads find it)."""
+    path = trial_path(cfg, study.study_name, trial.number)
+    try:
+        model, payload = load_trial_model(path)
+        return model, payload, "checkpoint"
+    except FileNotFoundError:
+        problem = f"has no model file at {path}"
+    except Exception as e:  # torch raises many types on a torn or foreign file
+        problem = f"has an unreadable model file at {path} ({type(e).__name__})"
+    if not retrain:
+        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem}; run this from the folder the "
+                        "study ran in (study.artifacts is relative to it), or run tuner best --retrain to train it again "
+                        "with its parameters and seed")
+    seed = trial.user_attrs.get(keys.SEED)
+    if seed is None:
+        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; "
+                        "run this from the folder the study ran in")
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts())
+    result = train_trial(cfg, data, gamma, alpha, seed, device=None)
+    model = result.model.cpu()
+    save_trial_model(cfg, study.study_name, trial.number, model, data, gamma, alpha, seed, result.history[-1])
+    return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
+
+
+def best_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
+    return trial_model(study, cfg, best_trial(study), data, retrain)
+
+
+def check_on_test(study, cfg, trial, data: Splits, retrain: bool) -> dict:
+    """Test-split metrics of one finished trial's model at its own threshold and temperature."""
+    model, payload, source = trial_model(study, cfg, trial, data, retrain)
+    out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), payload.get("temperature", 1.0))
+    return {"trial": trial.number, "source": source, **out}
+
+
+def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None,
+                          retrain: bool = False) -> dict | None:
+    """Test-set metrics of the best trial and of the complete reference trials (the only place the
+    test split is used), stored with the study for ``tuner best``; ``data``: the study's data when
+    already loaded; ``retrain``: train a trial again when its model file is not here."""
+    best = best_trial(study)
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    if data.test_x is None:
+        return None
+    out = check_on_test(study, cfg, best, data, retrain)
+    refs = [check_on_test(study, cfg, t, data, retrain) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if keys.REFERENCE in t.user_attrs and t.number != best.number]
+    study.set_user_attr(keys.BEST_TEST, out)
+    study.set_user_attr(keys.REFERENCES_TEST, refs)
+    return out
