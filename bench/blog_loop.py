@@ -2,7 +2,7 @@
 post, as its own script with only the blog's imports: per trial an ImageFolder + DataLoader over PNG
 files, the blog's FocalLoss, the two-conv CNN, TPE, the objective test accuracy.
 
-    python bench/blog_loop.py TREE cpu|cuda BEST.pt
+    python bench/blog_loop.py TREE cpu|cuda BEST.pt [TRIALS [SEED]]
 
 Prints one JSON line: when the search ended (time.time()), the best parameters and value; saves the
 best trial's weights to BEST.pt for bench/speed.py to score (outside the timing).
@@ -50,7 +50,7 @@ class BlogCNN(torch.nn.Module):
         return self.head(self.features(x))
 
 
-def main(tree: Path, device: torch.device, best_path: str) -> None:
+def main(tree: Path, device: torch.device, best_path: str, trials: int = TRIALS, seed: int = 0) -> None:
     kept = {}  # not in the blog: each trial's weights, to score the best trial afterwards
 
     def objective(trial):
@@ -75,9 +75,9 @@ def main(tree: Path, device: torch.device, best_path: str) -> None:
         return torch.cat(hits).float().mean().item()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.manual_seed(0)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(objective, n_trials=TRIALS)
+    torch.manual_seed(seed)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=trials)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     ended = time.time()
@@ -86,4 +86,4 @@ def main(tree: Path, device: torch.device, best_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), torch.device(sys.argv[2]), sys.argv[3])
+    main(Path(sys.argv[1]), torch.device(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:6]))

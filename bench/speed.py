@@ -78,7 +78,7 @@ def blog_process(tree: Path, device: str) -> dict:
 def tuner_cmd(workers: int, fuse: int, pruner: str, url: str, device: str) -> list[str]:
     return [sys.executable, "-m", "tuner", "start-study", str(STUDY), "--workers", str(workers), "--n-trials", str(TRIALS),
             "--set", f"train.epochs={EPOCHS}", "--set", f"pruner.kind={pruner}", "--set", f"train.fuse={fuse}",
-            "--set", "study.reference_trials=false", "--storage", url, "--quiet", "--device", device] + (
+            "--set", "study.reference_trials=false", "--set", "data.folds=1", "--set", "pruner.n_warmup_steps=1", "--set", "pruner.min_resource=1", "--storage", url, "--quiet", "--device", device] + (
             # rungs at epochs 2 and 4, half kept at each: all 8 trials start together (fused), so a pruner
             # that waits for finished trials (median) never fires; successive halving compares running ones
             ["--set", "pruner.min_resource=2", "--set", "pruner.reduction_factor=2"] if pruner == "successive_halving" else [])

@@ -24,6 +24,7 @@ kind = "synthetic"
 n_samples = 400
 image_size = 16
 rare_fraction = 0.1
+folds = {folds}
 
 [train]
 epochs = {epochs}
@@ -41,9 +42,10 @@ n_warmup_steps = 0
 """
 
 
-def write_study(folder: Path, n_trials: int = 6, epochs: int = 3, pruner: str = "median", name: str = "smoke.toml") -> Path:
+def write_study(folder: Path, n_trials: int = 6, epochs: int = 3, pruner: str = "median", name: str = "smoke.toml",
+                folds: int = 1) -> Path:
     path = folder / name
-    path.write_text(SMOKE.format(n_trials=n_trials, epochs=epochs, pruner=pruner))
+    path.write_text(SMOKE.format(n_trials=n_trials, epochs=epochs, pruner=pruner, folds=folds))
     return path
 
 

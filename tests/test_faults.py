@@ -111,3 +111,17 @@ def test_killed_fused_worker_trials_resume_fused_from_their_checkpoints(tmp_path
         assert retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
         assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_killed_k_fold_trial_resumes_with_all_its_folds(tmp_path):
+    watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, 2, "--set", "data.folds=3",
+                                                                 "--set", "data.n_samples=300", "--set", "data.image_size=16")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    out, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, out
+    (retry,) = retry_of(study.trials, number)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6] and retry.user_attrs["fold_spread"] >= 0

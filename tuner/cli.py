@@ -78,7 +78,7 @@ def start_study(
         cfg = load_config(study_file, set_ or [])
         name = study_name or cfg.study.name
         data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-        cfg = cfg.resolved(data.num_classes, data.positive_class)
+        cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
         study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts())
     except BaseException:
         launch.discard(procs)
@@ -94,6 +94,9 @@ def start_study(
               f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
     out().print(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
               if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
+    if cfg.data.folds > 1:
+        out().print(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch scores "
+                    "each image once, by the fold model that did not train on it")
     try:
         if workers:
             launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
@@ -141,9 +144,14 @@ def _print_best(s: dict) -> None:
     if s["threshold"] is not None:
         out().print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
                   f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})", soft_wrap=True)
+    if s["validation"].get("fold_spread") is not None:
+        out().print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
+    out().print(f"  final model: {s['final_model']}")
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         out().print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
+    for note in s["notes"]:
+        out().print(f"  note: {note}", soft_wrap=True)
     if s["test"]:
         out().print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])

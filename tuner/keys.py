@@ -19,9 +19,10 @@ ECE = "ece"
 ECE_CALIBRATED = "ece_calibrated"
 LOSS = "loss"  # the trial's own focal loss on validation: not comparable across trials
 TRAIN_LOSS = "train_loss"
+FOLD_SPREAD = "fold_spread"  # k-fold trials: standard deviation of the objective over the folds
 OBJECTIVES = (AVERAGE_PRECISION, BALANCED_ACCURACY, MACRO_F1)  # what study.metric may name
 VALIDATION = (AVERAGE_PRECISION, BALANCED_ACCURACY, MACRO_F1, RECALL, PRECISION, BALANCED_ACCURACY_HALF,
-              MACRO_F1_HALF, ECE, ECE_CALIBRATED, LOSS)
+              MACRO_F1_HALF, ECE, ECE_CALIBRATED, LOSS, FOLD_SPREAD)
 
 # Trial user attributes written by the trial lifecycle and the study.
 SEED = "seed"

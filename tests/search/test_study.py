@@ -65,3 +65,20 @@ def test_another_search_space_under_the_same_name_is_refused(tmp_path):
     create_or_resume(cfg_with(study={"name": "x"}), url, "x")
     with pytest.raises(UserError, match="another search space"):
         create_or_resume(cfg_with(study={"name": "x"}, search={"alpha": [0.1, 0.2]}), url, "x")
+
+
+def test_pruning_waits_for_a_third_of_the_epochs_by_default():
+    median = make_pruner(cfg_with(train={"epochs": 6}))
+    assert median._n_warmup_steps == 2  # optuna 5.0 keeps the setting here; no public accessor
+    halving = make_pruner(cfg_with(train={"epochs": 10}, pruner={"kind": "successive_halving"}))
+    assert halving._min_resource == 4
+    assert make_pruner(cfg_with(train={"epochs": 6}, pruner={"n_warmup_steps": 0}))._n_warmup_steps == 0
+
+
+def test_auto_settings_are_resolved_before_the_study_is_stored():
+    cfg = cfg_with(train={"epochs": 5})
+    few, many = cfg.resolved(2, "rare", rare_count=63), cfg.resolved(2, "rare", rare_count=400)
+    assert (few.data.folds, many.data.folds) == (5, 1)
+    assert few.pruner.n_warmup_steps == 2 and few.search.alpha_mode == "rare" and few.data.positive_class == "rare"
+    assert cfg_with(data={"kind": "synthetic", "folds": 3}).resolved(2, "rare", 10).data.folds == 3
+    assert cfg.resolved(5, None, 10).search.alpha_mode == "class_balanced"

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from tuner import keys
+from tuner.learn.folds import FoldEnsemble
+from tuner.learn.fused import FusedCNN
 from tuner.learn.models import build_model
 
 
@@ -62,7 +64,8 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
         "positive_class": data.positive_class,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
-                  "image_size": cfg.data.image_size, "class_counts": data.class_counts()},
+                  "image_size": cfg.data.image_size, "class_counts": data.class_counts(),
+                  "folds": getattr(model, "folds", 1)},
         "classes": list(data.classes),
         "params": {"gamma": gamma, "alpha": alpha},
         "seed": seed,
@@ -74,6 +77,10 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
 def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     m = payload["model"]
-    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+    if m.get("folds", 1) > 1:
+        outputs = 1 if len(m["class_counts"]) == 2 else len(m["class_counts"])
+        model = FoldEnsemble(FusedCNN(m["folds"], m["channels"], m["image_size"], outputs, m["width"]))
+    else:
+        model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
     return model, payload

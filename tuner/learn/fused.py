@@ -99,15 +99,22 @@ class FusedCNN(nn.Module):
         return out.transpose(0, 1)
 
 
-def member_losses(logits: torch.Tensor, y: torch.Tensor, losses: list[tuple[float, object]]) -> torch.Tensor:
+def member_losses(logits: torch.Tensor, y: torch.Tensor, losses: list[tuple[float, object]],
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean focal loss of each member, (K,): ``focal_loss`` on member k's logits with its own
     (gamma, alpha) = losses[k]. logits (N, K, 1) take the binary form (y in {0, 1}), (N, K, C) the
     softmax form. One small call per member: the same function as a lone trial, so fused and
-    separate runs cannot drift apart."""
-    if logits.shape[2] == 1:
-        target = y.to(logits.dtype)
-        return torch.stack([focal_loss(logits[:, k, 0], target, g, a) for k, (g, a) in enumerate(losses)])
-    return torch.stack([focal_loss(logits[:, k], y, g, a) for k, (g, a) in enumerate(losses)])
+    separate runs cannot drift apart. ``keep`` (N, K) masks each member's images (k-fold members
+    skip their own fold); a member left with none has loss 0."""
+    binary = logits.shape[2] == 1
+    target = y.to(logits.dtype) if binary else y
+    out = []
+    for k, (g, a) in enumerate(losses):
+        z, t = (logits[:, k, 0] if binary else logits[:, k]), target
+        if keep is not None:
+            z, t = z[keep[:, k]], t[keep[:, k]]
+        out.append(focal_loss(z, t, g, a) if len(t) else z.sum() * 0)
+    return torch.stack(out)
 
 
 def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,18 +124,18 @@ def _sum_finite(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(finite, losses, torch.zeros_like(losses)).sum(), finite
 
 
-def _step(model, opt, x, y, losses: list, amp: bool) -> torch.Tensor:
+def step(model, opt, x, y, losses: list, amp: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
     """One optimizer step on one batch; returns the member losses (K,), unmasked."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
-    losses = member_losses(logits.float(), y, losses)
+    losses = member_losses(logits.float(), y, losses, keep)
     opt.zero_grad(set_to_none=True)
     _sum_finite(losses)[0].backward()
     opt.step()
     return losses.detach()
 
 
-def _take(model: FusedCNN, opt, index) -> dict:
+def take_optimizer_state(model: FusedCNN, opt, index) -> dict:
     """The optimizer's state_dict for the members ``index`` (a list keeps the member dim, an int
     drops it: then it is the state_dict of that member's own SimpleCNN optimizer). Per-parameter
     tensors (moments, momentum) are sliced; shared ones (Adam's step count) are copied."""
@@ -141,8 +148,8 @@ def _take(model: FusedCNN, opt, index) -> dict:
             "param_groups": state_dict["param_groups"]}
 
 
-def _stack(states: list[dict]) -> dict:
-    """The fused optimizer's state_dict from its members' own (``_take`` with an int, inverted)."""
+def stack_optimizer_states(states: list[dict]) -> dict:
+    """The fused optimizer's state_dict from its members' own (``take_optimizer_state`` with an int, inverted)."""
     first = states[0]
     stack = lambda i, name, v: torch.stack([s["state"][i][name] for s in states]) if v.dim() else v  # noqa: E731
     return {"state": {i: {name: stack(i, name, v) if torch.is_tensor(v) else v for name, v in s.items()}
@@ -150,11 +157,11 @@ def _stack(states: list[dict]) -> dict:
             "param_groups": first["param_groups"]}
 
 
-def _keep(cfg, model: FusedCNN, opt, positions: list[int]):
+def keep_members(cfg, model: FusedCNN, opt, positions: list[int]):
     """Drop members; the optimizer state (moments, momentum, step) of the kept ones carries over."""
     new = model.keep(positions)
     new_opt = make_optimizer(cfg, new.parameters())
-    new_opt.load_state_dict(_take(model, opt, positions))
+    new_opt.load_state_dict(take_optimizer_state(model, opt, positions))
     return new, new_opt
 
 
@@ -204,7 +211,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
     live = list(range(len(losses)))  # live[j] = original index of fused member j
     first = 1
     if resume:
-        opt.load_state_dict(_stack([s["optimizer"] for s in resume]))
+        opt.load_state_dict(stack_optimizer_states([s["optimizer"] for s in resume]))
         order.set_state(resume[0]["order"])
         for r, s in zip(results, resume):
             r.history = list(s["history"])
@@ -220,11 +227,11 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
                     results[i].state = "interrupted"
                 return results
             idx = idx.to(device)
-            total += _step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], live_losses, t.amp)
+            total += step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], live_losses, t.amp)
         with torch.no_grad():
-            step = max(1, 512 // len(live))
-            val = torch.cat([model(prepare(val_x[i : i + step]).contiguous(memory_format=fmt))
-                             for i in range(0, len(val_x), step)]).float()
+            chunk = max(1, 512 // len(live))
+            val = torch.cat([model(prepare(val_x[i : i + chunk]).contiguous(memory_format=fmt))
+                             for i in range(0, len(val_x), chunk)]).float()
         train_loss = (total * t.batch_size / len(x)).tolist()
         stay = []
         for j, i in enumerate(live):
@@ -238,7 +245,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
                 r.history.append(metrics)
                 r.value = metrics[cfg.study.metric]
                 if save is not None:
-                    save(i, {"epoch": epoch, "model": model.member(j).state_dict(), "optimizer": _take(model, opt, j),
+                    save(i, {"epoch": epoch, "model": model.member(j).state_dict(), "optimizer": take_optimizer_state(model, opt, j),
                              "order": order.get_state(), "history": r.history})
                 if report is not None and report(i, epoch, metrics) and epoch < t.epochs:
                     r.state = "pruned"
@@ -250,7 +257,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
             live = [live[j] for j in stay]
             if not live:
                 break
-            model, opt = _keep(cfg, model, opt, stay)
+            model, opt = keep_members(cfg, model, opt, stay)
     for j, i in enumerate(live):
         results[i].model = model.member(j)
     return results
@@ -295,7 +302,7 @@ def _throughput(cfg, data: Splits, k: int, x: torch.Tensor, y: torch.Tensor, sec
     times = []
     while len(times) < 4 or sum(times[1:]) < seconds:  # times[0] is the warm-up (allocation, autotuning)
         t0 = time.perf_counter()
-        _step(model, opt, x, y, [(2.0, None)] * k, cfg.train.amp)
+        step(model, opt, x, y, [(2.0, None)] * k, cfg.train.amp)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)

@@ -8,6 +8,7 @@ Example::
 """
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ METRICS = keys.OBJECTIVES
 # balanced_accuracy, f1, or recall>=X with 0 < X <= 1 (tuner.learn.metrics.choose_threshold reads them)
 OPERATING_POINT = re.compile(r"balanced_accuracy|f1|recall>=(0?\.\d*[1-9]\d*|1(\.0*)?)")
 DATA_KINDS = ("imagefolder", "digits", "synthetic")
+AUTO_FOLDS, FEW_RARE = 5, 300  # data.folds = "auto": AUTO_FOLDS when the rare class has fewer training images
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
 MODELS = ("simple_cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ALPHA_MODES = ("auto", "rare", "class_balanced")
+AUTO_KEYS = ("train.fuse", "data.folds", "pruner.n_warmup_steps", "pruner.min_resource")  # integers that may be "auto"
 
 
 DATA_CHECKS = (  # field, valid(value), what to use instead
@@ -53,6 +56,7 @@ class DataConfig:
     n_samples: int = 1200  # synthetic only
     max_bad_fraction: float = 0.01  # imagefolder only
     positive_class: str = ""  # two classes: the class to detect, by name; "" = the one with fewest training images
+    folds: int | str = "auto"  # k-fold validation on train + val; "auto": 5 when the rare class has < 300 images, else 1
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,8 @@ class SearchConfig:
 class PrunerConfig:
     kind: str = "median"
     n_startup_trials: int = 4  # median: trials finished before any pruning
-    n_warmup_steps: int = 1  # median: epochs never pruned
-    min_resource: int = 1  # hyperband / successive_halving
+    n_warmup_steps: int | str = "auto"  # median: epochs never pruned; "auto": the first third of train.epochs
+    min_resource: int | str = "auto"  # hyperband / successive_halving: first rung; "auto": a third of train.epochs
     reduction_factor: int = 3  # hyperband / successive_halving
 
 
@@ -123,14 +127,26 @@ class StudyConfig:
             for name, sec in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
         }
 
-    def resolved(self, num_classes: int, positive_class: str | None) -> "StudyConfig":
-        """The config as stored with a study: ``search.alpha_mode = "auto"`` made concrete for data
-        of ``num_classes``, and the positive class named, so every worker agrees on both."""
+    def resolved(self, num_classes: int, positive_class: str | None, rare_count: int) -> "StudyConfig":
+        """The config as stored with a study, every "auto" made concrete for data of ``num_classes``
+        whose rarest (or positive) class has ``rare_count`` training images, and the positive class
+        named, so that every worker agrees on them."""
         mode = self.search.alpha_mode
         if mode == "auto":
             mode = "class_balanced" if num_classes > 2 else "rare"
-        return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode),
-                                   data=dataclasses.replace(self.data, positive_class=positive_class or ""))
+        folds = self.data.folds
+        if folds == "auto":  # bench/results/quality.md: folds halve the spread over seeds where rare images are few
+            folds = AUTO_FOLDS if rare_count < FEW_RARE else 1
+        return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
+                                   data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds))
+
+    def pruner_resolved(self) -> "PrunerConfig":
+        """The pruner settings with "auto" made concrete: no pruning in the first third of the epochs
+        (every trial's first epochs look alike; high-alpha trials start slower and catch up)."""
+        third = max(1, math.ceil(self.train.epochs / 3))
+        p = self.pruner
+        return dataclasses.replace(p, n_warmup_steps=third if p.n_warmup_steps == "auto" else p.n_warmup_steps,
+                                   min_resource=third if p.min_resource == "auto" else p.min_resource)
 
     def search_space(self) -> dict[str, Any]:
         """What must match for two runs to share a study."""
@@ -200,14 +216,16 @@ def _build(cls, section: str, values: dict, source: str):
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check a value against the type of its default."""
-    if key == "train.fuse" and value == "auto":
-        return value
+    if key in AUTO_KEYS:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise UserError(f'{key} must be an integer or "auto", got {value!r}')
     if isinstance(default, bool):
         ok = isinstance(value, bool)
         want = "true or false"
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
-        want = "an integer" + (' or "auto"' if key == "train.fuse" else "")
+        want = "an integer" + (' or "auto"' if key in AUTO_KEYS else "")
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -264,8 +282,12 @@ def _validate(cfg: StudyConfig) -> None:
     need(0 < lo <= hi < 1, "search.beta", [lo, hi], "need 0 < low <= high < 1, e.g. [0.9, 0.9999]")
     need(p.kind in PRUNERS, "pruner.kind", p.kind, f"choose one of {', '.join(PRUNERS)}")
     need(p.n_startup_trials >= 0, "pruner.n_startup_trials", p.n_startup_trials, "must be >= 0")
-    need(p.n_warmup_steps >= 0, "pruner.n_warmup_steps", p.n_warmup_steps, "must be >= 0")
-    need(p.min_resource >= 1, "pruner.min_resource", p.min_resource, "must be >= 1")
+    need(p.n_warmup_steps == "auto" or p.n_warmup_steps >= 0, "pruner.n_warmup_steps", p.n_warmup_steps, 'must be >= 0 or "auto"')
+    need(p.min_resource == "auto" or p.min_resource >= 1, "pruner.min_resource", p.min_resource, 'must be >= 1 or "auto"')
+    folds = cfg.data.folds
+    need(folds == "auto" or 1 <= folds <= 20, "data.folds", folds, 'use 1 (one validation split) to 20 folds, or "auto"')
+    need(folds in ("auto", 1) or cfg.model.kind == "simple_cnn", "data.folds", folds,
+         "k folds train as fused members, which only model.kind = simple_cnn has; use data.folds = 1 with resnet")
     need(p.reduction_factor >= 2, "pruner.reduction_factor", p.reduction_factor, "must be >= 2")
     check_data(cfg.data)
 

@@ -74,7 +74,7 @@ def make_sampler(cfg: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    p = cfg.pruner
+    p = cfg.pruner_resolved()
     if p.kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     if p.kind == "hyperband":

@@ -14,6 +14,7 @@ import torch
 
 from tuner.errors import UserError
 from tuner.learn.data import load_data
+from tuner.learn.folds import train_folds
 from tuner.learn.fused import choose_k, train_fused
 from tuner.learn.train import loss_alpha, pick_device, train_trial
 from tuner import keys
@@ -44,7 +45,8 @@ def stop_on_signals() -> threading.Event:
 
 
 def fuse_k(cfg, data, dev) -> int:
-    """How many trials this worker trains at once: train.fuse, or measured when it is "auto"."""
+    """How many trials this worker trains at once: train.fuse, or measured when it is "auto" (with k
+    folds, each of those trials is k members of the fused model)."""
     if cfg.model.kind != "simple_cnn":
         return 1  # only the two-conv CNN has a fused form
     if cfg.train.fuse == "auto":
@@ -104,6 +106,11 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
 
 
 def _train(cfg, data, group: list[TrialRun], dev, stop):
+    if cfg.data.folds > 1:  # k-fold trials always train fused: a trial's folds are members of one model
+        return train_folds(cfg, data, [(r.gamma, r.alpha, r.seed) for r in group],
+                           report=lambda i, epoch, metrics: group[i].report(epoch, metrics), device=dev,
+                           order_seed=group[0].seed, resume=[r.resume for r in group] if group[0].resume else None,
+                           save=lambda i, state: group[i].save(state), stop=stop)
     if len(group) == 1:
         r = group[0]
         return [train_trial(cfg, data, r.gamma, r.alpha, r.seed, report=r.report, device=dev,

@@ -23,8 +23,8 @@ from tuner.search.study import stored_config
 
 FORMATS = ("csv", "json")
 METRICS = (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_ACCURACY, keys.MACRO_F1, keys.RECALL, keys.PRECISION,
-           keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED, keys.TEMPERATURE, keys.LOSS,
-           keys.TRAIN_LOSS)
+           keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED, keys.TEMPERATURE, keys.FOLD_SPREAD,
+           keys.LOSS, keys.TRAIN_LOSS)
 COLUMNS = ("number", "state", "gamma", "alpha", "beta", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
 
 

@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tuner import keys
 from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.show.results import best_model, best_trial
+from tuner.show.results import best_model, best_trial, final_model, margin_notes
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -257,14 +257,16 @@ def _table(trials, best, metric) -> str:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.value, reverse=True)
     rows = done[:TOP] + [t for t in trials if keys.REFERENCE in t.user_attrs and t not in done[:TOP]]
     rank = {t.number: i + 1 for i, t in enumerate(done)}
-    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha", metric, "balanced acc.", "macro-F1", "epochs", "note"))
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha", metric, "fold spread", "balanced acc.",
+                                              "macro-F1", "epochs", "note"))
     body = []
     for t in rows:
         ref = t.user_attrs.get(keys.REFERENCE)
         note = " ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
         cls = "best" if t.number == best.number else "ref" if ref else ""
         cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _fmt(t.params.get("alpha"), ".3f"),
-                 _fmt(t.value), _fmt(t.user_attrs.get("balanced_accuracy")), _fmt(t.user_attrs.get("macro_f1")),
+                 _fmt(t.value), "± " + _fmt(t.user_attrs.get(keys.FOLD_SPREAD)), _fmt(t.user_attrs.get(keys.BALANCED_ACCURACY)),
+                 _fmt(t.user_attrs.get(keys.MACRO_F1)),
                  t.user_attrs.get(keys.EPOCHS, 0), note)
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -280,6 +282,11 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
         f"{e(describe_params(best.params).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
+        "<p>" + e(f"The final model of a trial: {final_model(cfg)}. " + (
+            "The fold spread is the standard deviation of the objective over the folds: differences between trials "
+            "smaller than it are within the noise of the data." if cfg.data.folds > 1 else
+            "With data.folds = 1 there is no fold spread: one validation split cannot say how noisy a value is.")) + "</p>",
+        *(f"<p><b>{e(note)}</b></p>" for note in margin_notes(study, cfg)),
     ]
     for title, path, note in sections:
         parts.append(f"<h2>{e(title)}</h2>{_img(path)}" + (f"<p>{e(note)}</p>" if note else ""))

@@ -68,11 +68,37 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "temperature": best.user_attrs.get(keys.TEMPERATURE),
         "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
         "epochs": best.user_attrs.get(keys.EPOCHS),
+        "folds": cfg.data.folds,
+        "final_model": final_model(cfg),
+        "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
         "test": test,
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
     }
+
+
+def final_model(cfg: StudyConfig) -> str:
+    """What a trial's model file holds, in words."""
+    if cfg.data.folds > 1:
+        return (f"ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
+                f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
+    return f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
+
+
+def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
+    """A sentence for each reference trial that the best trial beats by less than its fold spread."""
+    best = best_trial(study)
+    spread = best.user_attrs.get(keys.FOLD_SPREAD)
+    if spread is None:
+        return []
+    notes = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if keys.REFERENCE in t.user_attrs and t.number != best.number and best.value - t.value <= spread:
+            notes.append(f"The best trial's margin over reference trial {t.number} ({t.user_attrs[keys.REFERENCE]}) is "
+                         f"{best.value - t.value:.4f}, within its fold spread of {spread:.4f}: on this data the "
+                         "two cannot be told apart.")
+    return notes
 
 
 def status_rows(study: optuna.Study) -> list[dict]:

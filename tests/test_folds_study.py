@@ -1,0 +1,54 @@
+"""A k-fold study end to end: the driver says so, trials carry their fold spread, the final model is
+the fold ensemble that report, export, best and predict read."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from conftest import tuner, write_study
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("folds")
+    proc = tuner("start-study", str(write_study(folder, n_trials=3, epochs=2, pruner="none", folds=3)), "--workers", "1", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return folder, proc.stdout
+
+
+def test_the_driver_names_the_folds_and_the_final_model(folder):
+    _, out = folder
+    assert "3-fold validation on all" in out and "fold spread of average_precision" in out
+    assert "final model: ensemble of the 3 fold models" in out
+
+
+def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder):
+    path, _ = folder
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{path / 'tuner.db'}")
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [1, 2] and t.user_attrs["fold_spread"] >= 0
+        assert t.value == t.intermediate_values[2] == t.user_attrs["average_precision"]
+    rows = list(csv.DictReader(io.StringIO(tuner("export", "--study-name", "smoke", cwd=path).stdout)))
+    assert all(float(r["fold_spread"]) >= 0 for r in rows)
+
+
+def test_the_ensemble_file_is_what_best_report_and_predict_read(folder, tmp_path):
+    path, _ = folder
+    best = json.loads(tuner("best", "--json", "--save-model", "best.pt", cwd=path).stdout)
+    assert best["folds"] == 3 and best["final_model"].startswith("ensemble of the 3 fold models")
+    assert best["test"]["source"] == "checkpoint" and 0 <= best["test"]["balanced_accuracy"] <= 1
+    image = tmp_path / "x.png"
+    Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(image)
+    proc = tuner("predict", str(path / "best.pt"), str(image), cwd=path)
+    assert proc.returncode == 0, proc.stderr
+    header, line = proc.stdout.splitlines()
+    assert header == "path\tpredicted\tp(rare)" and line.split("\t")[0] == str(image)
+    report = tuner("report", "--out", "report", cwd=path)
+    assert report.returncode == 0, report.stderr
+    text = (path / "report" / "index.html").read_text()
+    assert "fold spread" in text and "ensemble of the 3 fold models" in text
