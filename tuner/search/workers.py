@@ -6,6 +6,7 @@ starts one anywhere. This is where the search service meets torch.
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -25,7 +26,7 @@ MAX_FAILURES_IN_A_ROW = 3
 
 
 def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
 def stop_on_signals() -> threading.Event:
