@@ -3,22 +3,26 @@ trials per minute, ETA, each worker's trial) with one line per finished trial ke
 logs and CI the same as plain timestamped lines; nothing with --quiet."""
 
 import time
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.trial import TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from tuner import keys
-from tuner.search.study import describe_params
 
-ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+if TYPE_CHECKING:
+    import optuna
 
 
-def snapshot(study: optuna.Study, target: int) -> dict:
+def snapshot(study: "optuna.Study", target: int) -> dict:
     """Counts, the best trial so far, the ended trials and each worker's running trial, from the storage."""
+    # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
+    from optuna.trial import TrialState
+
+    from tuner.search.study import describe_params
+
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -28,7 +32,7 @@ def snapshot(study: optuna.Study, target: int) -> dict:
     ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params),
               "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t),
               "note": t.user_attrs.get(keys.REFERENCE) or t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR)}
-             for t in trials if t.state in ENDED]
+             for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     return {
         "target": target,
         "finished": count[TrialState.COMPLETE] + count[TrialState.PRUNED],
