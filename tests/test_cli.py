@@ -6,6 +6,7 @@ processes, and one sample of the rest, run it as a separate process."""
 import json
 import os
 import re
+import subprocess
 import sys
 
 import optuna
@@ -158,8 +159,10 @@ def test_shell_completion_of_commands_and_study_names(tmp_path):
     assert tuner(cwd=tmp_path, env=env).stdout.split() == ["start-study", "status"]
     env.update(COMP_WORDS="tuner status --study-name ", COMP_CWORD="3")
     assert tuner(cwd=tmp_path, env=env).stdout.split() == ["xray"]
-    script = tuner("--show-completion", "bash", cwd=tmp_path)
-    assert script.returncode == 0 and "_TUNER_COMPLETE=complete_bash" in script.stdout
+    # --show-completion finds the shell it runs under among its parent processes.
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m tuner --show-completion"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert script.returncode == 0 and "_TUNER_COMPLETE=complete_bash" in script.stdout, script.stderr
 
 
 def two_studies(folder):

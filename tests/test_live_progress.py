@@ -77,7 +77,7 @@ def test_live_view_on_a_terminal(tmp_path):
     out, chunks = run_in_terminal(["start-study", str(study_file), "--workers", "2"], tmp_path)
     first = next(t for t, c in chunks if "elapsed 0:00:0" in c)
     # A first frame (the clock and what the driver does) before Optuna, torch and the data load.
-    # The limit is loose for a loaded test machine; alone it comes in about 0.3 s.
+    # Loose for a busy machine: on 2 cores shared with other test runs (load average 7) it came in 1.0-1.5 s.
     assert first < 3.0, first
     shown = screen("".join(c for _, c in chunks))
     text = "\n".join(shown)

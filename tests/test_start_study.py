@@ -206,3 +206,13 @@ def test_fused_workers_report_each_trial_on_its_own(tmp_path):
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
     values = [t.intermediate_values[1] for t in trials]
     assert len(set(values)) > 1  # members are trained apart, not copies of one model
+
+
+def test_a_finished_study_run_again_starts_no_trial(finished):
+    folder, _ = finished
+    before = len(load(folder).trials)
+    proc = tuner("start-study", "smoke.toml", "--workers", "2", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
+    assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
+    assert len(load(folder).trials) == before

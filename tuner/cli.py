@@ -71,10 +71,12 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                               help="print the version and exit")] = False):
+def root(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                                   help="print the version and exit")] = False):
     """Tune focal-loss gamma and alpha with parallel Optuna workers. Data goes to stdout; progress,
     notes and errors to stderr."""
+    if ctx.invoked_subcommand != "start-study":  # it draws its first frame before Optuna's second of import
+        quiet_libraries()
 
 
 @app.command("start-study")
@@ -110,6 +112,7 @@ def start_study(
         procs = launch.spawn(url, workers, device, mode) if workers else []
         try:
             progress.step("reading the study file and the data")
+            quiet_libraries()
             from tuner.search.config import load_config
             from tuner.learn.data import load_data
             from tuner.search.study import counts, create_or_resume, target
@@ -442,7 +445,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
 
 
 def quiet_libraries() -> None:
-    """Once per process, before any command: Optuna logs only warnings (tuner prints its own lines),
+    """Once per process, before a command uses Optuna: Optuna logs only warnings (tuner prints its own lines),
     and the experimental-feature warnings of the heartbeats and sweeps tuner relies on stay out of
     every worker's output."""
     import warnings
@@ -455,7 +458,6 @@ def quiet_libraries() -> None:
 
 
 def main() -> None:
-    quiet_libraries()
     try:
         code = app(sys.argv[1:] or ["--help"], prog_name="tuner", standalone_mode=False)
     except UserError as e:

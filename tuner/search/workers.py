@@ -100,7 +100,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the "
                                 "last trials (tuner status)")
-    say(f"done after {ran} trials" + (" (stopped by signal)" if w.stop.is_set() else ""))
+    say(f"done after {ran} trial{'s' * (ran != 1)}" + (" (stopped by signal)" if w.stop.is_set() else ""))
     return ran
 
 
