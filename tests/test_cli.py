@@ -133,6 +133,8 @@ def test_short_help_and_version(tmp_path, cli):
 
     top = cli("-h", cwd=tmp_path)
     assert top.returncode == 0 and "start-study" in top.stdout and "--version" in top.stdout
+    commands = top.stdout.split("Commands:")[1]
+    assert "..." not in commands and "list         The studies in the storage" in commands  # no sentence cut short
     for cmd in ("list", "delete", "status", "export", "worker", "start-study"):
         sub = cli(cmd, "-h", cwd=tmp_path)
         assert sub.returncode == 0 and f"Usage: tuner {cmd}" in sub.stdout, cmd

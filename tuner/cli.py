@@ -79,7 +79,7 @@ def root(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", 
         quiet_libraries()
 
 
-@app.command("start-study")
+@app.command("start-study", short_help="Create or resume a study and run its workers.")
 def start_study(
     study_file: Annotated[Path, typer.Argument(metavar="STUDY_FILE", show_default=False,
                                                help="TOML study file, e.g. studies/digits-rare.toml")],
@@ -219,7 +219,7 @@ def _print_test(name: str, t: dict, positive: str | None) -> None:
                   f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated")
 
 
-@app.command()
+@app.command("worker", short_help="Join a study from any machine and run trials.")
 def worker(
     study_name: StudyName = None,
     storage: Storage = None,
@@ -264,7 +264,7 @@ def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annota
     run_worker(_url(None), go["study_name"], worker_index, device, threads)
 
 
-@app.command()
+@app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
     from tuner.show.results import status_rows
@@ -285,7 +285,7 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
 
 
-@app.command("list")
+@app.command("list", short_help="The studies in the storage: counts, best value.")
 def list_studies(storage: Storage = None, as_json: Json = False):
     """The studies in the storage, with their trial counts and best value."""
     from tuner.show.results import study_rows
@@ -302,7 +302,7 @@ def list_studies(storage: Storage = None, as_json: Json = False):
     out().print(table)
 
 
-@app.command()
+@app.command("delete", short_help="Delete a study and its trials (asks first).")
 def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=_study_names, show_default=False,
                                                 help="the study to delete, with all its trials")],
            storage: Storage = None,
@@ -324,7 +324,7 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
     print(f"deleted study {study!r} ({n} trials) from {mask(url)}", file=sys.stderr)
 
 
-@app.command()
+@app.command("best", short_help="The best trial and its test-set check.")
 def best(storage: Storage = None, study_name: StudyName = None,
          as_json: Json = False,
          save_model: Annotated[Optional[Path], typer.Option("--save-model", metavar="PATH", show_default=False,
@@ -351,7 +351,7 @@ def best(storage: Storage = None, study_name: StudyName = None,
         print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)
 
 
-@app.command()
+@app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")
 def dashboard(storage: Storage = None,
               host: Annotated[str, typer.Option(metavar="ADDRESS", help="address to bind")] = "127.0.0.1",
               port: Annotated[int, typer.Option(metavar="PORT", help="port, 1 to 65535; 0: a free one (printed)")] = 8080,
@@ -390,7 +390,7 @@ def dashboard(storage: Storage = None,
     serve(server)
 
 
-@app.command()
+@app.command("report", short_help="An offline HTML report with plots.")
 def report(storage: Storage = None, study_name: StudyName = None,
            out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for index.html and the PNGs")] = Path("tuner-report")):
     """An offline HTML report with plots, top trials and the best trial's test-set results."""
@@ -400,7 +400,7 @@ def report(storage: Storage = None, study_name: StudyName = None,
     print(f"report written to {page}")
 
 
-@app.command()
+@app.command("export", short_help="One row per trial, as CSV or JSON.")
 def export(storage: Storage = None, study_name: StudyName = None,
            fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="csv or json")] = "csv",
            out_file: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", show_default=False,
@@ -413,7 +413,7 @@ def export(storage: Storage = None, study_name: StudyName = None,
     write_rows(trial_rows(_study(_url(storage), study_name)), fmt, out_file)
 
 
-@app.command("predict")
+@app.command("predict", short_help="Classify images with a saved best model.")
 def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
                 images: Annotated[list[Path], typer.Argument(help="image files to classify")],
                 threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
