@@ -162,7 +162,8 @@ def test_shell_completion_of_commands_and_study_names(tmp_path):
     env.update(COMP_WORDS="tuner status --study-name ", COMP_CWORD="3")
     assert tuner(cwd=tmp_path, env=env).stdout.split() == ["xray"]
     # --show-completion finds the shell it runs under among its parent processes.
-    script = subprocess.run(["bash", "-c", f"{sys.executable} -m tuner --show-completion"], cwd=tmp_path,
+    # "; exit": bash stays the parent instead of exec'ing a lone command.
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m tuner --show-completion; exit $?"], cwd=tmp_path,
                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert script.returncode == 0 and "_TUNER_COMPLETE=complete_bash" in script.stdout, script.stderr
 
