@@ -123,6 +123,7 @@ class Progress:
             self.live.refresh()
 
     def update(self, s: dict) -> None:
+        self.s = s  # first: printing a line above the live view redraws it, from this
         if self.shown is None:
             self.shown = {t["trial"] for t in s["ended"]}
             self.before = s["finished"]
@@ -132,7 +133,6 @@ class Progress:
             if t["trial"] not in self.shown:
                 self.shown.add(t["trial"])
                 self.say(trial_line(t))
-        self.s = s
         if self.live:
             self.live.refresh()
         elif self.mode == "lines":
