@@ -3,7 +3,11 @@
 Most cases run the command line in this process (the ``cli`` fixture); the ones that start worker
 processes, and one sample of the rest, run it as a separate process."""
 
+import json
 import os
+import re
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -122,3 +126,106 @@ def test_spawned_worker_exits_quietly_when_the_driver_goes_away(tmp_path):
     (p,) = launch.spawn("sqlite:///unused.db", 1, None, "lines")
     p.stdin.close()  # what a driver killed before its study existed leaves behind
     assert p.wait(timeout=120) == 0
+
+
+def test_short_help_and_version(tmp_path, cli):
+    import tuner
+
+    top = cli("-h", cwd=tmp_path)
+    assert top.returncode == 0 and "start-study" in top.stdout and "--version" in top.stdout
+    commands = top.stdout.split("Commands:")[1]
+    assert "..." not in commands and "list         The studies in the storage" in commands  # no sentence cut short
+    for cmd in ("list", "delete", "status", "export", "worker", "start-study"):
+        sub = cli(cmd, "-h", cwd=tmp_path)
+        assert sub.returncode == 0 and f"Usage: tuner {cmd}" in sub.stdout, cmd
+    version = cli("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout == f"tuner {tuner.__version__}\n"
+
+
+@pytest.mark.parametrize("cmd", ["start-study", "worker", "status", "best", "export", "report", "list", "delete", "dashboard"])
+def test_help_shows_plain_placeholders_and_every_default(tmp_path, cli, cmd):
+    text = cli(cmd, "--help", cwd=tmp_path).stdout
+    options = [line for line in text.splitlines() if line.lstrip().startswith("-")]
+    assert options and not any(re.search(r"<(str|bool|int|path|list\[str\])>", line) for line in options), text
+    if "--storage" in text:
+        assert "--storage URL" in text and "$TUNER_STORAGE" in text and "sqlite:///tuner.db" in " ".join(text.split())
+    if cmd == "start-study":
+        flat = " ".join(text.split())
+        assert "--set KEY=VALUE" in flat and "[default: the study file's study.name]" in flat
+        assert "in all, this run's and earlier ones" in flat
+
+
+def test_shell_completion_of_commands_and_study_names(tmp_path):
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="xray")
+    env = {"_TUNER_COMPLETE": "complete_bash", "COMP_WORDS": "tuner st", "COMP_CWORD": "1"}
+    assert tuner(cwd=tmp_path, env=env).stdout.split() == ["start-study", "status"]
+    env.update(COMP_WORDS="tuner status --study-name ", COMP_CWORD="3")
+    assert tuner(cwd=tmp_path, env=env).stdout.split() == ["xray"]
+    # --show-completion finds the shell it runs under among its parent processes.
+    # "; exit": bash stays the parent instead of exec'ing a lone command.
+    script = subprocess.run(["bash", "-c", f"{sys.executable} -m tuner --show-completion; exit $?"], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert script.returncode == 0 and "_TUNER_COMPLETE=complete_bash" in script.stdout, script.stderr
+
+
+def two_studies(folder):
+    """Two plain Optuna studies: 'a' with values 0.2 and 0.7 and one pruned trial, 'b' with one running trial."""
+    url = f"sqlite:///{folder / 'tuner.db'}"
+    a = optuna.create_study(storage=url, study_name="a", direction="maximize")
+    for v in (0.2, 0.7):
+        a.add_trial(optuna.trial.create_trial(params={"gamma": v}, distributions={"gamma": optuna.distributions.FloatDistribution(0, 5)}, value=v))
+    a.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    b = optuna.create_study(storage=url, study_name="b")
+    b.ask()
+    return url
+
+
+def test_list_studies_with_counts_and_best(tmp_path, cli):
+    two_studies(tmp_path)
+    rows = {r["study"]: r for r in json.loads(cli("list", "--json", cwd=tmp_path).stdout)}
+    assert rows["a"]["complete"] == 2 and rows["a"]["pruned"] == 1 and rows["a"]["best_value"] == 0.7 and rows["a"]["best_trial"] == 1
+    assert rows["b"]["running"] == 1 and rows["b"]["best_value"] is None
+    table = cli("list", cwd=tmp_path)
+    assert table.returncode == 0 and "0.7000" in table.stdout and table.stderr == ""
+
+
+def test_status_json_and_export_short_format(tmp_path, cli):
+    two_studies(tmp_path)
+    status = json.loads(cli("status", "--study-name", "a", "--json", cwd=tmp_path).stdout)
+    assert status["study"] == "a" and status["counts"]["COMPLETE"] == 2
+    assert [r["trial"] for r in status["trials"]] == [0, 1, 2] and status["trials"][1]["value"] == 0.7
+    rows = json.loads(cli("export", "--study-name", "a", "-f", "json", cwd=tmp_path).stdout)
+    assert [r["trial"] for r in rows] == [0, 1, 2] and rows[1]["gamma"] == 0.7
+
+
+def test_delete_asks_first(tmp_path, cli, monkeypatch):
+    import io
+
+    two_studies(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    kept = cli("delete", "a", cwd=tmp_path)
+    assert kept.returncode == 1 and "delete study 'a' and its 3 trials" in kept.stderr and "nothing deleted" in kept.stderr
+    assert "a" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+    gone = cli("delete", "a", cwd=tmp_path)
+    assert gone.returncode == 0 and "deleted study 'a' (3 trials)" in gone.stderr
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}") == ["b"]
+
+
+def test_delete_refuses_while_trials_run_unless_forced(tmp_path, cli):
+    url = two_studies(tmp_path)
+    assert_user_error(cli("delete", "b", "--yes", cwd=tmp_path), "'b' has 1 running trial", "--force")
+    assert "b" in optuna.get_all_study_names(url)
+    assert cli("delete", "b", "--yes", "--force", cwd=tmp_path).returncode == 0
+    assert optuna.get_all_study_names(url) == ["a"]
+    assert_user_error(cli("delete", "nope", "--yes", cwd=tmp_path), "no study named 'nope'", "studies there: a")
+
+
+def test_worker_infers_the_study_name_and_says_n_trials_is_the_study_total(tmp_path, cli):
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="foreign")
+    # it found the only study, and got as far as reading its settings
+    assert_user_error(cli("worker", cwd=tmp_path), "study 'foreign' was not created by tuner")
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="other")
+    assert_user_error(cli("worker", cwd=tmp_path), "pass --study-name", "foreign, other")
+    assert_user_error(cli("worker", "--n-trials", "3", cwd=tmp_path), "--max-trials", "study's total")
+    assert_user_error(cli("worker", "--max-trials", "0", cwd=tmp_path), "--max-trials must be 1 or more")

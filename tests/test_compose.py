@@ -194,6 +194,7 @@ def socket_without_server():
 
 def test_dashboard_health_check(tmp_path, cli):
     args = tuner_args(SERVICES["dashboard"]["healthcheck"]["test"])
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'tuner.db'}")  # what the study service creates
     dashboard = Dashboard(tmp_path)
     try:
         with_port = [re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{dashboard.port}", a) for a in args]

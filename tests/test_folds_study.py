@@ -18,7 +18,7 @@ def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("folds")
     proc = tuner("start-study", str(write_study(folder, n_trials=3, epochs=2, pruner="none", folds=3)), "--workers", "1", cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return folder, proc.stdout
+    return folder, proc.stdout + proc.stderr
 
 
 def test_the_driver_names_the_folds_and_the_final_model(folder):
@@ -34,6 +34,7 @@ def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder):
         assert sorted(t.intermediate_values) == [1, 2] and t.user_attrs["fold_spread"] >= 0
         assert t.value == t.intermediate_values[2] == t.user_attrs["average_precision"]
     rows = list(csv.DictReader(io.StringIO(tuner("export", "--study-name", "smoke", cwd=path).stdout)))
+    assert rows and all(r["trial"] for r in rows)
     assert all(float(r["fold_spread"]) >= 0 for r in rows)
 
 

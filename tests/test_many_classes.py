@@ -42,13 +42,13 @@ kind = "none"
 """)
     proc = tuner("start-study", "study.toml", "--workers", "1", cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return root, proc.stdout
+    return root, proc
 
 
 def test_the_driver_says_how_classes_are_weighted(folder):
-    _, out = folder
-    assert "classes eight, five, one, zero: class_balanced class weights, argmax decisions" in out
-    assert "class weights: eight 1.000" in out and "macro AP" in out
+    _, proc = folder
+    assert "classes eight, five, one, zero: class_balanced class weights, argmax decisions" in proc.stderr
+    assert "class weights: eight 1.000" in proc.stdout and "macro AP" in proc.stdout
 
 
 def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder):

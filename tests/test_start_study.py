@@ -72,10 +72,12 @@ def test_parallel_workers_do_not_propose_duplicates(finished):
     assert len(params) == len(set(params))
 
 
-def test_driver_prints_best_trial_with_test_metrics(finished):
+def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_on_stderr(finished):
     folder, proc = finished
     assert "best trial" in proc.stdout and "test set" in proc.stdout and "balanced accuracy" in proc.stdout
-    assert re.search(r"positive class 'rare': \d+ of \d+ train images; operating point: balanced_accuracy", proc.stdout)
+    assert re.search(r"positive class 'rare': \d+ of \d+ train images; operating point: balanced_accuracy", proc.stderr)
+    assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "positive class" not in proc.stdout
+    assert re.match(r"\d+ complete, \d+ pruned, \d+ failed$", proc.stdout.splitlines()[0])
     best = load(folder).best_trial
     threshold = best.user_attrs["threshold"]
     assert f"threshold {threshold:.4f} on the calibrated probability of 'rare'" in proc.stdout
@@ -174,16 +176,21 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
 
 
 def test_progress_lines_in_logs(finished):
-    _, proc = finished
-    lines = [line for line in proc.stdout.splitlines() if "finished (" in line]
+    folder, proc = finished
+    lines = [line for line in proc.stderr.splitlines() if "finished (" in line]
     assert lines and lines[-1].split()[1] == "8/8"  # "HH:MM:SS 8/8 finished (...)"
+    assert re.search(r"; elapsed \d:\d\d:\d\d, [0-9.]+ trials/min, ETA 0:00:00$", lines[-1])
+    ended = [t for t in load(folder).trials if t.state != TrialState.WAITING]
+    for t in ended:  # one line per trial, when it ended
+        assert re.search(rf"^\d\d:\d\d:\d\d trial {t.number} {t.state.name.lower()}", proc.stderr, flags=re.M), t.number
 
 
 def test_quiet_sends_worker_output_to_log_files(tmp_path):
     study_file = write_study(tmp_path, n_trials=2, epochs=1)
     proc = tuner("start-study", str(study_file), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "best trial" in proc.stdout
+    assert "finished (" not in proc.stdout + proc.stderr and "[worker" not in proc.stdout + proc.stderr
+    assert "best trial" in proc.stdout
     assert "[worker 0] done" in (tmp_path / "tuner-artifacts" / "smoke" / "logs" / "worker-0.log").read_text()
 
 
@@ -191,7 +198,7 @@ def test_fused_workers_report_each_trial_on_its_own(tmp_path):
     study_file = write_study(tmp_path, n_trials=7, epochs=2)
     proc = tuner("start-study", str(study_file), "--workers", "2", "--set", "train.fuse=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "trains 3 trials at once" in proc.stdout
+    assert "trains 3 trials at once" in proc.stderr
     trials = load(tmp_path).trials
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 7
     assert len({(t.params["gamma"], t.params["alpha"]) for t in trials}) == 7
@@ -199,3 +206,13 @@ def test_fused_workers_report_each_trial_on_its_own(tmp_path):
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
     values = [t.intermediate_values[1] for t in trials]
     assert len(set(values)) > 1  # members are trained apart, not copies of one model
+
+
+def test_a_finished_study_run_again_starts_no_trial(finished):
+    folder, _ = finished
+    before = len(load(folder).trials)
+    proc = tuner("start-study", "smoke.toml", "--workers", "2", cwd=folder)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
+    assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
+    assert len(load(folder).trials) == before

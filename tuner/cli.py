@@ -14,8 +14,10 @@ from rich.table import Table
 
 from tuner.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Tune focal-loss gamma and alpha with parallel Optuna workers.")
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Tune focal-loss gamma and alpha with parallel Optuna workers. Data goes to stdout; "
+                       "progress, notes and errors to stderr.")
 
 
 @functools.cache
@@ -24,8 +26,28 @@ def out() -> Console:
     return Console(width=120, highlight=False)
 
 
-Storage = Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL [default: $TUNER_STORAGE or sqlite:///tuner.db]", show_default=False)]
-StudyName = Annotated[Optional[str], typer.Option("--study-name", help="study in the storage (optional when it holds just one)")]
+Storage = Annotated[Optional[str], typer.Option(
+    "--storage", metavar="URL", show_default=False,
+    help="SQLAlchemy URL of the studies' database [default: $TUNER_STORAGE, else the URL in the file "
+         "$TUNER_STORAGE_FILE names, else sqlite:///tuner.db]")]
+
+
+def _study_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of --study-name: the studies in the storage, when it exists."""
+    try:
+        from tuner.search.study import study_names
+
+        return [n for n in study_names(_url(ctx.params.get("storage"))) if n.startswith(incomplete)]
+    except Exception:
+        return []
+
+
+StudyName = Annotated[Optional[str], typer.Option(
+    "--study-name", metavar="NAME", autocompletion=_study_names, show_default=False,
+    help="the study [default: the only study in the storage]")]
+Device = Annotated[Optional[str], typer.Option(
+    metavar="DEVICE", show_default=False, help="auto, cpu, cuda or cuda:N [default: the study's train.device]")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
 def _url(storage: str | None) -> str:
@@ -35,82 +57,111 @@ def _url(storage: str | None) -> str:
 
 
 def _study(url: str, name: str | None):
-    import optuna
+    from tuner.search.study import load, only_study
 
-    from tuner.search.storage import mask, open_storage
-    from tuner.search.study import load
-
-    if name is None:
-        names = optuna.get_all_study_names(open_storage(url))
-        if len(names) != 1:
-            found = f"it holds {', '.join(names)}" if names else "it holds none"
-            raise UserError(f"pass --study-name: {mask(url)} {found}")
-        name = names[0]
-    return load(url, name)
+    return load(url, name or only_study(url))
 
 
-@app.command("start-study")
+def _version(value: bool) -> None:
+    if value:
+        from tuner import __version__
+
+        print(f"tuner {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(ctx: typer.Context, version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                                   help="print the version and exit")] = False):
+    """Tune focal-loss gamma and alpha with parallel Optuna workers. Data goes to stdout; progress,
+    notes and errors to stderr."""
+    if ctx.invoked_subcommand != "start-study":  # it draws its first frame before Optuna's second of import
+        quiet_libraries()
+
+
+@app.command("start-study", short_help="Create or resume a study and run its workers.")
 def start_study(
-    study_file: Annotated[Path, typer.Argument(help="TOML study file, e.g. studies/digits-rare.toml")],
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY_FILE", show_default=False,
+                                               help="TOML study file, e.g. studies/digits-rare.toml")],
     storage: Storage = None,
-    study_name: Annotated[Optional[str], typer.Option(help="default: [study] name of the file")] = None,
-    workers: Annotated[int, typer.Option(help="worker processes on this machine; 0: create the study and only watch")] = 1,
-    n_trials: Annotated[Optional[int], typer.Option(help="finished trials to reach [default: study.n_trials]")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the study's train.device]")] = None,
+    study_name: Annotated[Optional[str], typer.Option(metavar="NAME", show_default=False,
+                                                      help="the study [default: the study file's study.name]")] = None,
+    workers: Annotated[int, typer.Option(metavar="N", help="worker processes on this machine; 0: create the study and only watch")] = 1,
+    n_trials: Annotated[Optional[int], typer.Option(metavar="N", show_default=False,
+                                                    help="finished trials the study is to have in all, this run's and "
+                                                         "earlier ones; raises the target of a study that exists "
+                                                         "[default: the study file's study.n_trials]")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", show_default=False,
+                                                      help="override a key of the study file, e.g. --set train.epochs=3 (repeatable)")] = None,
+    device: Device = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress; worker output goes to log files")] = False,
 ):
-    """Create (or resume) a study and run workers until it has n_trials finished trials."""
+    """Create (or resume) a study and run workers until it has n_trials finished trials; then print
+    the best trial and its test-set check on stdout."""
     from tuner.search import launch
+    from tuner.show.progress import Progress
 
     if workers < 0:
         raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
     _check_device(device)
-    url, mode = _url(storage), "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
-    procs = launch.spawn(url, workers, device, mode) if workers else []
-    try:
-        from tuner.search.config import load_config
-        from tuner.learn.data import load_data
-        from tuner.search.study import counts, create_or_resume
+    url, mode = _url(storage), "quiet" if quiet else "live" if sys.stderr.isatty() else "lines"
+    with Progress(mode, workers or None) as progress:
+        progress.step("starting workers")
+        procs = launch.spawn(url, workers, device, mode) if workers else []
+        try:
+            progress.step("reading the study file and the data")
+            quiet_libraries()
+            from tuner.search.config import load_config
+            from tuner.learn.data import load_data
+            from tuner.search.study import counts, create_or_resume, target
 
-        cfg = load_config(study_file, set_ or [])
-        name = study_name or cfg.study.name
-        data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-        cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
-        study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts())
-    except BaseException:
-        launch.discard(procs)
-        raise
-    from tuner.show import results
-    from tuner.show.progress import Progress
-    from tuner.search.storage import mask
+            cfg = load_config(study_file, set_ or [])
+            name = study_name or cfg.study.name
+            data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
+            cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
+            progress.step("opening the study")
+            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts())
+            c, goal = counts(study), target(study, cfg)
+            if c["FINISHED"] >= goal:
+                launch.discard(procs)  # nothing left to run
+                procs = []
+        except BaseException:
+            launch.discard(procs)
+            raise
+        from tuner.search.storage import mask
 
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    c = counts(study)
-    out().print(f"study {name!r} in {mask(url)}: {c['FINISHED']} of {n_trials or cfg.study.n_trials} trials finished; "
-              f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, {workers} workers")
-    out().print(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
-              if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
-    if cfg.data.folds > 1:
-        out().print(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch scores "
-                    "each image once, by the fold model that did not train on it")
-    try:
-        if workers:
-            launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
-            with Progress(mode, cfg.train.epochs) as progress:
+        for note in notes:
+            progress.say(f"note: {note}")
+        progress.say(f"study {name!r} in {mask(url)}: target {goal} finished trials, {c['FINISHED']} already; "
+                     f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
+                     f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
+        progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
+                     if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
+        if cfg.data.folds > 1:
+            progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
+                         "scores each image once, by the fold model that did not train on it")
+        progress.epochs = cfg.train.epochs
+        try:
+            if procs:
+                launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
-        else:
-            from tuner.show.watch import watch
+            elif workers:
+                progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
+                code = 0
+            else:
+                from tuner.show.watch import watch
 
-            code = watch(url, name, mode) or 0
-    except KeyboardInterrupt:
-        out().print("stopped; run the same command again to resume")
-        raise typer.Exit(130)
+                watch(url, name, progress)
+                code = 0
+        except KeyboardInterrupt:
+            progress.say("stopped; run the same command again to resume")
+            raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
+    from tuner.show import results
+
     results.evaluate_best_on_test(study, cfg, data, retrain=True)
     _print_best(results.best_summary(study, cfg))
 
@@ -137,23 +188,23 @@ def _check_device(device: str | None) -> None:
 
 def _print_best(s: dict) -> None:
     c = s["counts"]
-    out().print(f"\n{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
-    out().print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
+    print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
+    print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
     if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
-        out().print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
+        print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
     if s["threshold"] is not None:
-        out().print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
-                  f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})", soft_wrap=True)
+        print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+              f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})")
     if s["validation"].get("fold_spread") is not None:
-        out().print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
-    out().print(f"  final model: {s['final_model']}")
+        print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
+    print(f"  final model: {s['final_model']}")
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        out().print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
+        print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
     for note in s["notes"]:
-        out().print(f"  note: {note}", soft_wrap=True)
+        print(f"  note: {note}")
     if s["test"]:
-        out().print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
+        print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
@@ -168,30 +219,38 @@ def _params(p: dict) -> str:
 
 def _print_test(name: str, t: dict, positive: str | None) -> None:
     if positive:
-        out().print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+        print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
-                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}", soft_wrap=True)
+                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}")
     else:
-        out().print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated", soft_wrap=True)
+        print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
+                  f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated")
 
 
-@app.command()
+@app.command("worker", short_help="Join a study from any machine and run trials.")
 def worker(
-    study_name: Annotated[str, typer.Option(help="the study to join")],
+    study_name: StudyName = None,
     storage: Storage = None,
-    n_trials: Annotated[Optional[int], typer.Option(help="stop after this many trials of this worker")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N [default: the study's train.device]")] = None,
+    max_trials: Annotated[Optional[int], typer.Option("--max-trials", metavar="N", show_default=False,
+                                                      help="stop after N trials of this worker [default: run until the "
+                                                           "study has its n_trials finished trials]")] = None,
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", hidden=True)] = None,
+    device: Device = None,
     worker_index: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
-    """Join a study that exists (from any machine) and run its trials."""
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    """Join a study that exists (from any machine) and run its trials; log lines go to stderr."""
+    if n_trials is not None:
+        raise UserError("tuner worker takes --max-trials N (this worker's trials); --n-trials is the study's total, "
+                        "set with tuner start-study --n-trials")
+    if max_trials is not None and max_trials < 1:
+        raise UserError(f"--max-trials must be 1 or more, got {max_trials}")
     _check_device(device)
+    from tuner.search.study import only_study
     from tuner.search.workers import run_worker
 
-    run_worker(_url(storage), study_name, worker_index, device, threads, n_trials)
+    url = _url(storage)
+    run_worker(url, study_name or only_study(url), worker_index, device, threads, max_trials)
 
 
 @app.command("spawned-worker", hidden=True)
@@ -213,14 +272,17 @@ def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annota
     run_worker(_url(None), go["study_name"], worker_index, device, threads)
 
 
-@app.command()
-def status(storage: Storage = None, study_name: StudyName = None):
-    """A table of the study's trials."""
+@app.command("status", short_help="The study's trials as a table (or --json).")
+def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
+    """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
     from tuner.show.results import status_rows
     from tuner.search.study import counts
 
     study = _study(_url(storage), study_name)
-    rows = status_rows(study)
+    rows, c = status_rows(study), counts(study)
+    if as_json:
+        print(json.dumps({"study": study.study_name, "counts": c, "trials": rows}))
+        return
     second = "beta" if any(r["beta"] is not None for r in rows) else "alpha"
     table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "note", title=f"study {study.study_name}")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -228,16 +290,56 @@ def status(storage: Storage = None, study_name: StudyName = None):
         table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
                       fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
     out().print(table)
-    c = counts(study)
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
 
 
-@app.command()
+@app.command("list", short_help="The studies in the storage: counts, best value.")
+def list_studies(storage: Storage = None, as_json: Json = False):
+    """The studies in the storage, with their trial counts and best value."""
+    from tuner.show.results import study_rows
+
+    rows = study_rows(_url(storage))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("study", "metric", "target", "complete", "pruned", "running", "failed", "best value", "best trial")
+    for r in rows:
+        table.add_row(r["study"], r["metric"] or "-", "-" if r["target"] is None else str(r["target"]), str(r["complete"]),
+                      str(r["pruned"]), str(r["running"]), str(r["failed"]),
+                      "-" if r["best_value"] is None else f"{r['best_value']:.4f}", "-" if r["best_trial"] is None else str(r["best_trial"]))
+    out().print(table)
+
+
+@app.command("delete", short_help="Delete a study and its trials (asks first).")
+def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=_study_names, show_default=False,
+                                                help="the study to delete, with all its trials")],
+           storage: Storage = None,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+           force: Annotated[bool, typer.Option("--force", help="delete even while trials run (their workers then fail)")] = False):
+    """Delete a study and its trials from the storage (model files under study.artifacts stay)."""
+    from tuner.search.storage import mask
+    from tuner.search.study import counts, delete as delete_study, load
+
+    url = _url(storage)
+    c = counts(load(url, study))
+    if not yes:
+        print(f"delete study {study!r} and its {c['FINISHED'] + c['FAIL'] + c['RUNNING'] + c['WAITING']} trials from "
+              f"{mask(url)}? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            raise typer.Exit(1)
+    n = delete_study(url, study, force)
+    print(f"deleted study {study!r} ({n} trials) from {mask(url)}", file=sys.stderr)
+
+
+@app.command("best", short_help="The best trial and its test-set check.")
 def best(storage: Storage = None, study_name: StudyName = None,
-         as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
-         save_model: Annotated[Optional[Path], typer.Option("--save-model", help="write the best model to PATH (+ PATH.json), e.g. best.pt")] = None,
+         as_json: Json = False,
+         save_model: Annotated[Optional[Path], typer.Option("--save-model", metavar="PATH", show_default=False,
+                                                            help="write the best model to PATH (+ PATH.json), e.g. best.pt, "
+                                                                 "and print only where (with --json, the JSON too)")] = None,
          retrain: Annotated[bool, typer.Option("--retrain", help="train the best trial (and the reference trials) again with their parameters and seeds when their model files are not here, and check them on the test split")] = False):
-    """The best trial: value, metric, gamma/alpha, trial number."""
+    """The best trial: value, metric, gamma/alpha, threshold, reference trials and test-set check."""
     from tuner.search.study import stored_config
     from tuner.show.results import best_summary, evaluate_best_on_test
 
@@ -248,23 +350,22 @@ def best(storage: Storage = None, study_name: StudyName = None,
     summary = best_summary(study, cfg)
     if as_json:
         print(json.dumps(summary))
-    else:
+    elif save_model is None:
         _print_best(summary)
     if save_model is not None:
         from tuner.show.export import save_best_model
 
         saved = save_best_model(study, save_model)
-        print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json",
-              file=sys.stderr if as_json else sys.stdout)
+        print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)
 
 
-@app.command()
+@app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")
 def dashboard(storage: Storage = None,
-              host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="port, 1 to 65535; 0: a free one (printed)")] = 8080,
+              host: Annotated[str, typer.Option(metavar="ADDRESS", help="address to bind")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(metavar="PORT", help="port, 1 to 65535; 0: a free one (printed)")] = 8080,
               allow_writes: Annotated[bool, typer.Option("--allow-writes", help="let the dashboard delete studies and write trials")] = False,
-              token_file: Annotated[Optional[Path], typer.Option("--token-file", help="require the token in this file (Authorization: Bearer, or ?token= once); or set TUNER_DASHBOARD_TOKEN", show_default=False)] = None,
-              token: Annotated[Optional[str], typer.Option(help="require this token; other users see it in ps, so prefer --token-file")] = None):
+              token_file: Annotated[Optional[Path], typer.Option("--token-file", metavar="FILE", help="require the token in this file (Authorization: Bearer, or ?token= once); or set TUNER_DASHBOARD_TOKEN", show_default=False)] = None,
+              token: Annotated[Optional[str], typer.Option(metavar="TOKEN", show_default=False, help="require this token; other users see it in ps, so prefer --token-file")] = None):
     """optuna-dashboard on the same storage: read-only unless --allow-writes, token-protected with --token-file."""
     from tuner.show.dashboard import allowed_hosts, bind, check_port, guard, is_loopback, read_token_file, serve
 
@@ -285,7 +386,7 @@ def dashboard(storage: Storage = None,
     from tuner.search.storage import mask, open_storage
 
     url = _url(storage)
-    app = guard(optuna_dashboard.wsgi(open_storage(url)), allow_writes=allow_writes, token=token, hosts=allowed_hosts(host))
+    app = guard(optuna_dashboard.wsgi(open_storage(url, existing=True)), allow_writes=allow_writes, token=token, hosts=allowed_hosts(host))
     if not token and not is_loopback(host):
         print(f"warning: the dashboard on {host} has no token, so anyone who can reach it can read the studies; "
               "pass --token-file or set TUNER_DASHBOARD_TOKEN", file=sys.stderr)
@@ -297,9 +398,9 @@ def dashboard(storage: Storage = None,
     serve(server)
 
 
-@app.command()
+@app.command("report", short_help="An offline HTML report with plots.")
 def report(storage: Storage = None, study_name: StudyName = None,
-           out_dir: Annotated[Path, typer.Option("--out", help="folder for index.html and the PNGs")] = Path("tuner-report")):
+           out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for index.html and the PNGs")] = Path("tuner-report")):
     """An offline HTML report with plots, top trials and the best trial's test-set results."""
     from tuner.show.report import build_report
 
@@ -307,10 +408,11 @@ def report(storage: Storage = None, study_name: StudyName = None,
     print(f"report written to {page}")
 
 
-@app.command()
+@app.command("export", short_help="One row per trial, as CSV or JSON.")
 def export(storage: Storage = None, study_name: StudyName = None,
-           fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
-           out_file: Annotated[Optional[Path], typer.Option("--out", help="file to write [default: stdout]")] = None):
+           fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="csv or json")] = "csv",
+           out_file: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", show_default=False,
+                                                            help="file to write [default: stdout]")] = None):
     """One row per trial: state, gamma, alpha, value, metrics, epochs, duration, notes."""
     from tuner.show.export import FORMATS, trial_rows, write_rows
 
@@ -319,12 +421,12 @@ def export(storage: Storage = None, study_name: StudyName = None,
     write_rows(trial_rows(_study(_url(storage), study_name)), fmt, out_file)
 
 
-@app.command("predict")
+@app.command("predict", short_help="Classify images with a saved best model.")
 def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
                 images: Annotated[list[Path], typer.Argument(help="image files to classify")],
-                threshold: Annotated[Optional[float], typer.Option(help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
+                threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
                 all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
-                as_json: Annotated[bool, typer.Option("--json", help="one JSON list")] = False):
+                as_json: Json = False):
     """Classify image files: per image its path, predicted class and calibrated probability of the
     positive class (two classes) or of the predicted class (more)."""
     from tuner.show.predict import classify, load_model, operating_threshold
@@ -351,7 +453,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
 
 
 def quiet_libraries() -> None:
-    """Once per process, before any command: Optuna logs only warnings (tuner prints its own lines),
+    """Once per process, before a command uses Optuna: Optuna logs only warnings (tuner prints its own lines),
     and the experimental-feature warnings of the heartbeats and sweeps tuner relies on stay out of
     every worker's output."""
     import warnings
@@ -364,9 +466,8 @@ def quiet_libraries() -> None:
 
 
 def main() -> None:
-    quiet_libraries()
     try:
-        code = app(sys.argv[1:] or ["--help"], standalone_mode=False)
+        code = app(sys.argv[1:] or ["--help"], prog_name="tuner", standalone_mode=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -384,7 +485,7 @@ def main() -> None:
 
 @app.command("healthcheck", hidden=True)
 def healthcheck(storage: Storage = None,
-                http: Annotated[Optional[str], typer.Option("--http", help="GET this URL instead; any answer below 500 is healthy")] = None):
+                http: Annotated[Optional[str], typer.Option("--http", metavar="URL", help="GET this URL instead; any answer below 500 is healthy")] = None):
     """For container health checks: exit 0 when the storage opens (or the URL answers), else an error line and exit 2."""
     if http is None:
         from tuner.search.storage import open_storage

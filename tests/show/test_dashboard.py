@@ -151,6 +151,7 @@ def taken_port():
 
 def test_port_in_use_and_public_address_warning(tmp_path, cli, monkeypatch, taken_port):
     monkeypatch.delenv("TUNER_DASHBOARD_TOKEN", raising=False)
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'tuner.db'}")  # a storage with no study: the dashboard opens it
     local = cli("dashboard", "--host", "127.0.0.1", "--port", taken_port, cwd=tmp_path)
     public = cli("dashboard", "--host", "0.0.0.0", "--port", taken_port, cwd=tmp_path)
     monkeypatch.setenv("TUNER_DASHBOARD_TOKEN", "s3cret")
@@ -164,9 +165,10 @@ def test_port_in_use_and_public_address_warning(tmp_path, cli, monkeypatch, take
 
 
 def test_token_on_the_command_line_warns(tmp_path, cli, taken_port):
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'tuner.db'}")
     proc = cli("dashboard", "--token", "s3cret", "--port", taken_port, cwd=tmp_path)
     lines = proc.stderr.splitlines()
-    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert proc.returncode == 2 and len(lines) == 2 and taken_port in lines[1], proc.stderr
     assert lines[0].startswith("warning: ") and "ps" in lines[0] and "--token-file" in lines[0]
     assert lines[1].startswith("error: ") and "s3cret" not in proc.stderr
 

@@ -33,7 +33,7 @@ def load(folder) -> optuna.Study:
 def saved_model(folder):
     proc = tuner("best", "--study-name", "smoke", "--save-model", "models/best.pt", cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "saved trial" in proc.stdout
+    assert "saved trial" in proc.stderr and proc.stdout == ""  # the summary is not printed again
     return folder / "models" / "best.pt"
 
 
@@ -43,7 +43,9 @@ def test_csv_rows_are_the_study_trials(folder):
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     trials = load(folder).trials
     assert tuple(rows[0]) == COLUMNS
-    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    assert [int(r["trial"]) for r in rows] == [t.number for t in trials]
+    assert [float(r["own_focal_loss"]) for r in rows] == [t.user_attrs["loss"] for t in trials]
+    assert "loss" not in rows[0] and "number" not in rows[0]
     assert [r["state"] for r in rows] == [t.state.name for t in trials]
     assert [float(r["value"]) if r["value"] else None for r in rows] == [t.value for t in trials]
     assert [float(r["gamma"]) for r in rows] == [t.params["gamma"] for t in trials]
@@ -57,7 +59,7 @@ def test_json_export_to_a_file(folder, cli):
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     rows = json.loads((folder / "trials.json").read_text())
     trials = load(folder).trials
-    assert [(r["number"], r["state"], r["value"], r["epochs"]) for r in rows] == \
+    assert [(r["trial"], r["state"], r["value"], r["epochs"]) for r in rows] == \
            [(t.number, t.state.name, t.value, t.user_attrs["epochs"]) for t in trials]
 
 

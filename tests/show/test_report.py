@@ -120,3 +120,55 @@ def test_report_without_test_split_and_one_complete_trial(tmp_path, monkeypatch)
     assert not (tmp_path / "report" / "confusion.png").exists() and not (tmp_path / "report" / "importance.png").exists()
     for name in ("plane.png", "history.png", "intermediate.png"):
         assert_not_blank(tmp_path / "report" / name)
+
+
+def test_report_says_how_little_six_trials_show(report):
+    text = html.unescape((report / "index.html").read_text())
+    n = len(optuna.load_study(study_name="smoke", storage=f"sqlite:///{report.parent / 'tuner.db'}").get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)))
+    assert f"with {n} complete trials (fewer than 15) no surface is interpolated" in text
+    assert f"From only {n} complete trials (fewer than 20): a rough guess" in text
+
+
+def _plane_of(n: int, tmp_path):
+    from matplotlib.collections import PathCollection
+    from matplotlib.contour import ContourSet
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from tuner.show.report import plane
+
+    cfg = load_config(write_study(tmp_path))
+    rng = np.random.default_rng(n)
+    trials = [optuna.trial.create_trial(params={"gamma": g, "alpha": a}, distributions=distributions(cfg), value=g * a)
+              for g, a in zip(rng.uniform(0, 5, n), rng.uniform(0.05, 0.95, n))]
+    fig = plane(trials, cfg, max(trials, key=lambda t: t.value))
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    contours = [c for c in ax.get_children() if isinstance(c, ContourSet)]
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    return fig, ax, contours, points
+
+
+@pytest.mark.parametrize("n, shaded", [(6, False), (14, False), (15, True)])
+def test_plane_interpolates_only_from_15_complete_trials(tmp_path, n, shaded):
+    _, ax, contours, points = _plane_of(n, tmp_path)
+    assert bool(contours) == shaded
+    assert sum(len(p.get_offsets()) for p in points) == n + 1  # every trial, and the best again as a star
+
+
+def test_plane_legend_sits_outside_the_axes(tmp_path):
+    fig, ax, _, _ = _plane_of(8, tmp_path)
+    renderer = fig.canvas.get_renderer()
+    legend, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.y1 <= frame.y0 and legend.width > 0
+
+
+def test_importance_ranks_the_parameters_as_the_dashboard_does(report):
+    from optuna_dashboard._importance import get_param_importance_from_trials_cache
+    from optuna_dashboard._inmemory_cache import InMemoryCache
+    from tuner.show.report import param_importances
+
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{report.parent / 'tuner.db'}")
+    shown = get_param_importance_from_trials_cache(InMemoryCache(), study._storage, study._study_id, 0, study.get_trials())
+    ours = param_importances(study)
+    assert list(ours) == [d["name"] for d in sorted(shown, key=lambda d: -d["importance"])]
+    assert [ours[d["name"]] for d in shown] == pytest.approx([d["importance"] for d in shown])

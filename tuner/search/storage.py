@@ -57,8 +57,11 @@ def mask(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) -> optuna.storages.RDBStorage:
-    """An RDBStorage set up for many concurrent worker processes, or a UserError saying why not."""
+def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
+                 existing: bool = False) -> optuna.storages.RDBStorage:
+    """An RDBStorage set up for many concurrent worker processes, or a UserError saying why not.
+    ``existing``: for commands that only read (or join) studies: a storage that holds none yet is
+    an error, and nothing is created, neither an SQLite file nor tables."""
     try:
         parsed = make_url(url)
     except Exception:
@@ -69,7 +72,11 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
         # readers (dashboard, status) read while a writer writes.
         engine_kwargs = {"connect_args": {"timeout": 120}}
         if parsed.database and parsed.database != ":memory:":
-            _sqlite_wal(Path(parsed.database))
+            if existing and not Path(parsed.database).is_file():
+                raise UserError(f"no study exists in {mask(url)} yet (the file {parsed.database} does not exist); "
+                                "run tuner start-study first, or pass --storage")
+            if not existing:
+                _sqlite_wal(Path(parsed.database))
     elif backend == "postgresql":
         # ?tuner_pool=off (for a pooler such as PgBouncer in front of the server): no pool in the
         # process, so a connection is held only while a storage call runs and is then given back.
@@ -98,12 +105,26 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60) 
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         }
     try:
+        if existing:
+            _check_tables(url, engine_kwargs)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
     except ImportError as e:
         raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); PostgreSQL needs postgresql+psycopg://")
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UserError(f"cannot open storage {mask(url)}: {_strip_password(reason, parsed)}; check the URL and that the database is running")
+
+
+def _check_tables(url: str, engine_kwargs: dict) -> None:
+    """RDBStorage creates Optuna's tables when they are missing: look before it does."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as conn:
+            found = sqlalchemy.inspect(conn).has_table("studies")
+    finally:
+        engine.dispose()
+    if not found:
+        raise UserError(f"no study exists in {mask(url)} yet (it has no Optuna tables); run tuner start-study first, or pass --storage")
 
 
 def _strip_password(text: str, parsed) -> str:

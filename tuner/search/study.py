@@ -129,15 +129,29 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     return study, notes
 
 
-def load(url: str, name: str) -> optuna.Study:
-    """An existing study, or a UserError listing the studies that do exist."""
-    storage = open_storage(url)
+def load(url: str, name: str, storage: RDBStorage | None = None) -> optuna.Study:
+    """An existing study, or a UserError listing the studies that do exist. Creates nothing."""
+    storage = storage or open_storage(url, existing=True)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
         known = f"studies there: {', '.join(names)}" if names else "it holds no studies yet; run tuner start-study first"
         raise UserError(f"no study named {name!r} in {mask(url)}; {known}")
+
+
+def study_names(url: str) -> list[str]:
+    """The studies in the storage at ``url``; a storage that holds none yet is an error, not created."""
+    return optuna.get_all_study_names(open_storage(url, existing=True))
+
+
+def only_study(url: str) -> str:
+    """The name of the one study in the storage, or a UserError listing them."""
+    names = study_names(url)
+    if len(names) != 1:
+        raise UserError(f"pass --study-name: {mask(url)} holds {len(names)} studies ({', '.join(names)})" if names else
+                        f"no study exists in {mask(url)} yet; run tuner start-study first, or pass --storage")
+    return names[0]
 
 
 def stored_config(study: optuna.Study) -> StudyConfig:
@@ -154,6 +168,18 @@ def open_for_worker(url: str, name: str, worker_index: int) -> tuple[optuna.Stud
     sampler = make_sampler(cfg, seed=cfg.study.seed * 1000 + worker_index + 1)
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
     return study, cfg, storage
+
+
+def delete(url: str, name: str, force: bool = False) -> int:
+    """Delete study ``name`` with its trials; returns how many it had. Refused while trials run,
+    unless ``force``: their workers would fail on their next write."""
+    storage = open_storage(url, existing=True)
+    c = counts(load(url, name, storage))
+    if c["RUNNING"] and not force:
+        raise UserError(f"study {name!r} has {c['RUNNING']} running trial{'s' * (c['RUNNING'] != 1)}; stop its workers "
+                        "first, or pass --force")
+    optuna.delete_study(study_name=name, storage=storage)
+    return sum(c[s.name] for s in TrialState)
 
 
 def counts(study: optuna.Study) -> dict[str, int]:

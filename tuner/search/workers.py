@@ -6,6 +6,7 @@ starts one anywhere. This is where the search service meets torch.
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -26,7 +27,7 @@ MAX_FAILURES_IN_A_ROW = 3
 
 
 def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, flush=True)
+    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
 
 
 def stop_on_signals() -> threading.Event:
@@ -101,7 +102,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the "
                                 "last trials (tuner status)")
-    say(f"done after {ran} trials" + (" (stopped by signal)" if w.stop.is_set() else ""))
+    say(f"done after {ran} trial{'s' * (ran != 1)}" + (" (stopped by signal)" if w.stop.is_set() else ""))
     return ran
 
 

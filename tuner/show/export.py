@@ -22,10 +22,12 @@ from tuner.show.results import best_model, best_trial, shown_params
 from tuner.search.study import stored_config
 
 FORMATS = ("csv", "json")
-METRICS = (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_ACCURACY, keys.MACRO_F1, keys.RECALL, keys.PRECISION,
-           keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED, keys.TEMPERATURE, keys.FOLD_SPREAD,
-           keys.LOSS, keys.TRAIN_LOSS)
-COLUMNS = ("number", "state", "gamma", "alpha", "beta", "value", *METRICS, "epochs", "duration_s", "prune_reason", "reference")
+# Stored attribute -> column. Each trial's loss is the focal loss with its own gamma and alpha, so
+# the loss columns say so: they rank nothing across trials.
+METRICS = {k: k for k in (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_ACCURACY, keys.MACRO_F1, keys.RECALL,
+                          keys.PRECISION, keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED,
+                          keys.TEMPERATURE, keys.FOLD_SPREAD)} | {keys.LOSS: "own_focal_loss", keys.TRAIN_LOSS: "own_focal_loss_train"}
+COLUMNS = ("trial", "state", "gamma", "alpha", "beta", "value", *METRICS.values(), "epochs", "duration_s", "prune_reason", "reference")
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -36,8 +38,9 @@ def trial_rows(study: optuna.Study) -> list[dict]:
         duration = a.get(keys.DURATION_S)
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
-        rows.append({"number": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
-                     "beta": shown_params(t).get("beta"), "value": t.value, **{k: a.get(k) for k in METRICS}, "epochs": a.get(keys.EPOCHS, 0),
+        rows.append({"trial": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
+                     "beta": shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
+                     "epochs": a.get(keys.EPOCHS, 0),
                      "duration_s": duration, "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE)})
     return rows
 

@@ -1,27 +1,38 @@
-"""What the driver shows while a study runs: a live table on a terminal, plain timestamped lines
-in logs and CI, nothing with --quiet."""
+"""What the driver shows on stderr while a study runs: on a terminal a live view (elapsed time,
+trials per minute, ETA, each worker's trial) with one line per finished trial kept above it; in
+logs and CI the same as plain timestamped lines; nothing with --quiet."""
 
 import time
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.trial import TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from tuner import keys
-from tuner.search.study import describe_params
+
+if TYPE_CHECKING:
+    import optuna
 
 
-def snapshot(study: optuna.Study, target: int) -> dict:
-    """Counts, the best trial so far and each worker's running trial, from the storage."""
+def snapshot(study: "optuna.Study", target: int) -> dict:
+    """Counts, the best trial so far, the ended trials and each worker's running trial, from the storage."""
+    # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
+    from optuna.trial import TrialState
+
+    from tuner.search.study import describe_params
+
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(done, key=lambda t: t.value, default=None)
-    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0))
+    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params))
                      for t in trials if t.state == TrialState.RUNNING)
+    ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params),
+              "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t),
+              "note": t.user_attrs.get(keys.REFERENCE) or t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR)}
+             for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     return {
         "target": target,
         "finished": count[TrialState.COMPLETE] + count[TrialState.PRUNED],
@@ -32,7 +43,14 @@ def snapshot(study: optuna.Study, target: int) -> dict:
         "failed": count[TrialState.FAIL],
         "best": None if best is None else (best.number, best.value, describe_params(best.params)),
         "workers": running,
+        "ended": ended,
     }
+
+
+def _duration(t) -> float | None:
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
 
 
 def summary_line(s: dict) -> str:
@@ -41,38 +59,98 @@ def summary_line(s: dict) -> str:
             f"{s['running']} running, {s['failed']} failed; best {best}")
 
 
-class Progress:
-    """``mode``: "live" (a terminal), "lines" (logs) or "quiet"."""
+def trial_line(t: dict) -> str:
+    value = "" if t["value"] is None else f" {t['value']:.4f}"
+    took = "" if t["duration_s"] is None else f", {t['duration_s']:.1f} s"
+    note = f" ({t['note']})" if t["note"] else ""
+    return (f"trial {t['trial']} {t['state'].lower()}{value}: {t['params']}, "
+            f"{t['epochs']} epoch{'s' * (t['epochs'] != 1)}{took}{note}")
 
-    def __init__(self, mode: str, epochs: int, console: Console | None = None):
-        self.mode, self.epochs = mode, epochs
-        self.console = console or Console()
-        self.last = None
-        self.live = Live(console=self.console, auto_refresh=False) if mode == "live" else None
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def pace(s: dict, elapsed: float, finished_before: int, parallel: int) -> str:
+    """Elapsed time, trials finished per minute in this run, and the time left: the remaining
+    trials times the mean duration of the finished ones, shared by the workers."""
+    rate = (s["finished"] - finished_before) / (elapsed / 60) if elapsed > 0 else 0.0
+    durations = [t["duration_s"] for t in s["ended"] if t["state"] != "FAIL" and t["duration_s"] is not None]
+    left = max(0, s["target"] - s["finished"])
+    if left == 0:
+        eta = "0:00:00"
+    elif durations:
+        eta = clock(left * sum(durations) / len(durations) / max(1, parallel))
+    else:
+        eta = "- (no finished trial yet)"
+    return f"elapsed {clock(elapsed)}, {rate:.1f} trials/min, ETA {eta}"
+
+
+class Progress:
+    """``mode``: "live" (a terminal), "lines" (logs) or "quiet". ``workers``: how many run the
+    trials in parallel (None: count the running trials). The clock starts at construction."""
+
+    def __init__(self, mode: str, workers: int | None = None, console: Console | None = None):
+        self.mode, self.workers, self.epochs = mode, workers, None
+        self.console = console or Console(stderr=True, highlight=False)
+        self.started = time.monotonic()
+        self.phase, self.s, self.shown, self.before, self.last = "starting", None, None, 0, None
+        self.live = (Live(console=self.console, get_renderable=self._view, refresh_per_second=2, redirect_stdout=False,
+                          redirect_stderr=False) if mode == "live" else None)
 
     def __enter__(self):
         if self.live:
-            self.live.start()
+            self.live.start(refresh=True)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, *exc):
         if self.live:
+            self.live.transient = kind is not None  # an error line alone, not under a stale frame
             self.live.stop()
 
-    def update(self, s: dict) -> None:
+    def say(self, text: str) -> None:
+        """A line for the history: above the live view, or a timestamped log line."""
         if self.mode == "live":
-            self.live.update(self._table(s), refresh=True)
+            self.console.print(text, soft_wrap=True)
+        elif self.mode == "lines":
+            self.console.print(time.strftime("%H:%M:%S"), text, soft_wrap=True)
+
+    def step(self, phase: str) -> None:
+        """What the driver does before the first snapshot, shown with the clock."""
+        self.phase = phase
+        if self.live:
+            self.live.refresh()
+
+    def update(self, s: dict) -> None:
+        self.s = s  # first: printing a line above the live view redraws it, from this
+        if self.shown is None:
+            self.shown = {t["trial"] for t in s["ended"]}
+            self.before = s["finished"]
+            if self.shown:
+                self.say(f"{s['finished']} trials finished before this run, {s['failed']} failed")
+        for t in s["ended"]:
+            if t["trial"] not in self.shown:
+                self.shown.add(t["trial"])
+                self.say(trial_line(t))
+        if self.live:
+            self.live.refresh()
         elif self.mode == "lines":
             key = (s["finished"], s["running"], s["failed"], s["best"])
             if key != self.last:
-                print(time.strftime("%H:%M:%S"), summary_line(s), flush=True)
+                self.say(f"{summary_line(s)}; {self._pace()}")
                 self.last = key
 
-    def _table(self, s: dict) -> Group:
+    def _pace(self) -> str:
+        parallel = self.workers if self.workers is not None else self.s["running"]
+        return pace(self.s, time.monotonic() - self.started, self.before, parallel)
+
+    def _view(self) -> Group:
+        if self.s is None:
+            return Group(Text(f"elapsed {clock(time.monotonic() - self.started)}: {self.phase}"))
         table = Table()
-        table.add_column("worker")
-        table.add_column("trial", justify="right")
-        table.add_column("epoch", justify="right")
-        for worker, number, epoch in s["workers"]:
-            table.add_row(worker, str(number), f"{epoch}/{self.epochs}")
-        return Group(Text(summary_line(s)), table)
+        for name, justify in (("worker", "left"), ("trial", "right"), ("epoch", "right"), ("params", "left")):
+            table.add_column(name, justify=justify)
+        for worker, number, epoch, params in self.s["workers"]:
+            table.add_row(worker, str(number), f"{epoch}/{self.epochs}" if self.epochs else str(epoch), params)
+        return Group(Text(summary_line(self.s)), Text(self._pace()), table)

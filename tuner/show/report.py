@@ -27,6 +27,8 @@ from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
 TOP = 10
+MIN_FOR_CONTOUR = 15  # fewer complete trials leave the interpolation mostly invented
+MIN_FOR_IMPORTANCE = 20  # below this, importance is stated with a caveat
 
 
 def build_report(study: optuna.Study, out: Path) -> Path:
@@ -81,13 +83,19 @@ def build_report(study: optuna.Study, out: Path) -> Path:
 
 def _alpha_note(study, cfg) -> str:
     classes = study.user_attrs.get(keys.DATA, {}).get("classes", [])
+    n = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    shading = (f" The shading interpolates the {n} complete trials." if n >= MIN_FOR_CONTOUR else
+               f" Each point is one trial, coloured by its value; with {n} complete trials (fewer than {MIN_FOR_CONTOUR}) "
+               "no surface is interpolated between them.")
     if cfg.search.alpha_mode == "class_balanced":
         return ("alpha is not searched here: each class is weighted by its effective number of samples (Cui et al. 2019), "
-                "w_c proportional to (1 - beta) / (1 - beta^n_c), largest weight 1; the search tunes beta.")
+                "w_c proportional to (1 - beta) / (1 - beta^n_c), largest weight 1; the search tunes beta." + shading)
     if len(classes) == 2:
-        return (f"alpha is the weight of the positive class {classes[1]!r} in the loss; the other class, {classes[0]!r}, "
-                "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the rare, hard images.")
-    return "alpha is the weight of the rarest class in the loss; the other classes get 1 - alpha."
+        positive = cfg.data.positive_class or classes[1]
+        other = next(c for c in classes if c != positive)
+        return (f"alpha is the weight of the positive class {positive!r} in the loss; the other class, {other!r}, "
+                "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the rare, hard images." + shading)
+    return "alpha is the weight of the rarest class in the loss; the other classes get 1 - alpha." + shading
 
 
 def _save(out: Path, name: str, fig: Figure) -> Path:
@@ -110,14 +118,15 @@ def _last(t) -> float | None:
 
 
 def plane(trials, cfg, best) -> Figure:
-    """Complete trials coloured by value over a filled contour; pruned as grey crosses."""
+    """Complete trials coloured by value (over a filled contour from MIN_FOR_CONTOUR of them on);
+    pruned as grey crosses; the legend outside the axes, where it hides no point."""
     fig = Figure(figsize=(6.4, 5))
     ax = fig.add_subplot()
     y_name = _second(cfg)
     done = [t for t in _finished(trials, second=y_name) if t.value is not None and math.isfinite(t.value)]
     g, a, v = (np.array([t.params["gamma"] for t in done]), np.array([t.params[y_name] for t in done]),
                np.array([t.value for t in done]))
-    if len(done) >= 4 and np.ptp(v) > 0:
+    if len(done) >= MIN_FOR_CONTOUR and np.ptp(v) > 0:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -142,7 +151,8 @@ def plane(trials, cfg, best) -> Figure:
         lo, hi = cfg.search.beta
         ax.set(ylabel="1 - beta (class-balanced weights)", yscale="log", ylim=((1 - hi) / 1.3, (1 - lo) * 1.3))
     ax.set(xlabel="gamma", xlim=_pad(cfg.search.gamma), title=f"{cfg.study.metric} over gamma x {y_name.replace('_', ' ')}")
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small", frameon=False)
+    fig.tight_layout()
     return fig
 
 
@@ -189,22 +199,31 @@ def intermediate(trials, metric) -> Figure:
     return fig
 
 
+def param_importances(study) -> dict[str, float]:
+    """The dashboard's evaluator and target (PED-ANOVA on -value, the study maximises), so the two agree."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                                                       target=lambda t: -t.value)
+
+
 def importance(study) -> tuple[Figure | None, str]:
     n = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
     if n < 2:
         return None, f"Parameter importance needs at least 2 complete trials; this study has {n}."
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            imp = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        imp = param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return None, f"Parameter importance could not be computed: {e}"
     fig = Figure(figsize=(6.4, 2.5))
     ax = fig.add_subplot()
     names = list(imp)[::-1]
     ax.barh(names, [imp[k] for k in names], color="tab:blue")
-    ax.set(xlabel="importance (fANOVA)", xlim=(0, 1), title="parameter importance")
+    ax.set(xlabel="importance (PED-ANOVA, as in the dashboard)", xlim=(0, 1), title="parameter importance")
     fig.tight_layout()
+    if n < MIN_FOR_IMPORTANCE:
+        return fig, (f"From only {n} complete trials (fewer than {MIN_FOR_IMPORTANCE}): a rough guess that more trials can "
+                     "reorder; do not drop a parameter from the search on its strength.")
     return fig, f"From {n} complete trials."
 
 

@@ -13,6 +13,7 @@ from tuner.learn.checkpoints import load_trial_model, model_payload, save_trial_
 from tuner.search.config import StudyConfig
 from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
+from tuner.search.storage import open_storage
 from tuner.search.study import counts
 from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, train_trial
 
@@ -99,6 +100,26 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
                          f"{best.value - t.value:.4f}, within its fold spread of {spread:.4f}: on this data the "
                          "two cannot be told apart.")
     return notes
+
+
+def study_rows(url: str) -> list[dict]:
+    """One row per study in the storage (``tuner list``): trial counts and the best value so far."""
+    storage = open_storage(url, existing=True)
+    rows = []
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        c = counts(study)
+        try:
+            best = study.best_trial
+        except (ValueError, RuntimeError):  # none complete yet, or a multi-objective study of another tool
+            best = None
+        metric = (study.user_attrs.get(keys.CONFIG, {}).get("study", {}).get("metric") or
+                  ",".join(study.metric_names or []) or None)
+        rows.append({"study": study.study_name, "metric": metric, "target": study.user_attrs.get(keys.TARGET),
+                     "complete": c["COMPLETE"], "pruned": c["PRUNED"], "running": c["RUNNING"], "waiting": c["WAITING"],
+                     "failed": c["FAIL"], "best_value": None if best is None else best.value,
+                     "best_trial": None if best is None else best.number})
+    return rows
 
 
 def status_rows(study: optuna.Study) -> list[dict]:

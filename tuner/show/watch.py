@@ -10,19 +10,19 @@ from tuner.search.study import open_for_worker, target
 from tuner.show.progress import Progress, snapshot
 
 
-def watch(url: str, name: str, mode: str = "lines", poll_s: float = 2.0) -> None:
+def watch(url: str, name: str, progress: Progress, poll_s: float = 2.0) -> None:
     study, cfg, storage = open_for_worker(url, name, worker_index=0)
-    db = DbRetry(cfg.study.db_retry_s, "the watching driver", lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True))
+    db = DbRetry(cfg.study.db_retry_s, "the watching driver", progress.say)
+    progress.epochs = cfg.train.epochs
 
     def look():
         if storage.get_heartbeat_interval():
             optuna.storages.fail_stale_trials(study)
         return snapshot(study, target(study, cfg))
 
-    with Progress(mode, cfg.train.epochs) as progress:
-        while True:
-            s = db("watching", look)
-            progress.update(s)
-            if s["finished"] >= s["target"]:
-                return
-            time.sleep(poll_s)
+    while True:
+        s = db("watching", look)
+        progress.update(s)
+        if s["finished"] >= s["target"]:
+            return
+        time.sleep(poll_s)

@@ -1,0 +1,30 @@
+"""The arithmetic of the progress view: trials per minute in this run, and the ETA from the
+durations of the finished trials shared by the workers."""
+
+from tuner.show.progress import clock, pace, trial_line
+
+
+def snapshot(finished, target, durations, failed=()):
+    ended = [{"state": "COMPLETE", "duration_s": d} for d in durations] + [{"state": "FAIL", "duration_s": d} for d in failed]
+    return {"finished": finished, "target": target, "ended": ended}
+
+
+def test_eta_is_the_remaining_trials_times_the_mean_duration_over_the_workers():
+    s = snapshot(finished=3, target=10, durations=[10, 20, 30], failed=[1000])  # a failed trial's time is not a trial's
+    assert pace(s, elapsed=120, finished_before=0, parallel=2) == "elapsed 0:02:00, 1.5 trials/min, ETA 0:01:10"
+
+
+def test_rate_counts_only_the_trials_of_this_run():
+    s = snapshot(finished=5, target=5, durations=[60] * 5)
+    assert pace(s, elapsed=30, finished_before=4, parallel=1) == "elapsed 0:00:30, 2.0 trials/min, ETA 0:00:00"
+
+
+def test_no_eta_before_a_trial_has_finished():
+    assert pace(snapshot(0, 4, []), elapsed=0.4, finished_before=0, parallel=2).endswith("ETA - (no finished trial yet)")
+
+
+def test_clock_and_trial_line():
+    assert clock(3725.9) == "1:02:05"
+    line = trial_line({"trial": 7, "state": "PRUNED", "value": 0.5, "params": "gamma=1.000 alpha=0.250", "epochs": 1,
+                       "duration_s": 2.04, "note": "pruner at epoch 1"})
+    assert line == "trial 7 pruned 0.5000: gamma=1.000 alpha=0.250, 1 epoch, 2.0 s (pruner at epoch 1)"
