@@ -111,3 +111,27 @@ def test_killed_fused_worker_trials_resume_fused_from_their_checkpoints(tmp_path
         assert retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
         assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_a_corrupt_checkpoint_of_a_killed_worker_restarts_its_retry_from_epoch_1(tmp_path):
+    watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, epochs_before=2)
+    ckpt = tmp_path / "tuner-artifacts" / "smoke" / "running" / f"trial-{number}.pt"
+    doomed.send_signal(signal.SIGSTOP)  # no epoch may rewrite the file between the damage and the kill
+    ckpt.write_bytes(os.urandom(4096))
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    assert "Traceback" not in rescuer.stdout + rescuer.stderr
+    out, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, out
+
+    trials = study.trials
+    (retry,) = retry_of(trials, number)
+    assert retry.state == TrialState.COMPLETE and "resumed_from_epoch" not in retry.user_attrs
+    assert retry.user_attrs["checkpoint_discarded"]
+    assert f"the checkpoint of trial {number} cannot be read" in rescuer.stdout
+    assert ckpt.with_name(ckpt.name + ".bad").exists() and not ckpt.exists()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
