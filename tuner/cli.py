@@ -63,10 +63,14 @@ def start_study(
     """Create (or resume) a study and run workers until it has n_trials finished trials."""
     from tuner.search import launch
 
+    from tuner.search.config import check_n_trials, check_study_name
+
     if workers < 0:
         raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    if n_trials is not None:
+        check_n_trials(n_trials)
+    if study_name is not None:
+        check_study_name(study_name)
     _check_device(device)
     url, mode = _url(storage), "quiet" if quiet else "live" if sys.stdout.isatty() else "lines"
     procs = launch.spawn(url, workers, device, mode) if workers else []
@@ -76,6 +80,7 @@ def start_study(
         from tuner.search.study import counts, create_or_resume
 
         cfg = load_config(study_file, set_ or [])
+        _check_device(device or cfg.train.device)
         name = study_name or cfg.study.name
         data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
         cfg = cfg.resolved(data.num_classes, data.positive_class)
@@ -126,10 +131,16 @@ def _show(progress, study, cfg) -> None:
 
 
 def _check_device(device: str | None) -> None:
+    """A device that is not a device, or a CUDA device that is not here: an error before any study
+    or worker exists (each worker would fail with a traceback otherwise)."""
     import re
 
     if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device is not None and device.startswith("cuda"):
+        from tuner.learn.train import pick_device
+
+        pick_device(device)
 
 
 def _print_best(s: dict) -> None:
@@ -178,8 +189,11 @@ def worker(
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
     """Join a study that exists (from any machine) and run its trials."""
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    from tuner.search.config import check_n_trials, check_study_name
+
+    if n_trials is not None:
+        check_n_trials(n_trials)
+    check_study_name(study_name)
     _check_device(device)
     from tuner.search.workers import run_worker
 
