@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from conftest import tuner, write_study
+from conftest import assert_user_error, fill, tuner, write_study
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
 SLOWER = ["--set", "data.n_samples=800", "--set", "data.image_size=24", "--set", "study.heartbeat_interval=1",
@@ -135,3 +135,28 @@ def test_a_corrupt_checkpoint_of_a_killed_worker_restarts_its_retry_from_epoch_1
     assert ckpt.with_name(ckpt.name + ".bad").exists() and not ckpt.exists()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_no_trial(tmp_path, small_filesystem):
+    from tuner.search.config import load_config
+    from tuner.search.study import create_or_resume
+
+    cfg = load_config(write_study(tmp_path, n_trials=3, epochs=2, pruner="none"), [f"study.artifacts={str(small_filesystem)!r}"])
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    create_or_resume(cfg.resolved(2, "rare"), url, "smoke")
+    filler = fill(small_filesystem)
+
+    stopped = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert_user_error(stopped, f"cannot write to {small_filesystem / 'smoke' / 'running'}: ENOSPC (No space left on device)")
+    study = optuna.load_study(study_name="smoke", storage=url)
+    (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]  # one trial, not one after another
+    assert failed.user_attrs["stop_reason"].startswith("artifacts not writable")
+    assert retry_of(study.trials, failed.number)[0].state == TrialState.WAITING
+    assert not list(small_filesystem.rglob("*.tmp*"))
+
+    filler.unlink()
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    trials = study.trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert retry_of(trials, failed.number)[0].state == TrialState.COMPLETE

@@ -10,8 +10,10 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from conftest import fill, make_read_only
+
 from tuner import keys
-from tuner.errors import UserError
+from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
 from tuner.learn.data import Splits
 from tuner.learn.models import build_model
@@ -26,8 +28,12 @@ METRICS = {"average_precision": 0.7, "balanced_accuracy": 0.8, "threshold": 0.3,
 
 @pytest.fixture
 def worker(tmp_path):
+    return make_worker(tmp_path, tmp_path / "artifacts")
+
+
+def make_worker(tmp_path, artifacts):
     cfg = from_dict({"study": {"name": "life", "n_trials": 4, "heartbeat_interval": 1, "grace_period": 3,
-                               "artifacts": str(tmp_path / "artifacts"), "db_retry_s": 5, "reference_trials": False},
+                               "artifacts": str(artifacts), "db_retry_s": 5, "reference_trials": False},
                      "data": {"kind": "synthetic"}, "train": {"epochs": 3}})
     url = f"sqlite:///{tmp_path / 'life.db'}"
     create_or_resume(cfg, url, "life")
@@ -311,3 +317,20 @@ def test_a_permanent_error_is_not_retried(worker, data):
     t = frozen(worker, run)
     assert t.user_attrs[keys.ERROR] == "KeyError: 'gamma'" and keys.RETRY_REASON not in t.user_attrs
     assert not [x for x in worker.study.trials if x.state == TrialState.WAITING]
+
+
+@pytest.mark.parametrize("damage, code", [(fill, "ENOSPC"), (make_read_only, "EROFS")])
+def test_an_artifacts_folder_that_cannot_be_written_queues_the_trial_again_and_stops_the_worker(
+        tmp_path, small_filesystem, data, damage, code):
+    w = make_worker(tmp_path, small_filesystem)
+    (run,) = claim(w)
+    with pytest.raises(DiskError) as stopped:
+        run_trials(w, [run], trainer(w, data, "complete", epochs=3, during=lambda r: damage(small_filesystem)), data)
+    assert f"cannot write to {small_filesystem / 'life' / 'running'}: {code} (" in str(stopped.value)
+    assert run.state == State.REQUEUED
+    t = frozen(w, run)
+    assert t.state == TrialState.FAIL and t.user_attrs[keys.STOP_REASON].startswith("artifacts not writable: cannot write to")
+    (queued,) = [x for x in w.study.trials if x.state == TrialState.WAITING]
+    assert queued.system_attrs["failed_trial"] == t.number
+    assert not list(small_filesystem.rglob("*.tmp*"))  # no half-written file left behind
+    assert checkpoints.load_running(run.ckpt, run.params)["epoch"] == 1  # the last good epoch, for the retry
