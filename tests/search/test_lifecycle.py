@@ -132,6 +132,7 @@ def test_an_interrupted_trial_is_queued_again_to_resume_from_its_checkpoint(work
     assert t.state == TrialState.FAIL and t.user_attrs[keys.STOP_REASON] == "interrupted"
     (retry,) = [x for x in worker.study.trials if x.state == TrialState.WAITING]
     assert retry.system_attrs["failed_trial"] == t.number and sorted(retry.intermediate_values) == [1, 2]
+    assert keys.SEED in retry.user_attrs and not {keys.STOP_REASON, keys.WORKER} & set(retry.user_attrs)  # the attempt's own
     assert run.ckpt.exists()  # kept for the retry
 
     worker.stop.clear()
@@ -270,6 +271,12 @@ def out_of_memory():
     torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte: the allocator refuses
 
 
+def cuda_out_of_memory():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+
+
 def io_error():
     with open("/proc/self/mem", "rb") as f:
         f.read(1)  # address 0 is not mapped: EIO
@@ -287,7 +294,8 @@ def raising(fault):
     raise AssertionError(f"{fault.__name__} did not fail")
 
 
-@pytest.mark.parametrize("fault, why", [(out_of_memory, "out of memory"), (io_error, "I/O error (EIO)"),
+@pytest.mark.parametrize("fault, why", [(out_of_memory, "out of memory"), (cuda_out_of_memory, "out of memory"),
+                                        (io_error, "I/O error (EIO)"),
                                         (database_gone, "database connection lost")])
 def test_a_transient_error_queues_the_trial_again_up_to_max_retries(worker, data, fault, why):
     error = raising(fault)

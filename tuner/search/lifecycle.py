@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 from tuner import keys
 from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
-from tuner.search.liveness import DbRetry, heartbeat
+from tuner.search.liveness import DbRetry, Requeue, heartbeat
 from tuner.search.study import describe_params
 
 KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
@@ -240,7 +240,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
         if state in (State.REQUEUED, State.RETRIED):
             queued = copy.copy(frozen)
             queued.user_attrs = {**frozen.user_attrs, keys.RETRIES: retries + (state == State.RETRIED)}
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(w.study, queued)
+            Requeue(inherit_intermediate_values=True)(w.study, queued)
         return True
 
     if not w.db(f"telling trial {trial.number}", tell):

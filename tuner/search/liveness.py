@@ -6,6 +6,7 @@ Each timer is a thread started by a ``with`` block and stopped and joined when i
 Optuna's own heartbeat thread is; a tick that raises is logged, then tried again.
 """
 
+import copy
 import datetime
 import threading
 import time
@@ -14,7 +15,12 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from tuner import keys
 from tuner.errors import UserError
+
+# What a failed attempt stored about itself alone; its retry must not seem to have done it too.
+PER_ATTEMPT = (keys.RESUMED_FROM_EPOCH, keys.CHECKPOINT_DISCARDED, keys.ERROR, keys.STOP_REASON, keys.RETRY_REASON,
+               keys.WORKER, keys.DURATION_S)
 
 
 class DbRetry:
@@ -102,6 +108,16 @@ def sweeper(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_peri
     if not storage.get_heartbeat_interval():
         return _Nothing()
     return _Ticker(grace_period, lambda: optuna.storages.fail_stale_trials(study), "stale-trial sweep", log)
+
+
+class Requeue(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (same parameters and attributes, a WAITING copy), less the
+    attributes of the failed attempt alone (``PER_ATTEMPT``)."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT}
+        super().__call__(study, trial)
 
 
 def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_period: float) -> list[int]:
