@@ -96,6 +96,10 @@ def test_sigterm_stops_a_worker_within_seconds_and_its_trial_resumes(tmp_path):
 def test_killed_fused_worker_trials_resume_fused_from_their_checkpoints(tmp_path):
     watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, 2, "--set", "train.fuse=2")
     fused = [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    for _ in range(100):  # members save and report one after the other: wait for the second one's epoch 2
+        if all(max(study.trials[n].intermediate_values, default=0) >= 2 for n in fused):
+            break
+        time.sleep(0.05)
     doomed.send_signal(signal.SIGKILL)
     doomed.communicate(timeout=30)
     assert number in fused and len(fused) == 2  # the worker trained two trials as one model

@@ -18,7 +18,7 @@ from tuner import keys
 from tuner.search import config as config_mod
 from tuner.search.config import StudyConfig, check_study_name
 from tuner.errors import UserError
-from tuner.search.liveness import fail_orphans
+from tuner.search.liveness import DbRetry, fail_orphans
 from tuner.search.storage import mask, open_storage, study_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -159,13 +159,17 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     return config_mod.from_dict(raw, source=f"the settings stored with study {study.study_name!r}")
 
 
-def open_for_worker(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
-    """The study with this worker's own sampler seed, the shared pruner, and heartbeats."""
+def open_for_worker(url: str, name: str, worker_index: int, log=print) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
+    """The study with this worker's own sampler seed, the shared pruner, and heartbeats. A database
+    that goes away while the worker starts (a restart) is waited for as long as the default
+    study.db_retry_s: the study's own setting is not read yet."""
     check_study_name(name)
-    cfg = stored_config(load(url, name))
+    db = DbRetry(config_mod.StudySection.db_retry_s, f"worker {worker_index}", log)
+    cfg = stored_config(db("opening the study", lambda: load(url, name)))
     storage = open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period)
     sampler = make_sampler(cfg, seed=cfg.study.seed * 1000 + worker_index + 1)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
+    study = db("opening the study", lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                                             pruner=make_pruner(cfg)))
     return study, cfg, storage
 
 
