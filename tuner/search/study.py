@@ -166,7 +166,7 @@ def open_for_worker(url: str, name: str, worker_index: int, log=print) -> tuple[
     check_study_name(name)
     db = DbRetry(config_mod.StudySection.db_retry_s, f"worker {worker_index}", log)
     cfg = stored_config(db("opening the study", lambda: load(url, name)))
-    storage = open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period)
+    storage = db("opening the study", lambda: open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period))
     sampler = make_sampler(cfg, seed=cfg.study.seed * 1000 + worker_index + 1)
     study = db("opening the study", lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler,
                                                              pruner=make_pruner(cfg)))
