@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from conftest import assert_user_error, tuner, write_study
+from tuner.errors import UserError
 
 
 @pytest.fixture
@@ -229,3 +230,82 @@ def test_worker_infers_the_study_name_and_says_n_trials_is_the_study_total(tmp_p
     assert_user_error(cli("worker", cwd=tmp_path), "pass --study-name", "foreign, other")
     assert_user_error(cli("worker", "--n-trials", "3", cwd=tmp_path), "--max-trials", "study's total")
     assert_user_error(cli("worker", "--max-trials", "0", cwd=tmp_path), "--max-trials must be 1 or more")
+
+
+def files_under(folder):
+    return sorted(p for p in folder.rglob("*"))
+
+
+HOSTILE_NAMES = ["../../../../tmp/tuner-escape", "../escape", "..", ".", "a/b", "/tmp/tuner-abs", "a\\b", "x\ny", "tab\tname",
+                 "", "-rf", ".hidden", "a..b", "n" * 101, "é"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_study_names_are_refused_and_nothing_is_written(tmp_path, name, cli):
+    work = tmp_path / "work"
+    work.mkdir()
+    study_file = write_study(work, n_trials=2, epochs=1)
+    before = files_under(tmp_path)
+    assert_user_error(cli("start-study", str(study_file), "--study-name", name, cwd=work), "not a valid study name")
+    assert_user_error(cli("start-study", str(study_file), "--set", f"study.name={name!r}".replace("'", '"'), cwd=work),
+                      "study.name")
+    assert_user_error(cli("worker", "--study-name", name, cwd=work), "not a valid study name")
+    assert files_under(tmp_path) == before
+    assert not os.path.exists("/tmp/tuner-escape") and not os.path.exists("/tmp/tuner-abs")
+
+
+def test_a_hostile_name_already_in_the_database_cannot_name_a_folder(tmp_path, cli):
+    from tuner.learn import checkpoints
+    from tuner.search.config import StudyConfig
+
+    optuna.create_study(study_name="../../escape", storage=f"sqlite:///{tmp_path / 'tuner.db'}")  # made without tuner
+    assert_user_error(cli("worker", "--study-name", "../../escape", cwd=tmp_path), "not a valid study name")
+    with pytest.raises(UserError, match="cannot name a folder"):
+        checkpoints.trial_path(StudyConfig(), "../../escape", 0)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--n-trials", "99999999999999999999"], ["--n-trials must be from 1 to 100000"]),
+    (["--n-trials", "100001"], ["--n-trials must be from 1 to 100000"]),
+    (["--n-trials", "0"], ["--n-trials must be from 1 to 100000"]),
+    (["--set", "study.n_trials=99999999999999999999"], ["study.n_trials must be from 1 to 100000"]),
+    (["--n-trials", "1"], ["n_trials = 1 is fewer than the 2 reference trials", "study.reference_trials=false"]),
+])
+def test_n_trials_bounds_and_the_reference_trials(study_file, args, words, cli):
+    assert_user_error(cli("start-study", str(study_file), *args, cwd=study_file.parent), *words)
+    assert not (study_file.parent / "tuner.db").exists() or not optuna.get_all_study_names(
+        f"sqlite:///{study_file.parent / 'tuner.db'}")
+
+
+def test_n_trials_below_the_reference_trials_on_a_stored_study_keeps_it(study_file, cli):
+    url = f"sqlite:///{study_file.parent / 'tuner.db'}"
+    from tuner.search.config import load_config
+    from tuner.search.study import create_or_resume
+
+    create_or_resume(load_config(study_file).resolved(2, "rare", 100), url, "smoke")
+    assert_user_error(cli("start-study", str(study_file), "--n-trials", "1", cwd=study_file.parent), "reference trials")
+    study = optuna.load_study(study_name="smoke", storage=url)
+    assert study.user_attrs["n_trials"] == 2 and len(study.trials) == 2  # the queued reference trials are still there
+
+
+def test_one_trial_without_reference_trials_runs_exactly_one(study_file):
+    proc = tuner("start-study", str(study_file), "--n-trials", "1", "--set", "study.reference_trials=false", cwd=study_file.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{study_file.parent / 'tuner.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def absent_cuda_devices():
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ([] if count else ["cuda"]) + [f"cuda:{count}"]
+
+
+@pytest.mark.parametrize("device", absent_cuda_devices())
+def test_a_cuda_device_that_is_not_here_is_one_error_before_any_study(study_file, device, cli):
+    folder = study_file.parent
+    assert_user_error(cli("start-study", str(study_file), "--device", device, cwd=folder), device, "pass --device cpu")
+    assert_user_error(cli("start-study", str(study_file), "--set", f"train.device={device}", cwd=folder), device)
+    assert not (folder / "tuner.db").exists()
+    assert_user_error(cli("worker", "--study-name", "smoke", "--device", device, cwd=folder), device)

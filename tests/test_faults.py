@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from conftest import tuner, write_study
+from conftest import assert_user_error, fill, tuner, write_study
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
 SLOWER = ["--set", "data.n_samples=800", "--set", "data.image_size=24", "--set", "study.heartbeat_interval=1",
@@ -130,3 +130,52 @@ def test_killed_k_fold_trial_resumes_with_all_its_folds(tmp_path):
     (retry,) = retry_of(study.trials, number)
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 2, rescuer.stdout
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6] and retry.user_attrs["fold_spread"] >= 0
+
+
+def test_a_corrupt_checkpoint_of_a_killed_worker_restarts_its_retry_from_epoch_1(tmp_path):
+    watcher, study, doomed, number = watched_study_with_a_worker(tmp_path, epochs_before=2)
+    ckpt = tmp_path / "tuner-artifacts" / "smoke" / "running" / f"trial-{number}.pt"
+    doomed.send_signal(signal.SIGSTOP)  # no epoch may rewrite the file between the damage and the kill
+    ckpt.write_bytes(os.urandom(4096))
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    assert "Traceback" not in rescuer.stdout + rescuer.stderr
+    out, _ = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, out
+
+    trials = study.trials
+    (retry,) = retry_of(trials, number)
+    assert retry.state == TrialState.COMPLETE and "resumed_from_epoch" not in retry.user_attrs
+    assert retry.user_attrs["checkpoint_discarded"]
+    assert f"the checkpoint of trial {number} cannot be read" in rescuer.stdout
+    assert ckpt.with_name(ckpt.name + ".bad").exists() and not ckpt.exists()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_no_trial(tmp_path, small_filesystem):
+    from tuner.search.config import load_config
+    from tuner.search.study import create_or_resume
+
+    cfg = load_config(write_study(tmp_path, n_trials=3, epochs=2, pruner="none"), [f"study.artifacts={str(small_filesystem)!r}"])
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    create_or_resume(cfg.resolved(2, "rare", 100), url, "smoke")
+    filler = fill(small_filesystem)
+
+    stopped = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert_user_error(stopped, f"cannot write to {small_filesystem / 'smoke' / 'running'}: ENOSPC (No space left on device)")
+    study = optuna.load_study(study_name="smoke", storage=url)
+    (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]  # one trial, not one after another
+    assert failed.user_attrs["stop_reason"].startswith("artifacts not writable")
+    assert retry_of(study.trials, failed.number)[0].state == TrialState.WAITING
+    assert not list(small_filesystem.rglob("*.tmp*"))
+
+    filler.unlink()
+    rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+    trials = study.trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert retry_of(trials, failed.number)[0].state == TrialState.COMPLETE

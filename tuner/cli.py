@@ -101,10 +101,14 @@ def start_study(
     from tuner.search import launch
     from tuner.show.progress import Progress
 
+    from tuner.search.config import check_n_trials, check_study_name
+
     if workers < 0:
         raise UserError(f"--workers must be 0 (only watch) or more, got {workers}")
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"--n-trials must be 1 or more, got {n_trials}")
+    if n_trials is not None:
+        check_n_trials(n_trials)
+    if study_name is not None:
+        check_study_name(study_name)
     _check_device(device)
     url, mode = _url(storage), "quiet" if quiet else "live" if sys.stderr.isatty() else "lines"
     with Progress(mode, workers or None) as progress:
@@ -118,6 +122,7 @@ def start_study(
             from tuner.search.study import counts, create_or_resume, target
 
             cfg = load_config(study_file, set_ or [])
+            _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
             cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
@@ -180,10 +185,16 @@ def _show(progress, study, cfg) -> None:
 
 
 def _check_device(device: str | None) -> None:
+    """A device that is not a device, or a CUDA device that is not here: an error before any study
+    or worker exists (each worker would fail with a traceback otherwise)."""
     import re
 
     if device is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise UserError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device is not None and device.startswith("cuda"):
+        from tuner.learn.train import pick_device
+
+        pick_device(device)
 
 
 def _print_best(s: dict) -> None:
@@ -240,11 +251,15 @@ def worker(
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
     """Join a study that exists (from any machine) and run its trials; log lines go to stderr."""
+    from tuner.search.config import check_n_trials, check_study_name
+
     if n_trials is not None:
         raise UserError("tuner worker takes --max-trials N (this worker's trials); --n-trials is the study's total, "
                         "set with tuner start-study --n-trials")
-    if max_trials is not None and max_trials < 1:
-        raise UserError(f"--max-trials must be 1 or more, got {max_trials}")
+    if max_trials is not None:
+        check_n_trials(max_trials, "--max-trials")
+    if study_name is not None:
+        check_study_name(study_name)
     _check_device(device)
     from tuner.search.study import only_study
     from tuner.search.workers import run_worker

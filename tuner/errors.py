@@ -7,3 +7,8 @@ class UserError(Exception):
     The CLI prints ``error: <message>`` on one line and exits with status 2. The message says
     what is wrong, where, and what to do.
     """
+
+
+class DiskError(UserError):
+    """The artifacts folder cannot be written (full, read-only, no permission): the worker stops and
+    its trials are queued again, instead of failing trial after trial."""

@@ -35,6 +35,9 @@ RESUMED_FROM_EPOCH = "resumed_from_epoch"
 PRUNE_REASON = "prune_reason"
 STOP_REASON = "stop_reason"
 ERROR = "error"
+RETRIES = "retries"  # times this lineage was queued again after a transient error
+RETRY_REASON = "retry_reason"  # why a failed trial was queued again
+CHECKPOINT_DISCARDED = "checkpoint_discarded"  # why a retry's checkpoint could not be read (it restarted)
 DURATION_S = "duration_s"
 
 # Study user attributes.

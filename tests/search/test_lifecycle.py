@@ -2,6 +2,7 @@
 prunes, diverges, raises, is interrupted or is cut off while a sweep takes its trial over."""
 
 import threading
+import time
 
 import optuna
 import pytest
@@ -9,15 +10,17 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from conftest import fill, make_read_only
+
 from tuner import keys
-from tuner.errors import UserError
+from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
 from tuner.learn.data import Splits
 from tuner.learn.models import build_model
 from tuner.learn.train import TrialResult
 from tuner.search.config import from_dict
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
-from tuner.search.liveness import DbRetry
+from tuner.search.liveness import DbRetry, Waiting, fail_orphans
 from tuner.search.study import claim_trial, create_or_resume, open_for_worker
 
 METRICS = {"average_precision": 0.7, "balanced_accuracy": 0.8, "threshold": 0.3, "temperature": 1.2, "loss": 0.1}
@@ -25,8 +28,12 @@ METRICS = {"average_precision": 0.7, "balanced_accuracy": 0.8, "threshold": 0.3,
 
 @pytest.fixture
 def worker(tmp_path):
+    return make_worker(tmp_path, tmp_path / "artifacts")
+
+
+def make_worker(tmp_path, artifacts):
     cfg = from_dict({"study": {"name": "life", "n_trials": 4, "heartbeat_interval": 1, "grace_period": 3,
-                               "artifacts": str(tmp_path / "artifacts"), "db_retry_s": 5, "reference_trials": False},
+                               "artifacts": str(artifacts), "db_retry_s": 5, "reference_trials": False},
                      "data": {"kind": "synthetic"}, "train": {"epochs": 3}})
     url = f"sqlite:///{tmp_path / 'life.db'}"
     create_or_resume(cfg, url, "life")
@@ -125,6 +132,7 @@ def test_an_interrupted_trial_is_queued_again_to_resume_from_its_checkpoint(work
     assert t.state == TrialState.FAIL and t.user_attrs[keys.STOP_REASON] == "interrupted"
     (retry,) = [x for x in worker.study.trials if x.state == TrialState.WAITING]
     assert retry.system_attrs["failed_trial"] == t.number and sorted(retry.intermediate_values) == [1, 2]
+    assert keys.SEED in retry.user_attrs and not {keys.STOP_REASON, keys.WORKER} & set(retry.user_attrs)  # the attempt's own
     assert run.ckpt.exists()  # kept for the retry
 
     worker.stop.clear()
@@ -205,3 +213,132 @@ def test_the_database_retry_waits_for_the_database_then_gives_up_with_one_senten
 
     with pytest.raises(UserError, match=r"unreachable for \d+ s \(study.db_retry_s = 0\) while telling trial 3 on worker 7"):
         DbRetry(0, "worker 7", lines.append)("telling trial 3", down)
+
+
+def test_an_unreadable_checkpoint_is_moved_aside_and_its_retry_restarts_from_epoch_1(worker, data):
+    (run,) = claim(worker)
+    states = run_trials(worker, [run], trainer(worker, data, "interrupted", during=lambda r: worker.stop.set()), data)
+    assert states == [State.REQUEUED] and run.ckpt.exists()
+    run.ckpt.write_bytes(bytes(range(256)) * 40)  # not a zip, not a pickle
+
+    worker.stop.clear()
+    (again,) = claim(worker)
+    assert run_trials(worker, [again], trainer(worker, data, "complete", epochs=3), data) == [State.COMPLETE]
+    assert again.resume is None
+    t = frozen(worker, again)
+    assert t.state == TrialState.COMPLETE and keys.RESUMED_FROM_EPOCH not in t.user_attrs
+    assert "UnpicklingError" in t.user_attrs[keys.CHECKPOINT_DISCARDED]
+    assert run.ckpt.with_name(run.ckpt.name + ".bad").read_bytes() == bytes(range(256)) * 40
+    assert any(f"trial {t.number}: the checkpoint of trial {run.trial.number} cannot be read" in line
+               and "restarting from epoch 1" in line for line in worker.lines)
+
+
+def heartbeat_rows(w):
+    with sqlalchemy.create_engine(w.storage.engine.url).connect() as conn:
+        return conn.execute(sqlalchemy.text("SELECT count(*) FROM trial_heartbeats")).scalar()
+
+
+def test_a_claim_records_the_first_heartbeat_at_once(worker):
+    claim(worker)
+    assert heartbeat_rows(worker) == 1  # before any file is read, before the heartbeat thread
+
+
+def test_a_running_trial_that_never_got_a_heartbeat_is_freed_after_the_grace_period(worker):
+    orphan = worker.study.ask()  # claimed by a worker that died before its first beat
+    assert heartbeat_rows(worker) == 0
+    assert fail_orphans(worker.study, worker.storage, worker.cfg.study.grace_period) == []  # not before the grace period
+    time.sleep(worker.cfg.study.grace_period + 0.5)
+    (retry,) = claim(worker)
+    assert worker.study.trials[orphan.number].state == TrialState.FAIL
+    assert frozen(worker, retry).system_attrs["failed_trial"] == orphan.number
+
+
+def test_a_waiting_worker_says_what_it_waits_for_and_gives_up_when_nothing_moves(worker):
+    (run,) = claim(worker)
+    waiting = Waiting(0.3, worker.lines.append)
+    assert waiting.more(worker.study)
+    assert worker.lines[-1].startswith(f"waiting for trial {run.trial.number} running on other workers")
+    run.trial.report(0.5, 1)  # an epoch: the clock starts again
+    time.sleep(0.35)
+    assert waiting.more(worker.study)
+    assert waiting.more(worker.study)
+    time.sleep(0.35)
+    assert not waiting.more(worker.study)
+    assert worker.lines[-1].startswith(f"stopped waiting: trials {run.trial.number} reported no epoch for 0 s")
+
+
+def out_of_memory():
+    torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte: the allocator refuses
+
+
+def cuda_out_of_memory():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+
+
+def io_error():
+    with open("/proc/self/mem", "rb") as f:
+        f.read(1)  # address 0 is not mapped: EIO
+
+
+def database_gone():
+    sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/x").connect()  # nothing listens on port 1
+
+
+def raising(fault):
+    try:
+        fault()
+    except Exception as e:  # noqa: BLE001 - the real error, raised by the trainer below
+        return e
+    raise AssertionError(f"{fault.__name__} did not fail")
+
+
+@pytest.mark.parametrize("fault, why", [(out_of_memory, "out of memory"), (cuda_out_of_memory, "out of memory"),
+                                        (io_error, "I/O error (EIO)"),
+                                        (database_gone, "database connection lost")])
+def test_a_transient_error_queues_the_trial_again_up_to_max_retries(worker, data, fault, why):
+    error = raising(fault)
+    (run,) = claim(worker)
+    assert run_trials(worker, [run], trainer(worker, data, error), data) == [State.RETRIED]
+    t = frozen(worker, run)
+    assert t.state == TrialState.FAIL and t.user_attrs[keys.RETRY_REASON] == why
+    assert t.user_attrs[keys.ERROR].startswith(type(error).__name__)
+    (queued,) = [x for x in worker.study.trials if x.state == TrialState.WAITING]
+    assert queued.user_attrs[keys.RETRIES] == 1 and keys.ERROR not in queued.user_attrs
+    assert queued.system_attrs["failed_trial"] == t.number and sorted(queued.intermediate_values) == [1, 2]
+
+    (second,) = claim(worker)
+    assert run_trials(worker, [second], trainer(worker, data, error, epochs=3), data) == [State.RETRIED]
+    assert second.resume["epoch"] == 2  # resumed from the checkpoint, not restarted
+    (third,) = claim(worker)
+    assert run_trials(worker, [third], trainer(worker, data, error, epochs=3), data) == [State.FAILED]
+    last = frozen(worker, third)
+    assert last.user_attrs[keys.RETRIES] == 2 and "not retried: study.max_retries = 2 reached" in last.user_attrs[keys.RETRY_REASON]
+    assert not [x for x in worker.study.trials if x.state == TrialState.WAITING]
+
+
+def test_a_permanent_error_is_not_retried(worker, data):
+    error = raising(lambda: {}["gamma"])  # a bug
+    (run,) = claim(worker)
+    assert run_trials(worker, [run], trainer(worker, data, error), data) == [State.FAILED]
+    t = frozen(worker, run)
+    assert t.user_attrs[keys.ERROR] == "KeyError: 'gamma'" and keys.RETRY_REASON not in t.user_attrs
+    assert not [x for x in worker.study.trials if x.state == TrialState.WAITING]
+
+
+@pytest.mark.parametrize("damage, code", [(fill, "ENOSPC"), (make_read_only, "EROFS")])
+def test_an_artifacts_folder_that_cannot_be_written_queues_the_trial_again_and_stops_the_worker(
+        tmp_path, small_filesystem, data, damage, code):
+    w = make_worker(tmp_path, small_filesystem)
+    (run,) = claim(w)
+    with pytest.raises(DiskError) as stopped:
+        run_trials(w, [run], trainer(w, data, "complete", epochs=3, during=lambda r: damage(small_filesystem)), data)
+    assert f"cannot write to {small_filesystem / 'life' / 'running'}: {code} (" in str(stopped.value)
+    assert run.state == State.REQUEUED
+    t = frozen(w, run)
+    assert t.state == TrialState.FAIL and t.user_attrs[keys.STOP_REASON].startswith("artifacts not writable: cannot write to")
+    (queued,) = [x for x in w.study.trials if x.state == TrialState.WAITING]
+    assert queued.system_attrs["failed_trial"] == t.number
+    assert not list(small_filesystem.rglob("*.tmp*"))  # no half-written file left behind
+    assert checkpoints.load_running(run.ckpt, run.params)["epoch"] == 1  # the last good epoch, for the retry

@@ -5,32 +5,63 @@ A file holds only tensors and plain values, so ``torch.load(path, weights_only=T
 Paths live under the study's artifacts folder (``cfg.study.artifacts``, cfg a StudyConfig).
 """
 
+import contextlib
+import errno
+import io
 import os
 from pathlib import Path
 
 import torch
 
 from tuner import keys
+from tuner.errors import DiskError, UserError
 from tuner.learn.folds import FoldEnsemble
 from tuner.learn.fused import FusedCNN
 from tuner.learn.models import build_model
 
 
+class Unreadable(Exception):
+    """A checkpoint that exists but cannot be read; it was moved to ``moved_to``."""
+
+    def __init__(self, reason: str, moved_to: Path):
+        super().__init__(reason)
+        self.reason, self.moved_to = reason, moved_to
+
+
+def study_folder(cfg, study_name: str) -> Path:
+    """The study's folder under the artifacts folder; a name that is not one plain folder name
+    (the search layer validates names; this is the last guard before a path is made) is refused."""
+    if study_name in ("", ".", "..") or Path(study_name).name != study_name or "\\" in study_name:
+        raise UserError(f"study name {study_name!r} cannot name a folder under {cfg.study.artifacts}")
+    return Path(cfg.study.artifacts) / study_name
+
+
 def trial_path(cfg, study_name: str, number: int) -> Path:
-    return Path(cfg.study.artifacts) / study_name / f"trial-{number}.pt"
+    return study_folder(cfg, study_name) / f"trial-{number}.pt"
 
 
 def running_path(cfg, study_name: str, origin: int) -> Path:
     """One file per trial lineage: a retry writes where the trial it retries wrote."""
-    return Path(cfg.study.artifacts) / study_name / "running" / f"trial-{origin}.pt"
+    return study_folder(cfg, study_name) / "running" / f"trial-{origin}.pt"
 
 
 def _write(path: Path, payload: dict) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write then rename, so a reader never sees half a file. Serialised in memory first: torch's
+    own file writer turns a full disk into "unexpected pos" errors without an errno."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        code = errno.errorcode.get(e.errno, str(e.errno))
+        raise DiskError(f"cannot write to {path.parent}: {code} ({e.strerror}); free space or make the folder "
+                        "writable, then start the worker again (its trials are queued to resume)") from e
 
 
 def save_running(path: Path, state: dict, params: dict) -> None:
@@ -38,12 +69,18 @@ def save_running(path: Path, state: dict, params: dict) -> None:
 
 
 def load_running(path: Path, params: dict) -> dict | None:
-    """The saved state of this lineage, or None (no file, unreadable, or other parameters)."""
+    """The saved state of this lineage, or None (no file, or other parameters). A file that cannot
+    be read is moved aside (to NAME.bad, for a look) and ``Unreadable`` raised."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+    except FileNotFoundError:
         return None
-    return state if state.get("params") == params else None
+    except Exception as e:  # noqa: BLE001 - bad bytes raise UnpicklingError, RuntimeError, EOFError, ValueError...
+        bad = path.with_name(path.name + ".bad")
+        with contextlib.suppress(OSError):
+            os.replace(path, bad)
+        raise Unreadable(f"{type(e).__name__}: {e}"[:300], bad) from e
+    return state if isinstance(state, dict) and state.get("params") == params else None
 
 
 def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed, final: dict) -> Path:

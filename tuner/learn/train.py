@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tuner import keys
+from tuner.errors import UserError
 from tuner.learn.data import Splits
 from tuner.learn.calibration import fit_temperature
 from tuner.learn.losses import class_balanced_weights, focal_loss
@@ -42,8 +43,12 @@ class TrialResult:
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available here")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"CUDA devices here: {count} (cuda:0 to cuda:{count - 1})" if count else "CUDA is not available here"
+            raise UserError(f"device {name!r} was asked for but {have}; pass --device cpu or another device")
     return torch.device(name)
 
 

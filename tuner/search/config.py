@@ -29,6 +29,21 @@ MODELS = ("simple_cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ALPHA_MODES = ("auto", "rare", "class_balanced")
 AUTO_KEYS = ("train.fuse", "data.folds", "pruner.n_warmup_steps", "pruner.min_resource")  # integers that may be "auto"
+MAX_TRIALS = 100_000  # far past any search of two parameters; a typo's 10**20 is an error, not a study
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
+
+
+def check_study_name(name: str, where: str = "--study-name") -> None:
+    """A study name becomes a folder under study.artifacts, so it must be one plain folder name:
+    1 to 100 letters, digits, '_', '-', '.', not starting with '.' or '-', and no '..'."""
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{where} {name!r} is not a valid study name: use 1 to 100 letters, digits, '_', '-' and '.', "
+                        "starting with a letter, digit or '_' (no '/', '..', spaces or control characters)")
+
+
+def check_n_trials(n: int, where: str = "--n-trials") -> None:
+    if not 1 <= n <= MAX_TRIALS:
+        raise UserError(f"{where} must be from 1 to {MAX_TRIALS}, got {n}")
 
 
 DATA_CHECKS = (  # field, valid(value), what to use instead
@@ -74,6 +89,7 @@ class StudySection:
     grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
     artifacts: str = "tuner-artifacts"  # where trial checkpoints go
     db_retry_s: int = 120  # how long workers retry while the database is unreachable
+    max_retries: int = 2  # times a trial that failed with a transient error (out of memory, I/O) is queued again
 
 
 @dataclass(frozen=True)
@@ -252,11 +268,11 @@ def _validate(cfg: StudyConfig) -> None:
             raise UserError(f"{key} = {value!r} is invalid: {what}")
 
     s, t, p = cfg.study, cfg.train, cfg.pruner
-    need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", s.name)), "study.name", s.name, "use letters, digits, '-', '_', '.'")
+    check_study_name(s.name, "study.name =")
     need(s.metric in METRICS, "study.metric", s.metric, f"choose one of {', '.join(METRICS)}")
     need(bool(OPERATING_POINT.fullmatch(s.operating_point)), "study.operating_point", s.operating_point,
          "use balanced_accuracy, f1 or recall>=X with 0 < X <= 1, e.g. recall>=0.95")
-    need(s.n_trials >= 1, "study.n_trials", s.n_trials, "need at least 1 trial")
+    check_n_trials(s.n_trials, "study.n_trials")
     need(s.sampler in SAMPLERS, "study.sampler", s.sampler, f"choose one of {', '.join(SAMPLERS)}")
     need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
     need(s.grid_points >= 1, "study.grid_points", s.grid_points, "must be >= 1")
@@ -264,6 +280,7 @@ def _validate(cfg: StudyConfig) -> None:
     need(s.grace_period > s.heartbeat_interval, "study.grace_period", s.grace_period, "must be longer than study.heartbeat_interval")
     need(bool(s.artifacts), "study.artifacts", s.artifacts, "give a folder for checkpoints")
     need(s.db_retry_s >= 0, "study.db_retry_s", s.db_retry_s, "seconds, >= 0")
+    need(0 <= s.max_retries <= 100, "study.max_retries", s.max_retries, "must be from 0 (never retry) to 100")
     need(cfg.model.kind in MODELS, "model.kind", cfg.model.kind, f"choose one of {', '.join(MODELS)}")
     need(1 <= cfg.model.width <= 512, "model.width", cfg.model.width, "must be between 1 and 512")
     need(t.epochs >= 1, "train.epochs", t.epochs, "need at least 1 epoch")

@@ -4,20 +4,27 @@ Modelled on Optuna's ``study/_optimize.py`` ``_run_trial``: ``run_trials`` is th
 to bottom, for the trials one worker claimed at once (one, or the members of one fused model), and
 ``_final_tell`` is the one place that decides what reaches the storage. A claimed trial goes
 
-    CLAIMED -> RUNNING -> COMPLETE | PRUNED | REQUEUED | TAKEN_OVER | FAILED
+    CLAIMED -> RUNNING -> COMPLETE | PRUNED | REQUEUED | RETRIED | TAKEN_OVER | FAILED
 
 - COMPLETE, PRUNED: told so (a diverged loss is pruned, with the reason "diverged");
-- REQUEUED: a stop signal came: failed, and a copy queued that resumes from the checkpoint;
+- REQUEUED: a stop signal came, or the artifacts folder cannot be written (then the worker stops):
+  failed, and a copy queued that resumes from the checkpoint;
+- RETRIED: the trainer raised a transient error (out of memory, I/O, a lost database connection)
+  and the lineage has been retried fewer than study.max_retries times: failed with the error and
+  the reason stored, and a copy queued that resumes from the checkpoint;
 - TAKEN_OVER: a heartbeat sweep failed it while this worker was cut off from the database; its
   retry owns the checkpoint now, so nothing is told and it is not this worker's failure;
-- FAILED: the trainer raised: failed, with the error stored.
+- FAILED: the trainer raised anything else (a bug, a bad setting), or retries ran out: failed,
+  with the error stored.
 
 The trainer is passed in as ``train(group)``: it calls ``run.report`` after each epoch and
 ``run.save`` with its checkpoint, and returns one result per trial whose ``state`` is "complete",
 "pruned", "diverged" or "interrupted" (it saw the stop request between two batches).
 """
 
+import copy
 import enum
+import errno
 import socket
 import threading
 import time
@@ -28,9 +35,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tuner import keys
-from tuner.errors import UserError
+from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
-from tuner.search.liveness import DbRetry, heartbeat
+from tuner.search.liveness import DbRetry, Requeue, heartbeat
 from tuner.search.study import describe_params
 
 KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
@@ -42,12 +49,13 @@ class State(enum.Enum):
     COMPLETE = "complete"
     PRUNED = "pruned"
     REQUEUED = "requeued"
+    RETRIED = "retried"
     TAKEN_OVER = "taken over"
     FAILED = "failed"
 
 
 TOLD_AS = {State.COMPLETE: TrialState.COMPLETE, State.PRUNED: TrialState.PRUNED,
-           State.REQUEUED: TrialState.FAIL, State.FAILED: TrialState.FAIL}
+           State.REQUEUED: TrialState.FAIL, State.RETRIED: TrialState.FAIL, State.FAILED: TrialState.FAIL}
 OUTCOMES = {"complete": State.COMPLETE, "pruned": State.PRUNED, "diverged": State.PRUNED,
             "interrupted": State.REQUEUED, "failed": State.FAILED}
 
@@ -81,6 +89,7 @@ class TrialRun:
         self.state = State.CLAIMED
         self.started = time.time()
         self.resume = self.ckpt = None
+        self.inherited = set()  # epochs a retry inherited from the trial it retries
 
     def start(self) -> None:
         """Read the trial's lineage, seed and checkpoint; store its seed and worker."""
@@ -91,7 +100,13 @@ class TrialRun:
         self.seed = frozen.user_attrs.get(keys.SEED, w.cfg.study.seed * 100_003 + self.origin)
         self.ckpt = checkpoints.running_path(w.cfg, w.study.study_name, self.origin)
         self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed}
-        self.resume = checkpoints.load_running(self.ckpt, self.params)
+        self.inherited = set(frozen.intermediate_values)
+        try:
+            self.resume = checkpoints.load_running(self.ckpt, self.params)
+        except checkpoints.Unreadable as e:
+            w.log(f"trial {trial.number}: the checkpoint of trial {self.origin} cannot be read ({e.reason}); "
+                  f"moved to {e.moved_to}, restarting from epoch 1")
+            w.db("noting a bad checkpoint", lambda: trial.set_user_attr(keys.CHECKPOINT_DISCARDED, e.reason))
         w.db("starting a trial", lambda: (trial.set_user_attr(keys.SEED, self.seed),
                                           trial.set_user_attr(keys.WORKER, f"{socket.gethostname()}:{w.index}")))
         self.state = State.RUNNING
@@ -99,7 +114,7 @@ class TrialRun:
             w.log(f"trial {trial.number} resumes trial {self.origin} after epoch {self.resume['epoch']}")
             w.db("resuming", lambda: trial.set_user_attr(keys.RESUMED_FROM_EPOCH, self.resume["epoch"]))
             for epoch, metrics in enumerate(self.resume["history"], 1):
-                self.report(epoch, metrics)  # fills any gap; steps already inherited are ignored by Optuna
+                self.report(epoch, metrics)  # fills any gap left by the steps inherited
 
     def report(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Store one epoch's metrics; True when training should stop (pruned, or taken over)."""
@@ -107,7 +122,8 @@ class TrialRun:
             return True
 
         def write():
-            self.trial.report(metrics[self.w.cfg.study.metric], epoch)
+            if epoch not in self.inherited:  # Optuna would warn and ignore it
+                self.trial.report(metrics[self.w.cfg.study.metric], epoch)
             for key, value in metrics.items():
                 self.trial.set_user_attr(key, value)
             self.trial.set_user_attr(keys.EPOCHS, epoch)
@@ -144,33 +160,61 @@ def run_trials(w: Worker, runs: list[TrialRun], train, data) -> list[State]:
     ``train(group)`` trains a group of them (see ``groups``) and returns one result per trial;
     ``data`` is what they train on (a complete trial's model file records its classes)."""
     with heartbeat(w.storage, [trial_id(r.trial) for r in runs], w.log):
-        for r in runs:
-            r.start()
-        for group in groups(runs):
-            if w.stop.is_set():  # the stop came while these trials were claimed or trained
-                for r in group:
-                    _final_tell(r, "interrupted")
-                continue
-            try:
-                results = train(group)
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a bad trial must not take the worker down
-                for r in group:
-                    _final_tell(r, "failed", error=e)
-                continue
-            for r, result in zip(group, results):
-                _final_tell(r, result.state, result, data)
+        try:
+            for r in runs:
+                r.start()
+            for group in groups(runs):
+                if w.stop.is_set():  # the stop came while these trials were claimed or trained
+                    for r in group:
+                        _final_tell(r, "interrupted")
+                    continue
+                try:
+                    results = train(group)
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a bad trial must not take the worker down
+                    for r in group:
+                        _final_tell(r, "failed", error=e)
+                    continue
+                for r, result in zip(group, results):
+                    _final_tell(r, result.state, result, data)
+        except DiskError as e:  # every trial would fail the same way: queue them again, stop the worker
+            for r in runs:
+                if r.state in (State.CLAIMED, State.RUNNING):
+                    _final_tell(r, "interrupted", stop_reason=f"artifacts not writable: {e}")
+            raise
     return [r.state for r in runs]
 
 
-def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Exception | None = None) -> None:
+TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                    errno.ECONNABORTED, errno.EPIPE, errno.ENOMEM, errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+def transient(error: Exception) -> str | None:
+    """Why ``error`` may not happen again on a retry, or None for an error that would (a bug, a bad
+    setting): what is worth queueing the trial again for."""
+    text = str(error).lower()
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text:
+        return "out of memory"
+    if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+        return f"I/O error ({errno.errorcode[error.errno]})"
+    if isinstance(error, DbRetry.ERRORS):
+        return "database connection lost"
+    return None
+
+
+def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Exception | None = None,
+                stop_reason: str = "interrupted") -> None:
     """Decide the end of a trial from the trainer's outcome and from what the storage says, then
     tell it (once: a tell retried after a lost connection finds its first attempt landed)."""
     w, trial = r.w, r.trial
     if r.state == State.TAKEN_OVER:
         return
     state = OUTCOMES[outcome]
+    why = None if error is None else transient(error)
+    retries = trial.user_attrs.get(keys.RETRIES, 0)
+    if why is not None and retries < w.cfg.study.max_retries:
+        state = State.RETRIED
     if state == State.COMPLETE:
         checkpoints.save_trial_model(w.cfg, w.study.study_name, trial.number, result.model, data,
                                      r.gamma, r.alpha, r.seed, result.history[-1])
@@ -179,19 +223,24 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
         """False when the trial was finished by someone else: a sweep while we were cut off."""
         frozen = w.storage.get_trial(trial_id(trial))
         if frozen.state.is_finished():
-            return frozen.state == TOLD_AS[state] and state != State.REQUEUED  # ours landed already
+            return frozen.state == TOLD_AS[state] and state not in (State.REQUEUED, State.RETRIED)  # ours landed already
         if state == State.REQUEUED:
-            trial.set_user_attr(keys.STOP_REASON, "interrupted")
-        elif state == State.FAILED:
+            trial.set_user_attr(keys.STOP_REASON, stop_reason[:500])
+        elif state in (State.FAILED, State.RETRIED):
             trial.set_user_attr(keys.ERROR, f"{type(error).__name__}: {error}"[:500])
+            if why is not None:
+                trial.set_user_attr(keys.RETRY_REASON, why if state == State.RETRIED
+                                    else f"{why}, not retried: study.max_retries = {w.cfg.study.max_retries} reached")
         else:
             trial.set_user_attr(keys.DURATION_S, round(time.time() - r.started, 2))
             if state == State.PRUNED:
                 reason = "diverged" if outcome == "diverged" else f"pruner at epoch {result.epochs}"
                 trial.set_user_attr(keys.PRUNE_REASON, reason)
         w.study.tell(trial, result.value if state == State.COMPLETE else None, state=TOLD_AS[state])
-        if state == State.REQUEUED:
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(w.study, frozen)
+        if state in (State.REQUEUED, State.RETRIED):
+            queued = copy.copy(frozen)
+            queued.user_attrs = {**frozen.user_attrs, keys.RETRIES: retries + (state == State.RETRIED)}
+            Requeue(inherit_intermediate_values=True)(w.study, queued)
         return True
 
     if not w.db(f"telling trial {trial.number}", tell):
@@ -201,7 +250,11 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
         return
     r.state = state
     if state == State.REQUEUED:
-        w.log(f"trial {trial.number} interrupted; queued again to resume from its last epoch")
+        w.log(f"trial {trial.number} {stop_reason}; queued again to resume from its last epoch")
+        return
+    if state == State.RETRIED:
+        w.log(f"trial {trial.number} failed ({why}: {type(error).__name__}: {str(error)[:200]}); queued again "
+              f"(retry {retries + 1} of {w.cfg.study.max_retries}) to resume from its last epoch")
         return
     if state == State.FAILED:
         w.log(f"trial {trial.number} failed: {type(error).__name__}: {error}")

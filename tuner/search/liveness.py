@@ -6,13 +6,21 @@ Each timer is a thread started by a ``with`` block and stopped and joined when i
 Optuna's own heartbeat thread is; a tick that raises is logged, then tried again.
 """
 
+import copy
+import datetime
 import threading
 import time
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 
+from tuner import keys
 from tuner.errors import UserError
+
+# What a failed attempt stored about itself alone; its retry must not seem to have done it too.
+PER_ATTEMPT = (keys.RESUMED_FROM_EPOCH, keys.CHECKPOINT_DISCARDED, keys.ERROR, keys.STOP_REASON, keys.RETRY_REASON,
+               keys.WORKER, keys.DURATION_S)
 
 
 class DbRetry:
@@ -100,3 +108,66 @@ def sweeper(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_peri
     if not storage.get_heartbeat_interval():
         return _Nothing()
     return _Ticker(grace_period, lambda: optuna.storages.fail_stale_trials(study), "stale-trial sweep", log)
+
+
+class Requeue(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (same parameters and attributes, a WAITING copy), less the
+    attributes of the failed attempt alone (``PER_ATTEMPT``)."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in PER_ATTEMPT}
+        super().__call__(study, trial)
+
+
+def fail_orphans(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_period: float) -> list[int]:
+    """Fail (and queue again, as a sweep would) the RUNNING trials that never got a heartbeat and
+    started more than ``grace_period`` ago: their worker died between the claim and the first beat,
+    and Optuna's sweep skips trials without a heartbeat row, so nothing else would free them.
+    Returns their numbers."""
+    if not storage.get_heartbeat_interval():
+        return []
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_period)  # datetime_start is the asker's local time
+    with storage.engine.connect() as conn:
+        ids = conn.execute(sqlalchemy.text(
+            "SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "WHERE t.study_id = :study AND t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :cutoff"),
+            {"study": study._study_id, "cutoff": cutoff}).scalars().all()
+    freed = []
+    for i in ids:
+        try:
+            if storage.set_trial_state_values(i, state=TrialState.FAIL):
+                freed.append(storage.get_trial(i))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # finished meanwhile
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for t in freed:
+        if retry is not None:
+            retry(study, t)
+    return [t.number for t in freed]
+
+
+class Waiting:
+    """A worker with nothing to claim while other workers' trials run: it waits for them (one may
+    die and be queued again), says which, and gives up after ``patience`` seconds in which none of
+    them reported an epoch or finished. A dead worker's trial is freed within a grace period (by
+    the sweep, or ``fail_orphans``), so only a worker that is alive but stuck makes it give up."""
+
+    def __init__(self, patience: float, log):
+        self.patience, self.log = patience, log
+        self.seen, self.since = None, time.monotonic()
+
+    def more(self, study: optuna.Study) -> bool:
+        """True: wait and look again; False: stop waiting (said why)."""
+        running = {t.number: len(t.intermediate_values) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if running != self.seen:
+            if self.seen is None or set(running) != set(self.seen):
+                self.log(f"waiting for trial{'s' * (len(running) != 1)} {', '.join(map(str, sorted(running)))} running "
+                         f"on other workers (up to {self.patience:.0f} s without an epoch from them)")
+            self.seen, self.since = running, time.monotonic()
+            return True
+        if time.monotonic() - self.since < self.patience:
+            return True
+        self.log(f"stopped waiting: trials {', '.join(map(str, sorted(running)))} reported no epoch for "
+                 f"{self.patience:.0f} s; their workers may be stuck (tuner status shows them)")
+        return False

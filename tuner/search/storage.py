@@ -18,8 +18,13 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from tuner.errors import UserError
+from tuner.search.liveness import Requeue
 
 DEFAULT_URL = "sqlite:///tuner.db"
+# Retries of a dead worker's trial per lineage; Optuna counts every retry of the lineage (after a
+# stop signal or a transient error too), so one is too few for a flaky fleet, and a bound still
+# stops a trial that kills every worker that takes it (the kernel's out-of-memory killer).
+STALE_RETRIES = 5
 # Per-session server settings. PgBouncer refuses them unless its ignore_startup_parameters
 # lists options, as bench/pgbouncer.ini does.
 SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
@@ -102,7 +107,7 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
         hb = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            "heartbeat_stale_trial_callback": Requeue(max_retry=STALE_RETRIES),
         }
     try:
         if existing:

@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 
 from tuner import keys
 from tuner.search import config as config_mod
-from tuner.search.config import StudyConfig
+from tuner.search.config import StudyConfig, check_study_name
 from tuner.errors import UserError
+from tuner.search.liveness import DbRetry, fail_orphans
 from tuner.search.storage import mask, open_storage, study_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -91,12 +92,14 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
+    check_study_name(name)
     storage = open_storage(url)
     notes = []
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         existing = None
+    check_references_fit(stored_config(existing) if existing else cfg, n_trials or cfg.study.n_trials)
     if existing is None:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         study.set_user_attr(keys.CONFIG, cfg.to_dict())
@@ -127,6 +130,15 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     if classes is not None:
         study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts)})
     return study, notes
+
+
+def check_references_fit(cfg: StudyConfig, n_trials: int) -> None:
+    """The reference trials always run and count towards n_trials, so n_trials must hold them all:
+    an error rather than a study that quietly drops a baseline or runs past its target."""
+    refs = len(reference_trials(cfg)) if cfg.study.reference_trials else 0
+    if n_trials < refs:
+        raise UserError(f"n_trials = {n_trials} is fewer than the {refs} reference trials every study runs first; "
+                        "ask for more trials, or --set study.reference_trials=false")
 
 
 def load(url: str, name: str, storage: RDBStorage | None = None) -> optuna.Study:
@@ -161,12 +173,17 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     return config_mod.from_dict(raw, source=f"the settings stored with study {study.study_name!r}")
 
 
-def open_for_worker(url: str, name: str, worker_index: int) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
-    """The study with this worker's own sampler seed, the shared pruner, and heartbeats."""
-    cfg = stored_config(load(url, name))
-    storage = open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period)
+def open_for_worker(url: str, name: str, worker_index: int, log=print) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
+    """The study with this worker's own sampler seed, the shared pruner, and heartbeats. A database
+    that goes away while the worker starts (a restart) is waited for as long as the default
+    study.db_retry_s: the study's own setting is not read yet."""
+    check_study_name(name)
+    db = DbRetry(config_mod.StudySection.db_retry_s, f"worker {worker_index}", log)
+    cfg = stored_config(db("opening the study", lambda: load(url, name)))
+    storage = db("opening the study", lambda: open_storage(url, cfg.study.heartbeat_interval, cfg.study.grace_period))
     sampler = make_sampler(cfg, seed=cfg.study.seed * 1000 + worker_index + 1)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg))
+    study = db("opening the study", lambda: optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                                             pruner=make_pruner(cfg)))
     return study, cfg, storage
 
 
@@ -199,11 +216,17 @@ def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> o
     """Ask for the next trial, or None when the study has (or is running) all it needs.
 
     Queued trials (reference trials, retries of dead ones) always run; new ones are asked only
-    while finished + running + queued is below the study's target.
+    while finished + running + queued is below the study's target. The trial's first heartbeat is
+    recorded under the lock: a trial without one is never swept (Optuna skips it), so a worker
+    dying before its heartbeat thread started would leave it RUNNING for good.
     """
     with study_lock(storage, study.study_name):
         optuna.storages.fail_stale_trials(study)
+        fail_orphans(study, storage, cfg.study.grace_period)
         c = counts(study)
         if c["WAITING"] == 0 and c["FINISHED"] + c["RUNNING"] >= target(study, cfg):
             return None
-        return study.ask(distributions(cfg))
+        trial = study.ask(distributions(cfg))
+        if storage.get_heartbeat_interval():
+            storage.record_heartbeat(trial._trial_id)
+        return trial

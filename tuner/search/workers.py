@@ -20,7 +20,7 @@ from tuner.learn.fused import choose_k, train_fused
 from tuner.learn.train import loss_alpha, pick_device, train_trial
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
-from tuner.search.liveness import DbRetry, sweeper
+from tuner.search.liveness import DbRetry, Waiting, sweeper
 from tuner.search.study import claim_trial, counts, open_for_worker, target
 
 MAX_FAILURES_IN_A_ROW = 3
@@ -79,6 +79,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     if k > 1:
         say(f"trains {k} trials at once as one fused model")
     ran = failures = 0
+    waiting = Waiting(max(10 * cfg.study.grace_period, 600), say)
     with sweeper(study, storage, cfg.study.grace_period, say):
         while not w.stop.is_set() and (max_trials is None or ran < max_trials):
             want = k if max_trials is None else min(k, max_trials - ran)
@@ -90,7 +91,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                 trials.append(trial)
             if not trials:
                 c = w.db("counting trials", lambda: counts(study))
-                if storage.get_heartbeat_interval() and c["RUNNING"] and c["FINISHED"] < target(study, cfg):
+                if (storage.get_heartbeat_interval() and c["RUNNING"] and c["FINISHED"] < target(study, cfg)
+                        and w.db("looking at running trials", lambda: waiting.more(study))):
                     w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                     continue
                 break
