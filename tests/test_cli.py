@@ -229,7 +229,7 @@ def test_worker_infers_the_study_name_and_says_n_trials_is_the_study_total(tmp_p
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="other")
     assert_user_error(cli("worker", cwd=tmp_path), "pass --study-name", "foreign, other")
     assert_user_error(cli("worker", "--n-trials", "3", cwd=tmp_path), "--max-trials", "study's total")
-    assert_user_error(cli("worker", "--max-trials", "0", cwd=tmp_path), "--max-trials must be 1 or more")
+    assert_user_error(cli("worker", "--max-trials", "0", cwd=tmp_path), "--max-trials must be from 1 to 100000")
 
 
 def files_under(folder):
