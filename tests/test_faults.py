@@ -150,7 +150,7 @@ def test_a_corrupt_checkpoint_of_a_killed_worker_restarts_its_retry_from_epoch_1
     (retry,) = retry_of(trials, number)
     assert retry.state == TrialState.COMPLETE and "resumed_from_epoch" not in retry.user_attrs
     assert retry.user_attrs["checkpoint_discarded"]
-    assert f"the checkpoint of trial {number} cannot be read" in rescuer.stdout
+    assert f"the checkpoint of trial {number} cannot be read" in rescuer.stderr  # worker log lines go to stderr
     assert ckpt.with_name(ckpt.name + ".bad").exists() and not ckpt.exists()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -166,7 +166,11 @@ def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_
     filler = fill(small_filesystem)
 
     stopped = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
-    assert_user_error(stopped, f"cannot write to {small_filesystem / 'smoke' / 'running'}: ENOSPC (No space left on device)")
+    # The worker's log lines share stderr with the error line: that line comes last, once, no traceback.
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1
+    assert f"cannot write to {small_filesystem / 'smoke' / 'running'}: ENOSPC (No space left on device)" in lines[-1]
     study = optuna.load_study(study_name="smoke", storage=url)
     (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]  # one trial, not one after another
     assert failed.user_attrs["stop_reason"].startswith("artifacts not writable")
