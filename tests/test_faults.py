@@ -9,7 +9,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from conftest import assert_user_error, fill, tuner, write_study
+from conftest import fill, tuner, write_study
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
 SLOWER = ["--set", "data.n_samples=800", "--set", "data.image_size=24", "--set", "study.heartbeat_interval=1",

@@ -21,7 +21,7 @@ from torch import nn
 
 from tuner import keys
 from tuner.learn.data import Splits
-from tuner.learn.fused import FusedCNN, keep_members, stack_optimizer_states, step, take_optimizer_state
+from tuner.learn.fused import FusedCNN, keep_members, stack_optimizer_states, take_optimizer_state, train_epoch
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
 from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare, probabilities
@@ -93,16 +93,12 @@ def train_folds(cfg, data: Splits, trials: list[tuple[float, object, int]], repo
 
     for epoch in range(first, t.epochs + 1):
         member_fold = torch.arange(k, device=device).repeat(len(live))
-        member_loss = [losses[i] for i in live for _ in range(k)]
-        total = torch.zeros(len(live) * k, device=device)
-        for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
-            if stop is not None and stop():
-                for i in live:
-                    results[i].state = "interrupted"
-                return results
-            idx = idx.to(device)
-            keep = folds[idx].unsqueeze(1) != member_fold  # (batch, members): a member skips its own fold
-            total += step(model, opt, prepare(x[idx]), y[idx], member_loss, t.amp, keep)
+        total = train_epoch(model, opt, x, y, order, t, [losses[i] for i in live for _ in range(k)], stop,
+                            keep=lambda idx: folds[idx].unsqueeze(1) != member_fold)  # a member skips its own fold
+        if total is None:
+            for i in live:
+                results[i].state = "interrupted"
+            return results
         with torch.no_grad():
             chunk = max(1, 512 // len(member_fold))
             logits = torch.cat([model(prepare(x[s:s + chunk])) for s in range(0, len(x), chunk)]).float()

@@ -135,6 +135,20 @@ def step(model, opt, x, y, losses: list, amp: bool, keep: torch.Tensor | None = 
     return losses.detach()
 
 
+def train_epoch(model, opt, x, y, order, t, losses: list, stop=None, fmt=torch.contiguous_format, keep=None):
+    """One epoch of fused steps over ``x`` in the next permutation of ``order``: the member losses (K,)
+    summed over batches, or None when ``stop()`` turned true before a batch. ``keep(idx)`` gives each
+    member's images of a batch (k-fold members skip their own fold); ``t`` is the train settings."""
+    total = torch.zeros(len(losses), device=x.device)
+    for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
+        if stop is not None and stop():
+            return None
+        idx = idx.to(x.device)
+        total += step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], losses, t.amp,
+                      None if keep is None else keep(idx))
+    return total
+
+
 def take_optimizer_state(model: FusedCNN, opt, index) -> dict:
     """The optimizer's state_dict for the members ``index`` (a list keeps the member dim, an int
     drops it: then it is the state_dict of that member's own SimpleCNN optimizer). Per-parameter
@@ -219,15 +233,11 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         first = resume[0]["epoch"] + 1
 
     for epoch in range(first, t.epochs + 1):
-        live_losses = [losses[i] for i in live]
-        total = torch.zeros(len(live), device=device)
-        for idx in torch.randperm(len(x), generator=order).split(t.batch_size):
-            if stop is not None and stop():
-                for i in live:
-                    results[i].state = "interrupted"
-                return results
-            idx = idx.to(device)
-            total += step(model, opt, prepare(x[idx]).contiguous(memory_format=fmt), y[idx], live_losses, t.amp)
+        total = train_epoch(model, opt, x, y, order, t, [losses[i] for i in live], stop, fmt)
+        if total is None:
+            for i in live:
+                results[i].state = "interrupted"
+            return results
         with torch.no_grad():
             chunk = max(1, 512 // len(live))
             val = torch.cat([model(prepare(val_x[i : i + chunk]).contiguous(memory_format=fmt))

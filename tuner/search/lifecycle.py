@@ -104,9 +104,10 @@ class TrialRun:
         try:
             self.resume = checkpoints.load_running(self.ckpt, self.params)
         except checkpoints.Unreadable as e:
-            w.log(f"trial {trial.number}: the checkpoint of trial {self.origin} cannot be read ({e.reason}); "
+            reason = e.reason
+            w.log(f"trial {trial.number}: the checkpoint of trial {self.origin} cannot be read ({reason}); "
                   f"moved to {e.moved_to}, restarting from epoch 1")
-            w.db("noting a bad checkpoint", lambda: trial.set_user_attr(keys.CHECKPOINT_DISCARDED, e.reason))
+            w.db("noting a bad checkpoint", lambda: trial.set_user_attr(keys.CHECKPOINT_DISCARDED, reason))
         w.db("starting a trial", lambda: (trial.set_user_attr(keys.SEED, self.seed),
                                           trial.set_user_attr(keys.WORKER, f"{socket.gethostname()}:{w.index}")))
         self.state = State.RUNNING
