@@ -54,8 +54,8 @@ def check(p: np.ndarray, y: np.ndarray) -> None:
         half = reference(p, y, (p >= 0.5).astype(np.int64))
         assert abs(got["balanced_accuracy@0.5"] - half["balanced_accuracy"]) <= TOL
         assert abs(got["macro_f1@0.5"] - half["macro_f1"]) <= TOL
-        if 0 < y.sum() < len(y):  # the chosen threshold is at least as good as 0.5 on these scores
-            assert got["balanced_accuracy"] >= half["balanced_accuracy"] - TOL
+        if 0 < y.sum() < len(y):  # the balanced-accuracy rule: the positive share
+            assert got["threshold"] == pytest.approx(y.mean())
     else:
         pred = p.argmax(axis=1)
     want = reference(p, y, pred)
@@ -147,19 +147,29 @@ def test_a_worker_imports_no_sklearn():
 # ---- operating points ----
 
 
-def test_balanced_accuracy_threshold_by_hand():
-    # positives at 0.9 and 0.3, negatives at 0.6, 0.2, 0.1: taking down to 0.3 gives recall 1 and
-    # specificity 2/3 (0.833), better than stopping at 0.9 (0.5 + 0.5 = 0.75)
+def test_balanced_accuracy_threshold_is_the_positive_share():
     t = choose_threshold(np.array([0.9, 0.6, 0.3, 0.2, 0.1]), np.array([1, 0, 1, 0, 0]), "balanced_accuracy")
-    assert t == pytest.approx((0.3 + 0.2) / 2)
+    assert t == pytest.approx(2 / 5)
 
 
-def test_f1_prefers_precision_where_balanced_accuracy_takes_recall():
+def test_on_calibrated_probabilities_the_positive_share_maximises_expected_balanced_accuracy():
+    # labels drawn from the probabilities themselves (calibrated by construction), 5% positives: no
+    # threshold on a fine grid beats the share by more than the sampling noise of 400,000 images
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.3, 5.7, 400_000)
+    y = rng.random(len(p)) < p
+    ba = lambda cut: ((p[y] >= cut).mean() + (p[~y] < cut).mean()) / 2  # noqa: E731
+    share = choose_threshold(p, y, "balanced_accuracy")
+    assert share == pytest.approx(0.05, abs=0.002)
+    assert ba(share) >= max(ba(c) for c in np.linspace(0.005, 0.5, 100)) - 0.002
+    assert ba(share) > ba(0.5) + 0.1
+
+
+def test_f1_takes_the_higher_cut_of_equal_values():
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
     pos = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 0])
-    # top 1: F1 2/3, balanced accuracy 0.75; top 4: F1 2/3 (equal, so the higher cut), balanced accuracy 0.875
+    # top 1 and top 4 both give F1 2/3: the higher cut
     assert choose_threshold(score, pos, "f1") == pytest.approx((0.9 + 0.8) / 2)
-    assert choose_threshold(score, pos, "balanced_accuracy") == pytest.approx((0.6 + 0.5) / 2)
 
 
 def test_recall_rule_is_the_highest_threshold_that_keeps_the_recall():
@@ -181,15 +191,6 @@ def test_tied_scores_are_decided_together():
     assert choose_threshold(score, pos, "f1") == pytest.approx((0.8 + 0.5) / 2)  # F1 2/3 beats 4/6
 
 
-def test_equal_values_take_the_highest_threshold():
-    # stopping after 0.9 or after 0.7 both give balanced accuracy 0.75: the higher cut wins
-    t = choose_threshold(np.array([0.9, 0.8, 0.7, 0.1]), np.array([1, 0, 1, 0]), "balanced_accuracy")
-    assert t == pytest.approx((0.7 + 0.1) / 2) or t == pytest.approx((0.9 + 0.8) / 2)
-    ba = lambda cut: (np.mean(np.array([0.9, 0.7]) >= cut) + np.mean(np.array([0.8, 0.1]) < cut)) / 2  # noqa: E731
-    assert ba((0.9 + 0.8) / 2) == ba((0.7 + 0.1) / 2) == 0.75
-    assert t == pytest.approx((0.9 + 0.8) / 2)
-
-
 def test_validation_without_positives_or_negatives_falls_back_to_one_half():
     assert choose_threshold(np.array([0.1, 0.7, 0.3]), np.array([0, 0, 0]), "balanced_accuracy") == 0.5
     assert choose_threshold(np.array([0.1, 0.7]), np.array([1, 1]), "recall>=0.9") == 0.5
@@ -208,7 +209,8 @@ def test_decisions_and_ece_after_calibration_use_the_calibrated_probabilities():
     calibrated = torch.tensor([0.99, 0.7, 0.6, 0.3, 0.2, 0.1])
     y = torch.tensor([1, 1, 1, 0, 0, 0])
     s = scores(raw, y, "balanced_accuracy", calibrated)
-    assert s["threshold"] == pytest.approx((0.6 + 0.3) / 2) and s["balanced_accuracy"] == 1.0
+    assert s["threshold"] == 0.5 and s["balanced_accuracy"] == 1.0  # the raw scores at 0.5 take all six
+    assert scores(raw, y, "f1", calibrated)["threshold"] == pytest.approx((0.6 + 0.3) / 2)
     assert s["ece"] == pytest.approx(ece_by_hand(raw.numpy(), y.numpy()))
     assert s["ece_calibrated"] == pytest.approx(ece_by_hand(calibrated.numpy(), y.numpy()))
 

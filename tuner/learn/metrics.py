@@ -40,16 +40,22 @@ def check_operating_point(rule: str) -> float | None:
 def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> float:
     """The decision threshold (predict positive when score >= it) that the rule picks on these scores.
 
-    - ``balanced_accuracy``/``f1``: the one that maximises it; among equal values, the highest.
+    - ``balanced_accuracy``: the positive class's share of these images. On calibrated probabilities
+      this is the Bayes rule for balanced accuracy (positive when p / share >= (1 - p) / (1 - share)):
+      it rests on every score through the calibration instead of on the last few positives, which the
+      threshold that maximises balanced accuracy on validation follows (bench/results/quality.md).
+    - ``f1``: the one that maximises F1; among equal values, the highest.
     - ``recall>=X``: the highest that keeps the recall of the positive class at or above X.
-    Tied scores are decided together. The threshold lies halfway between the lowest score taken as
-    positive and the next lower score (or 0), so that new images a little below the last positive
-    still count. Scores with no positives or no negatives give 0.5.
+    For these two, tied scores are decided together and the threshold lies halfway between the lowest
+    score taken as positive and the next lower score (or 0), so that new images a little below the
+    last positive still count. Scores with no positives or no negatives give 0.5.
     """
     target = check_operating_point(rule)
     pos = np.asarray(positive, dtype=bool)
     if pos.all() or not pos.any():
         return 0.5
+    if rule == "balanced_accuracy":
+        return float(pos.mean())
     s = np.asarray(score, dtype=np.float64)
     order = np.argsort(-s, kind="stable")
     s, pos = s[order], pos[order]
@@ -59,10 +65,8 @@ def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> floa
     n_pos, n_neg = tp[-1], fp[-1]
     if target is not None:
         k = int(np.argmax(tp / n_pos >= target - 1e-12))
-    elif rule == "f1":
-        k = int(np.argmax(2 * tp / (n_pos + tp + fp)))
     else:
-        k = int(np.argmax(tp / n_pos + (n_neg - fp) / n_neg))
+        k = int(np.argmax(2 * tp / (n_pos + tp + fp)))
     below = s[last[k] + 1] if last[k] + 1 < len(s) else 0.0
     return float((s[last[k]] + below) / 2)
 
