@@ -220,6 +220,8 @@ def _print_best(s: dict) -> None:
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
                 _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
+        for note in s["test_notes"]:
+            print(f"  note: {note}")
 
 
 def _params(p: dict) -> str:

@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tuner import keys
 from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.show.results import best_model, best_trial, final_model, margin_notes
+from tuner.show.results import best_model, best_trial, final_model, margin_notes, notes_on_test
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -310,6 +310,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
     for title, path, note in sections:
         parts.append(f"<h2>{e(title)}</h2>{_img(path)}" + (f"<p>{e(note)}</p>" if note else ""))
     parts.append(f"<h2>Best trial on the test split</h2><p>{e(test_note)}</p>")
+    parts += [f"<p><b>{e(note)}</b></p>" for note in notes_on_test(study)]
     for title, path, note in test_sections:
         parts.append(f"<h3>{e(title)}</h3>{_img(path)}")
     style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"

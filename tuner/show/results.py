@@ -74,6 +74,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
         "test": test,
+        "test_notes": notes_on_test(study) if test else [],
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
     }
@@ -99,6 +100,24 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
             notes.append(f"The best trial's margin over reference trial {t.number} ({t.user_attrs[keys.REFERENCE]}) is "
                          f"{best.value - t.value:.4f}, within its fold spread of {spread:.4f}: on this data the "
                          "two cannot be told apart.")
+    return notes
+
+
+def notes_on_test(study: optuna.Study) -> list[str]:
+    """A sentence for each reference trial that scored higher than the best trial on the test split,
+    on average precision or balanced accuracy: the search did not beat it on this data."""
+    best = study.user_attrs.get(keys.BEST_TEST)
+    if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
+        return []
+    labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
+    notes = []
+    for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
+        higher = [f"{name} {ref[k]:.4f} against {best[k]:.4f}" for k, name in
+                  ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")) if ref[k] > best[k]]
+        if higher:
+            notes.append(f"On the test split reference trial {ref['trial']} ({labels.get(ref['trial'])}) scored higher than "
+                         f"the best trial {best['trial']}: {', '.join(higher)}. The tuned loss did not beat it here; if "
+                         "this holds on more data, train with the reference's settings.")
     return notes
 
 
