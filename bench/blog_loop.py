@@ -5,7 +5,9 @@ files, the blog's FocalLoss, the two-conv CNN, TPE, the objective test accuracy.
     python bench/blog_loop.py TREE cpu|cuda BEST.pt [TRIALS [SEED]]
 
 Prints one JSON line: when the search ended (time.time()), the best parameters and value; saves the
-best trial's weights to BEST.pt for bench/speed.py to score (outside the timing).
+best trial's weights to BEST.pt for bench/speed.py to score (outside the timing). With more than two
+class folders the loop takes the obvious extension (not in the blog): one output per class, softmax
+cross-entropy inside the same focal loss, test accuracy of the argmax.
 """
 
 import json
@@ -30,7 +32,10 @@ class FocalLoss(torch.nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, inputs, targets):
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+        if inputs.shape[1] == 1:
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+        else:  # more classes, the obvious extension: softmax cross-entropy in its place, alpha still one number
+            bce = torch.nn.functional.cross_entropy(inputs, targets, reduction="none")
         pt = torch.exp(-bce)
         return (self.alpha * (1 - pt) ** self.gamma * bce).mean()
 
@@ -39,12 +44,12 @@ class BlogCNN(torch.nn.Module):
     """The blog's two-conv CNN as it writes it: conv-relu-pool twice, a linear head, default layout.
     The same network as tuner's SimpleCNN (same parameters, same function), without its speed-ups."""
 
-    def __init__(self):
+    def __init__(self, classes: int = 2):
         super().__init__()
         self.features = torch.nn.Sequential(
             torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten())
-        self.head = torch.nn.Linear(32 * 8 * 8, 1)
+        self.head = torch.nn.Linear(32 * 8 * 8, 1 if classes == 2 else classes)
 
     def forward(self, x):
         return self.head(self.features(x))
@@ -52,25 +57,27 @@ class BlogCNN(torch.nn.Module):
 
 def main(tree: Path, device: torch.device, best_path: str, trials: int = TRIALS, seed: int = 0) -> None:
     kept = {}  # not in the blog: each trial's weights, to score the best trial afterwards
+    classes = len(ImageFolder(tree / "train").classes)
 
     def objective(trial):
         gamma = trial.suggest_float("gamma", 0.0, 5.0)
         alpha = trial.suggest_float("alpha", 0.05, 0.95)
         train = torch.utils.data.DataLoader(ImageFolder(tree / "train", TF), batch_size=BATCH, shuffle=True)
         test = torch.utils.data.DataLoader(ImageFolder(tree / "test", TF), batch_size=BATCH)
-        model = BlogCNN().to(device)
+        model = BlogCNN(classes).to(device)
         criterion, opt = FocalLoss(alpha, gamma), torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(EPOCHS):
             model.train()
             for x, y in train:
-                x, y = x.to(device), y.to(device).float().unsqueeze(1)
+                x, y = x.to(device), (y.to(device).float().unsqueeze(1) if classes == 2 else y.to(device))
                 opt.zero_grad()
                 loss = criterion(model(x), y)
                 loss.backward()
                 opt.step()
         model.eval()
         with torch.no_grad():
-            hits = [((model(x.to(device)) > 0).long().squeeze(1).cpu() == y) for x, y in test]
+            hits = [(((model(x.to(device)) > 0).long().squeeze(1) if classes == 2 else model(x.to(device)).argmax(1)).cpu() == y)
+                    for x, y in test]
         kept[trial.number] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return torch.cat(hits).float().mean().item()
 
