@@ -122,8 +122,9 @@ def oof_logits(task_dir: Path, url: str, trial: int):
     from tuner.learn.checkpoints import load_trial_model
     from tuner.learn.data import load_data
     from tuner.learn.folds import fold_of, pool
+    from tuner.learn.fused import score
     from tuner.learn.metrics import scores
-    from tuner.learn.train import prepare, probabilities
+    from tuner.learn.train import probabilities
     from tuner.search.study import stored_config
 
     study = optuna.load_study(study_name="q", storage=url)
@@ -132,8 +133,7 @@ def oof_logits(task_dir: Path, url: str, trial: int):
     x, y = pool(data)
     folds = torch.from_numpy(fold_of(y.numpy(), cfg.data.folds, cfg.study.seed))
     model, payload = load_trial_model(task_dir / f"artifacts-auto-{cfg.study.seed}" / "q" / f"trial-{trial}.pt")
-    with torch.no_grad():
-        logits = torch.cat([model.fused(prepare(x[i:i + 256])) for i in range(0, len(x), 256)]).float()
+    logits = score(model.fused, x)
     oof = logits[torch.arange(len(x)), folds]
     oof = oof.squeeze(1) if oof.shape[1] == 1 else oof
     stored = study.trials[trial].value

@@ -21,10 +21,10 @@ from torch import nn
 
 from tuner import keys
 from tuner.learn.data import Splits
-from tuner.learn.fused import FusedCNN, keep_members, stack_optimizer_states, take_optimizer_state, train_epoch
+from tuner.learn.fused import FusedCNN, keep_members, score, stack_optimizer_states, take_optimizer_state, train_epoch
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
-from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare, probabilities
+from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, probabilities
 
 FOLD_SEED_STEP = 7919  # fold f of a trial with seed s starts from seed s + f * this: k different initial weights
 
@@ -99,9 +99,7 @@ def train_folds(cfg, data: Splits, trials: list[tuple[float, object, int]], repo
             for i in live:
                 results[i].state = "interrupted"
             return results
-        with torch.no_grad():
-            chunk = max(1, 512 // len(member_fold))
-            logits = torch.cat([model(prepare(x[s:s + chunk])) for s in range(0, len(x), chunk)]).float()
+        logits = score(model, x)
         stay = []
         for j, i in enumerate(live):
             r = results[i]

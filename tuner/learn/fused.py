@@ -149,6 +149,14 @@ def train_epoch(model, opt, x, y, order, t, losses: list, stop=None, fmt=torch.c
     return total
 
 
+@torch.no_grad()
+def score(model: FusedCNN, x: torch.Tensor, fmt=torch.contiguous_format) -> torch.Tensor:
+    """Every member's float logits on uint8 images x, (N, members, outputs), in chunks that keep
+    the activations of all members about as large as those of 512 images in one model."""
+    chunk = max(1, 512 // model.k)
+    return torch.cat([model(prepare(x[i:i + chunk]).contiguous(memory_format=fmt)) for i in range(0, len(x), chunk)]).float()
+
+
 def take_optimizer_state(model: FusedCNN, opt, index) -> dict:
     """The optimizer's state_dict for the members ``index`` (a list keeps the member dim, an int
     drops it: then it is the state_dict of that member's own SimpleCNN optimizer). Per-parameter
@@ -238,10 +246,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
             for i in live:
                 results[i].state = "interrupted"
             return results
-        with torch.no_grad():
-            chunk = max(1, 512 // len(live))
-            val = torch.cat([model(prepare(val_x[i : i + chunk]).contiguous(memory_format=fmt))
-                             for i in range(0, len(val_x), chunk)]).float()
+        val = score(model, val_x, fmt)
         train_loss = (total * t.batch_size / len(x)).tolist()
         stay = []
         for j, i in enumerate(live):
