@@ -11,7 +11,7 @@ import sklearn.metrics as skm
 import torch
 
 import tuner.learn.metrics
-from tuner.learn.metrics import check_operating_point, choose_threshold, confusion, scores
+from tuner.learn.metrics import check_operating_point, choose_threshold, confusion, paired_bootstrap, scores
 
 TOL = 1e-12
 
@@ -224,3 +224,56 @@ def test_unknown_operating_points_raise(rule):
 def test_known_operating_points():
     assert check_operating_point("balanced_accuracy") is None and check_operating_point("f1") is None
     assert check_operating_point("recall>=0.95") == 0.95 and check_operating_point("recall>=1") == 1.0
+
+
+def noisy_pair(n: int, seed: int = 0, classes: int = 2):
+    """Labels with 10% positives (or a long tail) and two models' probabilities and decisions: a
+    better one and a worse one, each with its own noise."""
+    rng = np.random.default_rng(seed)
+    if classes == 2:
+        y = (rng.random(n) < 0.1).astype(np.int64)
+        y[:2] = [0, 1]
+        out = []
+        for noise in (1.0, 2.0):
+            p = 1 / (1 + np.exp(-(3 * (2 * y - 1) + noise * rng.normal(size=n))))
+            out.append((p, (p >= 0.5).astype(np.int64)))
+    else:
+        y = rng.choice(classes, n, p=np.arange(classes, 0, -1) / np.arange(classes, 0, -1).sum())
+        out = []
+        for noise in (1.0, 2.0):
+            logits = 3 * np.eye(classes)[y] + noise * rng.normal(size=(n, classes))
+            p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            out.append((p, p.argmax(1)))
+    return y, out[0], out[1]
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_paired_bootstrap_difference_is_that_of_the_scores_on_all_images(classes):
+    y, a, b = noisy_pair(300, classes=classes)
+    got = paired_bootstrap(y, a, b, resamples=50)
+    ra, rb = reference(a[0], y, a[1]), reference(b[0], y, b[1])
+    assert got["average_precision"] == pytest.approx(ra["average_precision"] - rb["average_precision"], abs=TOL)
+    assert got["balanced_accuracy"] == pytest.approx(ra["balanced_accuracy"] - rb["balanced_accuracy"], abs=TOL)
+    assert got["average_precision"] > 0 and got["average_precision_std"] > 0 and got["balanced_accuracy_std"] > 0
+
+
+def test_paired_bootstrap_of_a_model_with_itself_is_zero():
+    y, a, _ = noisy_pair(200)
+    got = paired_bootstrap(y, a, a, resamples=50)
+    assert got == {"average_precision": 0.0, "average_precision_std": 0.0, "balanced_accuracy": 0.0, "balanced_accuracy_std": 0.0}
+
+
+def test_paired_bootstrap_std_shrinks_as_one_over_the_root_of_the_images():
+    y, a, b = noisy_pair(200, seed=3)
+    small = paired_bootstrap(y, a, b, resamples=400)
+    big = paired_bootstrap(np.tile(y, 16), *((np.tile(p, 16), np.tile(d, 16)) for p, d in (a, b)), resamples=400)
+    for k in ("average_precision_std", "balanced_accuracy_std"):
+        assert 0.15 < big[k] / small[k] < 0.35  # 1/sqrt(16) = 0.25
+
+
+def test_paired_bootstrap_keeps_every_class_in_every_resample():
+    y, a, b = noisy_pair(100, seed=1)
+    y = np.zeros_like(y)
+    y[7] = 1  # one positive: a resample without it would have no AP
+    got = paired_bootstrap(y, a, b, resamples=100)
+    assert all(np.isfinite(v) for v in got.values())

@@ -27,7 +27,7 @@ def test_a_reference_that_scores_higher_on_the_test_split_is_named_with_the_metr
                                   {"trial": 1, "average_precision": 0.94, "balanced_accuracy": 0.97}])
     notes = notes_on_test(study)
     assert len(notes) == 1
-    assert "reference trial 0 (cross-entropy)" in notes[0] and "AP 0.9600 against 0.9500" in notes[0]
+    assert "reference trial 0 (cross-entropy)" in notes[0] and "AP 0.9600 against the best trial's 0.9500" in notes[0]
     assert "balanced accuracy" not in notes[0]  # it lost there, and a tie is no win
 
 
@@ -37,3 +37,31 @@ def test_no_note_when_the_best_trial_wins_or_the_stored_check_is_of_an_earlier_b
     assert notes_on_test(study) == []
     study.set_user_attr(keys.BEST_TEST, {"trial": 1, "average_precision": 0.5, "balanced_accuracy": 0.5})
     assert notes_on_test(study) == []
+
+
+def gap(ref: dict, best: dict, std: float) -> dict:
+    return {**ref, "against_best": {k: ref[k] - best[k] for k in ("average_precision", "balanced_accuracy")}
+            | {"average_precision_std": std, "balanced_accuracy_std": std}}
+
+
+def test_a_difference_within_twice_its_bootstrap_std_is_said_to_be_noise_whichever_way_it_goes(tmp_path):
+    best = {"trial": 2, "average_precision": 0.95, "balanced_accuracy": 0.97}
+    refs = [gap({"trial": 0, "average_precision": 0.96, "balanced_accuracy": 0.96}, best, 0.008),   # higher AP, within noise
+            gap({"trial": 1, "average_precision": 0.94, "balanced_accuracy": 0.965}, best, 0.004)]  # lower on both, BA within noise
+    notes = notes_on_test(study_with(tmp_path, best, refs))
+    assert len(notes) == 2
+    assert "best trial 2 is not shown to beat reference trial 0 (cross-entropy)" in notes[0]
+    assert "AP 0.9600 against the best trial's 0.9500 (bootstrap std of the difference 0.0080)" in notes[0]
+    assert "did not beat" not in notes[0] and "train with the reference's settings" not in notes[0]
+    assert "not shown to beat reference trial 1 (focal default)" in notes[1]
+    assert "balanced accuracy 0.9650" in notes[1] and "AP" not in notes[1]  # AP: 0.01 > 2 x 0.004, a real win
+
+
+def test_a_reference_higher_beyond_the_noise_or_beaten_beyond_it_is_said_so(tmp_path):
+    best = {"trial": 2, "average_precision": 0.95, "balanced_accuracy": 0.97}
+    refs = [gap({"trial": 0, "average_precision": 0.99, "balanced_accuracy": 0.96}, best, 0.004),
+            gap({"trial": 1, "average_precision": 0.90, "balanced_accuracy": 0.90}, best, 0.004)]
+    notes = notes_on_test(study_with(tmp_path, best, refs))
+    assert "reference trial 0 (cross-entropy) scored higher than the best trial 2: AP 0.9900" in notes[0]
+    assert "train with the reference's settings" in notes[0] and "balanced accuracy" not in notes[0]
+    assert "best trial 2 beat reference trial 1 (focal default) by more than twice the bootstrap std" in notes[1]

@@ -120,10 +120,11 @@ def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
 
 @torch.no_grad()
 def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float | None,
-                 temperature: float) -> dict:
+                 temperature: float, logits: torch.Tensor | None = None) -> dict:
     """Held-out metrics of a finished model at the threshold and temperature chosen on validation,
-    with the confusion matrix at that threshold and the ECE before and after the temperature."""
-    logits = predict(model, x).float()
+    with the confusion matrix at that threshold and the ECE before and after the temperature;
+    ``logits``: the model's on ``x`` when already computed."""
+    logits = predict(model, x).float() if logits is None else logits
     raw, calibrated = probabilities(logits), probabilities(logits.double() / temperature).float()
     cut = 0.5 if threshold is None else threshold
     return {"n": len(y), **scores(raw, y, cut, calibrated),

@@ -4,6 +4,7 @@ trial and of the reference trials, each at the operating point its trial chose o
 Reading never trains: a model file that is not there is an error that names the path, unless the
 caller (``start-study``'s driver, ``tuner best --retrain``) asks to retrain."""
 
+import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -15,7 +16,8 @@ from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
 from tuner.search.storage import open_storage
 from tuner.search.study import counts
-from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, train_trial
+from tuner.learn.metrics import paired_bootstrap
+from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
 
 
 
@@ -104,20 +106,36 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
 
 
 def notes_on_test(study: optuna.Study) -> list[str]:
-    """A sentence for each reference trial that scored higher than the best trial on the test split,
-    on average precision or balanced accuracy: the search did not beat it on this data."""
+    """A sentence per reference trial on how it compares with the best trial on the test split, on
+    average precision and balanced accuracy, told apart from the test split's noise: a difference
+    counts only when it exceeds twice its bootstrap standard deviation (``paired_bootstrap``)."""
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
     notes = []
     for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
-        higher = [f"{name} {ref[k]:.4f} against {best[k]:.4f}" for k, name in
-                  ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")) if ref[k] > best[k]]
+        gap = ref.get("against_best", {})  # checks stored before the bootstrap have none
+        who = f"reference trial {ref['trial']} ({labels.get(ref['trial'])})"
+        said, real = {}, {}
+        for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
+            std = gap.get(k + "_std")
+            real[k] = std is None or abs(ref[k] - best[k]) > 2 * std
+            said[k] = (f"{name} {ref[k]:.4f} against the best trial's {best[k]:.4f}"
+                       + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
+        higher = [k for k in real if real[k] and ref[k] > best[k]]
+        unclear = [k for k in real if not real[k]]
         if higher:
-            notes.append(f"On the test split reference trial {ref['trial']} ({labels.get(ref['trial'])}) scored higher than "
-                         f"the best trial {best['trial']}: {', '.join(higher)}. The tuned loss did not beat it here; if "
-                         "this holds on more data, train with the reference's settings.")
+            notes.append(f"On the test split {who} scored higher than the best trial {best['trial']}: "
+                         f"{', '.join(said[k] for k in higher)}. The tuned loss did not beat it here; if this holds on "
+                         "more data, train with the reference's settings.")
+        elif unclear:
+            notes.append(f"On the test split the best trial {best['trial']} is not shown to beat {who}: "
+                         f"{', '.join(said[k] for k in unclear)}; a difference under twice its bootstrap std is the luck "
+                         "of the test images.")
+        elif gap:
+            notes.append(f"On the test split the best trial {best['trial']} beat {who} by more than twice the bootstrap "
+                         f"std of each difference: {', '.join(said.values())}.")
     return notes
 
 
@@ -195,11 +213,16 @@ def best_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool =
     return trial_model(study, cfg, best_trial(study), data, retrain)
 
 
-def check_on_test(study, cfg, trial, data: Splits, retrain: bool) -> dict:
-    """Test-split metrics of one finished trial's model at its own threshold and temperature."""
+def check_on_test(study, cfg, trial, data: Splits, retrain: bool) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Test-split metrics of one finished trial's model at its own threshold and temperature, and its
+    probabilities and decisions on each test image (to compare trials image by image)."""
     model, payload, source = trial_model(study, cfg, trial, data, retrain)
-    out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), payload.get("temperature", 1.0))
-    return {"trial": trial.number, "source": source, **out}
+    logits, temperature = predict(model, data.test_x).float(), payload.get("temperature", 1.0)
+    out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), temperature, logits=logits)
+    calibrated = probabilities(logits.double() / temperature).numpy()
+    cut = out.get(keys.THRESHOLD, 0.5)
+    decisions = (calibrated >= cut).astype(np.int64) if calibrated.ndim == 1 else calibrated.argmax(axis=1)
+    return {"trial": trial.number, "source": source, **out}, (probabilities(logits).numpy(), decisions)
 
 
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None,
@@ -211,9 +234,12 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     data = data or load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
-    out = check_on_test(study, cfg, best, data, retrain)
-    refs = [check_on_test(study, cfg, t, data, retrain) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if keys.REFERENCE in t.user_attrs and t.number != best.number]
+    out, best_outputs = check_on_test(study, cfg, best, data, retrain)
+    refs = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if keys.REFERENCE in t.user_attrs and t.number != best.number:
+            ref, outputs = check_on_test(study, cfg, t, data, retrain)
+            refs.append({**ref, "against_best": paired_bootstrap(data.test_y.numpy(), outputs, best_outputs)})
     study.set_user_attr(keys.BEST_TEST, out)
     study.set_user_attr(keys.REFERENCES_TEST, refs)
     return out
