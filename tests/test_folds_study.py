@@ -24,7 +24,7 @@ def folder(tmp_path_factory):
 def test_the_driver_names_the_folds_and_the_final_model(folder):
     _, out = folder
     assert "3-fold validation on all" in out and "fold spread of average_precision" in out
-    assert "final model: ensemble of the 3 fold models" in out
+    assert "final model: the mean of the calibrated logits of trials" in out and "each an ensemble of the 3 fold models" in out
 
 
 def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder):
@@ -41,7 +41,8 @@ def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder):
 def test_the_ensemble_file_is_what_best_report_and_predict_read(folder, tmp_path):
     path, _ = folder
     best = json.loads(tuner("best", "--json", "--save-model", "best.pt", cwd=path).stdout)
-    assert best["folds"] == 3 and best["final_model"].startswith("ensemble of the 3 fold models")
+    assert best["folds"] == 3 and best["final_model"].startswith(f"the mean of the calibrated logits of trials {best['trial']}, ")
+    assert "each an ensemble of the 3 fold models" in best["final_model"] and best["final"]["trials"][0] == best["trial"]
     assert best["test"]["source"] == "checkpoint" and 0 <= best["test"]["balanced_accuracy"] <= 1
     image = tmp_path / "x.png"
     Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(image)

@@ -83,4 +83,4 @@ def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
     refs = {r["trial"]: r for r in best["references"]}
     assert refs[1]["params"]["beta"] == pytest.approx(0.999) and refs[1]["params"]["gamma"] == 2.0
     assert all(r["test"] is not None and "balanced_accuracy" in r["test"] for r in best["references"])
-    assert all("against_best" in r["test"] for r in best["references"] if r["trial"] != best["trial"])
+    assert all("against_final" in r["test"] for r in best["references"] if r["trial"] != best["trial"])

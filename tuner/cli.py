@@ -217,6 +217,8 @@ def _print_best(s: dict) -> None:
     if s["test"]:
         print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
+        if s["final"]:
+            _print_test(f"final model (mean of trials {', '.join(map(str, s['final']['trials']))})", s["final"], s["positive_class"])
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
                 _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
@@ -353,9 +355,9 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
 def best(storage: Storage = None, study_name: StudyName = None,
          as_json: Json = False,
          save_model: Annotated[Optional[Path], typer.Option("--save-model", metavar="PATH", show_default=False,
-                                                            help="write the best model to PATH (+ PATH.json), e.g. best.pt, "
+                                                            help="write the final model (study.final_model) to PATH (+ PATH.json), e.g. best.pt, "
                                                                  "and print only where (with --json, the JSON too)")] = None,
-         retrain: Annotated[bool, typer.Option("--retrain", help="train the best trial (and the reference trials) again with their parameters and seeds when their model files are not here, and check them on the test split")] = False):
+         retrain: Annotated[bool, typer.Option("--retrain", help="train the trials of the final model and the reference trials again with their parameters and seeds when their model files are not here, and check them on the test split")] = False):
     """The best trial: value, metric, gamma/alpha, threshold, reference trials and test-set check."""
     from tuner.search.study import stored_config
     from tuner.show.results import best_summary, evaluate_best_on_test
@@ -373,7 +375,9 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.export import save_best_model
 
         saved = save_best_model(study, save_model)
-        print(f"saved trial {saved['trial']} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)
+        what = (f"the mean of trials {', '.join(map(str, saved['trials']))}" if saved["final_model"] == "ensemble"
+                else f"trial {saved['trial']}")
+        print(f"saved the final model, {what} ({saved['source']}), to {save_model} and {save_model}.json", file=sys.stderr)
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

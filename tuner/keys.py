@@ -45,4 +45,5 @@ CONFIG = "tuner_config"
 TARGET = "n_trials"
 DATA = "data"  # the classes by name and their training-split counts
 BEST_TEST = "best_test"
+FINAL_TEST = "final_test"  # the test check of the final model when it is a mean of trials
 REFERENCES_TEST = "references_test"

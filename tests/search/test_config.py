@@ -41,6 +41,7 @@ def test_integer_is_accepted_where_a_number_is_expected():
     ({"study": {"metric": "accuracy"}}, ["study.metric", "average_precision"]),
     ({"study": {"n_trials": 0}}, ["study.n_trials"]),
     ({"study": {"sampler": "cmaes"}}, ["study.sampler"]),
+    ({"study": {"final_model": "refit"}}, ["study.final_model", "ensemble or best_trial"]),
     ({"pruner": {"kind": "threshold"}}, ["pruner.kind"]),
     ({"train": {"device": "tpu"}}, ["train.device"]),
     ({"model": {"kind": "vit"}}, ["model.kind"]),

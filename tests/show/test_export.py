@@ -1,4 +1,4 @@
-"""Trials out as CSV/JSON, the best model out as a file, and predictions from that file."""
+"""Trials out as CSV/JSON, the final model out as a file, and predictions from that file."""
 
 import csv
 import io
@@ -15,7 +15,7 @@ from test_report import finished_study
 from tuner.learn.data import load_data
 from tuner.show.export import COLUMNS
 from tuner.learn.models import build_model
-from tuner.keys import BEST_TEST
+from tuner.keys import BEST_TEST, CONFIG, FINAL_TEST
 from tuner.search.study import stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -33,8 +33,26 @@ def load(folder) -> optuna.Study:
 def saved_model(folder):
     proc = tuner("best", "--study-name", "smoke", "--save-model", "models/best.pt", cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "saved trial" in proc.stderr and proc.stdout == ""  # the summary is not printed again
+    assert "saved the final model, the mean of trials" in proc.stderr and proc.stdout == ""  # the summary is not printed again
     return folder / "models" / "best.pt"
+
+
+class ByHand(torch.nn.Module):
+    """A saved final model rebuilt from its members' plain weights: the mean of their logits, each
+    divided by its own temperature (as tuner.learn.ensemble says it is)."""
+
+    def __init__(self, payload: dict):
+        super().__init__()
+        self.members, self.temperatures = torch.nn.ModuleList(), []
+        for p in payload.get("members", [payload]):
+            m = p["model"]
+            model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
+            model.load_state_dict(p["state_dict"])
+            self.members.append(model)
+            self.temperatures.append(p["temperature"] if "members" in payload else 1.0)
+
+    def forward(self, x):
+        return sum(m(x) / t for m, t in zip(self.members, self.temperatures)) / len(self.members)
 
 
 def test_csv_rows_are_the_study_trials(folder):
@@ -80,16 +98,34 @@ def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, save
     study = load(folder)
     payload = torch.load(saved_model, weights_only=True)
     settings = json.loads((folder / "models" / "best.pt.json").read_text())
-    assert payload["trial"] == settings["trial"] == study.best_trial.number and settings["source"] == "checkpoint"
-    assert settings["params"] == study.best_trial.params
-    m = payload["model"]
-    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
-    model.load_state_dict(payload["state_dict"])
-    stored = study.user_attrs[BEST_TEST]
-    got = _test_metrics(model, stored_config(study), payload)
-    assert settings["threshold"] == payload["threshold"] == study.best_trial.user_attrs["threshold"] == stored["threshold"]
+    stored = study.user_attrs[FINAL_TEST]
+    best = study.best_trial
+    kept = sorted(t.value for t in study.trials if t.state.name == "COMPLETE" and "reference" not in t.user_attrs)[-3:]
+    refs = {t.number for t in study.trials if "reference" in t.user_attrs and t.state.name == "COMPLETE"}
+    assert settings["final_model"] == "ensemble" and settings["source"] == "checkpoint"
+    assert settings["trials"] == payload["trials"] == stored["trials"] and payload["trials"][0] == best.number == settings["trial"]
+    assert set(payload["trials"]) == refs | {t.number for t in study.trials if t.value in kept and "reference" not in t.user_attrs}
+    assert settings["params"] == best.params and [m["params"] for m in settings["members"]][0] == best.params
+    got = _test_metrics(ByHand(payload).eval(), stored_config(study), payload)
+    assert settings["threshold"] == payload["threshold"] == stored["threshold"] and settings["test"] == stored
     for key in ("average_precision", "balanced_accuracy", "macro_f1", "recall", "precision", "ece", "ece_calibrated"):
-        assert got[key] == pytest.approx(stored[key], abs=1e-9), key
+        assert got[key] == pytest.approx(stored[key], abs=1e-6), key
+
+
+def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folder, tmp_path):
+    (tmp_path / "t.db").write_bytes((folder / "tuner.db").read_bytes())
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    copy = optuna.load_study(study_name="smoke", storage=url)
+    config = copy.user_attrs[CONFIG]
+    copy.set_user_attr(CONFIG, {**config, "study": {**config["study"], "final_model": "best_trial"}})
+    proc = tuner("best", "--storage", url, "--save-model", str(tmp_path / "one.pt"), cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert f"saved the final model, trial {copy.best_trial.number} (checkpoint)" in proc.stderr
+    payload = torch.load(tmp_path / "one.pt", weights_only=True)
+    settings = json.loads((tmp_path / "one.pt.json").read_text())
+    assert "members" not in payload and payload["trial"] == copy.best_trial.number and settings["final_model"] == "best_trial"
+    got = _test_metrics(ByHand(payload).eval(), stored_config(copy), payload)
+    assert got["average_precision"] == pytest.approx(copy.user_attrs[BEST_TEST]["average_precision"], abs=1e-9)
 
 
 def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path, cli):
@@ -106,10 +142,7 @@ def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path,
     assert json.loads((tmp_path / "retrained.pt.json").read_text())["source"] == "checkpoint"  # the retrained file
     assert (tmp_path / "tuner-artifacts" / "smoke" / f"trial-{best}.pt").is_file()
     payload = torch.load(tmp_path / "retrained.pt", weights_only=True)
-    m = payload["model"]
-    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
-    model.load_state_dict(payload["state_dict"])
-    got, stored = _test_metrics(model, stored_config(study), payload), load(folder).user_attrs[BEST_TEST]
+    got, stored = _test_metrics(ByHand(payload).eval(), stored_config(study), payload), load(folder).user_attrs[FINAL_TEST]
     assert stored["source"] == "retrained" and json.loads(proc.stdout)["test"]["source"] == "retrained"
     assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=1e-6)  # this very file
 
@@ -136,10 +169,7 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     assert header == ["path", "predicted", f"p({positive})"]
     assert [line[0] for line in lines] == list(map(str, paths))
 
-    m = payload["model"]
-    model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
-    model.load_state_dict(payload["state_dict"])
-    p1 = probabilities(predict(model, data.test_x[picks]).double() / temperature)  # calibrated, of the positive class
+    p1 = probabilities(predict(ByHand(payload), data.test_x[picks]).double() / temperature)  # calibrated, of the positive class
     for (path, name, prob), p in zip(lines, p1.tolist()):
         assert name == payload["classes"][int(p >= threshold)]
         assert float(prob) == pytest.approx(p, abs=1e-4)

@@ -15,6 +15,7 @@ import torch
 
 from tuner import keys
 from tuner.errors import DiskError, UserError
+from tuner.learn.ensemble import TrialMean
 from tuner.learn.folds import FoldEnsemble
 from tuner.learn.fused import FusedCNN
 from tuner.learn.models import build_model
@@ -111,8 +112,34 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
     }
 
 
+def ensemble_payload(members: list[dict], metrics: dict) -> dict:
+    """The mean of several trials' models (``members``: their payloads) as one file that
+    ``load_trial_model`` reads: the members, and the temperature, threshold and validation metrics
+    of their mean (``tuner.learn.ensemble.combine``)."""
+    first = members[0]
+    return {
+        "temperature": float(metrics[keys.TEMPERATURE]),
+        "threshold": metrics.get(keys.THRESHOLD),
+        "operating_point": first["operating_point"],
+        "positive_class": first["positive_class"],
+        "classes": first["classes"],
+        "model": first["model"],
+        "trials": [m["trial"] for m in members],
+        "validation": {k: float(v) for k, v in metrics.items()},
+        "members": members,
+        "config": first["config"],
+    }
+
+
 def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "members" in payload:
+        return TrialMean([build(m) for m in payload["members"]], [m["temperature"] for m in payload["members"]]).eval(), payload
+    return build(payload), payload
+
+
+def build(payload: dict) -> torch.nn.Module:
+    """The model of one trial's payload, its weights loaded."""
     m = payload["model"]
     if m.get("folds", 1) > 1:
         outputs = 1 if len(m["class_counts"]) == 2 else len(m["class_counts"])
@@ -120,4 +147,4 @@ def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:
     else:
         model = build_model(m["kind"], m["channels"], m["image_size"], m["class_counts"], m["width"])
     model.load_state_dict(payload["state_dict"])
-    return model, payload
+    return model

@@ -25,6 +25,7 @@ DATA_KINDS = ("imagefolder", "digits", "synthetic")
 AUTO_FOLDS, FEW_RARE = 5, 300  # data.folds = "auto": AUTO_FOLDS when the rare class has fewer training images
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
+FINAL_MODELS = ("ensemble", "best_trial")
 MODELS = ("simple_cnn", "resnet")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 ALPHA_MODES = ("auto", "rare", "class_balanced")
@@ -85,6 +86,7 @@ class StudySection:
     n_startup_trials: int = 6  # TPE: random trials before the model kicks in
     grid_points: int = 4  # grid: values per parameter
     reference_trials: bool = True
+    final_model: str = "ensemble"  # what best --save-model, predict and the test check use; or "best_trial"
     heartbeat_interval: int = 10  # seconds; 0 turns heartbeats off
     grace_period: int = 60  # seconds without a heartbeat before a trial counts as dead
     artifacts: str = "tuner-artifacts"  # where trial checkpoints go
@@ -275,6 +277,8 @@ def _validate(cfg: StudyConfig) -> None:
     check_n_trials(s.n_trials, "study.n_trials")
     need(s.sampler in SAMPLERS, "study.sampler", s.sampler, f"choose one of {', '.join(SAMPLERS)}")
     need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
+    need(s.final_model in FINAL_MODELS, "study.final_model", s.final_model,
+         f"choose {' or '.join(FINAL_MODELS)} (the mean of the best trials and the reference trials, or the best trial alone)")
     need(s.grid_points >= 1, "study.grid_points", s.grid_points, "must be >= 1")
     need(s.heartbeat_interval >= 0, "study.heartbeat_interval", s.heartbeat_interval, "seconds, >= 0 (0 turns heartbeats off)")
     need(s.grace_period > s.heartbeat_interval, "study.grace_period", s.grace_period, "must be longer than study.heartbeat_interval")

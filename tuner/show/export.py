@@ -1,4 +1,4 @@
-"""A study's trials as CSV or JSON rows, and its best trial's model as a file of its own.
+"""A study's trials as CSV or JSON rows, and its final model as a file of its own.
 
 >>> study = optuna.load_study(study_name="smoke", storage="sqlite:///tuner.db")  # doctest: +SKIP
 >>> write_rows(trial_rows(study), "csv", "trials.csv")
@@ -18,7 +18,7 @@ import torch
 
 from tuner import keys
 from tuner.errors import UserError
-from tuner.show.results import best_model, best_trial, shown_params
+from tuner.show.results import best_trial, final_model, final_test, shown_params
 from tuner.search.study import stored_config
 
 FORMATS = ("csv", "json")
@@ -68,21 +68,26 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
 
 
 def save_best_model(study: optuna.Study, path: str | Path) -> dict:
-    """Write the best trial's weights to ``path`` (``torch.load(path, weights_only=True)`` reads
-    it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
+    """Write the final model (``tuner.show.results.final_model``: the mean of the best trials and the
+    reference trials, or the best trial's) to ``path`` (``torch.load(path, weights_only=True)``
+    reads it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--save-model {path} is a folder; pass a file path such as {path / 'best.pt'}")
     cfg = stored_config(study)
-    model, payload, source = best_model(study, cfg)
+    model, payload, source = final_model(study, cfg)
     best = best_trial(study)
-    test = study.user_attrs.get(keys.BEST_TEST)
+    members = payload.get("members", [payload])
+    test = final_test(study) if "members" in payload else study.user_attrs.get(keys.BEST_TEST)
     settings = {"study": study.study_name, "trial": best.number, "metric": cfg.study.metric, "value": best.value,
-                "params": payload["params"], "seed": payload["seed"], "classes": payload["classes"], "model": payload["model"],
+                "final_model": "ensemble" if "members" in payload else "best_trial", "trials": [m["trial"] for m in members],
+                "members": [{"trial": m["trial"], "params": m["params"], "seed": m["seed"], "temperature": m["temperature"]}
+                            for m in members],
+                "params": members[0]["params"], "seed": members[0]["seed"], "classes": payload["classes"], "model": payload["model"],
                 "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],
                 "threshold": payload["threshold"], "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
-                "source": source, "test": test if test and test.get("trial") == best.number else None}
+                "source": source, "test": test if test and test.get("trial", test.get("best_trial")) == best.number else None}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, path)

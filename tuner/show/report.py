@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tuner import keys
 from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.show.results import best_model, best_trial, final_model, margin_notes, notes_on_test
+from tuner.show.results import best_trial, final_members, final_model, final_words, margin_notes, notes_on_test
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -55,22 +55,24 @@ def build_report(study: optuna.Study, out: Path) -> Path:
 
     data = load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
-        test_note = ("The data has no test split (no test/ folder under data.root), so the best trial's "
+        test_note = ("The data has no test split (no test/ folder under data.root), so the final model's "
                      "confusion matrix and precision-recall curve are not shown.")
         test_sections = []
     else:
-        model, payload, source = best_model(study, cfg, data)
+        model, payload, source = final_model(study, cfg, data)
+        name = (f"The final model (the mean of trials {', '.join(map(str, payload['trials']))})" if "members" in payload
+                else f"Best trial {best.number}")
         threshold, temperature = payload.get("threshold"), payload.get("temperature", 1.0)
         s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature)
         probs = probabilities(predict(model, data.test_x).double() / temperature).float()
         if data.positive_class:
-            test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
                          f"{s['threshold']:.4f} on the calibrated probability of {data.positive_class!r} chosen on validation "
                          f"({cfg.study.operating_point}): average precision {s['average_precision']:.4f}, balanced accuracy "
                          f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
-            test_note = (f"Best trial {best.number} on the test split ({len(data.test_y)} images, model {source}), argmax decisions: "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), argmax decisions: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
@@ -301,7 +303,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
         f"{e(describe_params(best.params).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
-        "<p>" + e(f"The final model of a trial: {final_model(cfg)}. " + (
+        "<p>" + e(f"The final model: {final_words(cfg, [t.number for t in final_members(study, cfg)])}. " + (
             "The fold spread is the standard deviation of the objective over the folds: differences between trials "
             "smaller than it are within the noise of the data." if cfg.data.folds > 1 else
             "With data.folds = 1 there is no fold spread: one validation split cannot say how noisy a value is.")) + "</p>",
@@ -309,7 +311,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
     ]
     for title, path, note in sections:
         parts.append(f"<h2>{e(title)}</h2>{_img(path)}" + (f"<p>{e(note)}</p>" if note else ""))
-    parts.append(f"<h2>Best trial on the test split</h2><p>{e(test_note)}</p>")
+    parts.append(f"<h2>The final model on the test split</h2><p>{e(test_note)}</p>")
     parts += [f"<p><b>{e(note)}</b></p>" for note in notes_on_test(study)]
     for title, path, note in test_sections:
         parts.append(f"<h3>{e(title)}</h3>{_img(path)}")

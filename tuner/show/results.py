@@ -10,11 +10,13 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import keys
-from tuner.learn.checkpoints import load_trial_model, model_payload, save_trial_model, trial_path
+from tuner.learn.checkpoints import ensemble_payload, load_trial_model, model_payload, save_trial_model, trial_path
+from tuner.learn.ensemble import combine, validation_logits
 from tuner.search.config import StudyConfig
 from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
 from tuner.search.storage import open_storage
+from tuner.search.lifecycle import KEEP_MODELS
 from tuner.search.study import counts
 from tuner.learn.metrics import paired_bootstrap
 from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
@@ -72,7 +74,8 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
         "epochs": best.user_attrs.get(keys.EPOCHS),
         "folds": cfg.data.folds,
-        "final_model": final_model(cfg),
+        "final_model": final_words(cfg, [t.number for t in final_members(study, cfg)]),
+        "final": final_test(study),
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
         "test": test,
@@ -80,14 +83,6 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
     }
-
-
-def final_model(cfg: StudyConfig) -> str:
-    """What a trial's model file holds, in words."""
-    if cfg.data.folds > 1:
-        return (f"ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
-                f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
-    return f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
 
 
 def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
@@ -106,35 +101,41 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
 
 
 def notes_on_test(study: optuna.Study) -> list[str]:
-    """A sentence per reference trial on how it compares with the best trial on the test split, on
-    average precision and balanced accuracy, told apart from the test split's noise: a difference
+    """A sentence per reference trial on how it compares on the test split with the model the study
+    hands back (``final_model``), on average precision and balanced accuracy, told apart from the
+    test split's noise: a difference
     counts only when it exceeds twice its bootstrap standard deviation (``paired_bootstrap``)."""
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
+    final = final_test(study)
+    if final:
+        best, ours = final, f"the final model (the mean of trials {', '.join(map(str, final['trials']))})"
+    else:
+        ours = f"the best trial {best['trial']}"
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
     notes = []
     for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
-        gap = ref.get("against_best", {})  # checks stored before the bootstrap have none
+        gap = ref.get("against_final", {})  # checks stored before the bootstrap have none
         who = f"reference trial {ref['trial']} ({labels.get(ref['trial'])})"
         said, real = {}, {}
         for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
             std = gap.get(k + "_std")
             real[k] = std is None or abs(ref[k] - best[k]) > 2 * std
-            said[k] = (f"{name} {ref[k]:.4f} against the best trial's {best[k]:.4f}"
+            said[k] = (f"{name} {ref[k]:.4f} against {best[k]:.4f}"
                        + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
         higher = [k for k in real if real[k] and ref[k] > best[k]]
         unclear = [k for k in real if not real[k]]
         if higher:
-            notes.append(f"On the test split {who} scored higher than the best trial {best['trial']}: "
+            notes.append(f"On the test split {who} scored higher than {ours}: "
                          f"{', '.join(said[k] for k in higher)}. The tuned loss did not beat it here; if this holds on "
                          "more data, train with the reference's settings.")
         elif unclear:
-            notes.append(f"On the test split the best trial {best['trial']} is not shown to beat {who}: "
+            notes.append(f"On the test split {ours} is not shown to beat {who}: "
                          f"{', '.join(said[k] for k in unclear)}; a difference under twice its bootstrap std is the luck "
                          "of the test images.")
         elif gap:
-            notes.append(f"On the test split the best trial {best['trial']} beat {who} by more than twice the bootstrap "
+            notes.append(f"On the test split {ours} beat {who} by more than twice the bootstrap "
                          f"std of each difference: {', '.join(said.values())}.")
     return notes
 
@@ -213,33 +214,91 @@ def best_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool =
     return trial_model(study, cfg, best_trial(study), data, retrain)
 
 
-def check_on_test(study, cfg, trial, data: Splits, retrain: bool) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """Test-split metrics of one finished trial's model at its own threshold and temperature, and its
-    probabilities and decisions on each test image (to compare trials image by image)."""
-    model, payload, source = trial_model(study, cfg, trial, data, retrain)
+def final_members(study: optuna.Study, cfg: StudyConfig) -> list[optuna.trial.FrozenTrial]:
+    """The trials whose models the final model averages: with ``study.final_model = "ensemble"``
+    the best KEEP_MODELS complete trials and the complete reference trials (the models a study
+    keeps), best first; else the best trial alone."""
+    best = best_trial(study)
+    if cfg.study.final_model != "ensemble":
+        return [best]
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
+    top = [t for t in done if keys.REFERENCE not in t.user_attrs][:KEEP_MODELS]
+    return sorted(top + [t for t in done if keys.REFERENCE in t.user_attrs], key=lambda t: (t.number != best.number, -t.value))
+
+
+def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
+    """The model the study hands back (``best --save-model``, ``predict``, the report): the best
+    trial's, or the mean of ``final_members`` with the temperature and threshold chosen on their
+    averaged validation logits (``tuner.learn.ensemble``)."""
+    members = final_members(study, cfg)
+    if len(members) == 1:
+        return trial_model(study, cfg, members[0], data, retrain)
+    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    got = [trial_model(study, cfg, t, data, retrain) for t in members]
+    parts = []
+    for model, payload, _ in got:
+        logits, y = validation_logits(model, data, cfg.data.folds, cfg.study.seed)
+        parts.append((model, payload["temperature"], logits))
+    model, metrics = combine(parts, y, cfg.study.operating_point)
+    source = "retrained" if any(src == "retrained" for _, _, src in got) else "checkpoint"
+    return model, ensemble_payload([p for _, p, _ in got], metrics), source
+
+
+def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
+    """What the final model is, in words."""
+    if cfg.data.folds > 1:
+        one = (f"ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
+               f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
+    else:
+        one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
+    if trials is None or len(trials) < 2:
+        return f"the best trial's model: {one}"
+    return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} trials and "
+            f"the reference trials), each an {one}; one temperature and threshold chosen on their averaged "
+            "validation predictions")
+
+
+def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Splits) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Test-split metrics of a model at its own threshold and temperature, and its probabilities and
+    decisions on each test image (to compare models image by image)."""
     logits, temperature = predict(model, data.test_x).float(), payload.get("temperature", 1.0)
     out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), temperature, logits=logits)
     calibrated = probabilities(logits.double() / temperature).numpy()
     cut = out.get(keys.THRESHOLD, 0.5)
     decisions = (calibrated >= cut).astype(np.int64) if calibrated.ndim == 1 else calibrated.argmax(axis=1)
-    return {"trial": trial.number, "source": source, **out}, (probabilities(logits).numpy(), decisions)
+    return {"source": source, **out}, (probabilities(logits).numpy(), decisions)
 
 
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None,
                           retrain: bool = False) -> dict | None:
-    """Test-set metrics of the best trial and of the complete reference trials (the only place the
-    test split is used), stored with the study for ``tuner best``; ``data``: the study's data when
-    already loaded; ``retrain``: train a trial again when its model file is not here."""
+    """Test-set metrics of the best trial, of the final model when it is a mean of trials, and of the
+    complete reference trials, each reference also against the final model image by image
+    (``paired_bootstrap``): the only place the test split is used. Stored with the study for
+    ``tuner best``; ``data``: the study's data when already loaded; ``retrain``: train a trial again
+    when its model file is not here."""
     best = best_trial(study)
     data = data or load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
-    out, best_outputs = check_on_test(study, cfg, best, data, retrain)
+    out, final_outputs = check_on_test(*trial_model(study, cfg, best, data, retrain), data)
+    out = {"trial": best.number, **out}
+    final = None
+    if len(final_members(study, cfg)) > 1:
+        model, payload, source = final_model(study, cfg, data, retrain)
+        final, final_outputs = check_on_test(model, payload, source, data)
+        final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if keys.REFERENCE in t.user_attrs and t.number != best.number:
-            ref, outputs = check_on_test(study, cfg, t, data, retrain)
-            refs.append({**ref, "against_best": paired_bootstrap(data.test_y.numpy(), outputs, best_outputs)})
+            ref, outputs = check_on_test(*trial_model(study, cfg, t, data, retrain), data)
+            refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs)})
     study.set_user_attr(keys.BEST_TEST, out)
+    study.set_user_attr(keys.FINAL_TEST, final)
     study.set_user_attr(keys.REFERENCES_TEST, refs)
     return out
+
+
+def final_test(study: optuna.Study) -> dict | None:
+    """The stored test check of the final model when it is a mean of trials and of the current best."""
+    final = study.user_attrs.get(keys.FINAL_TEST)
+    return final if final and final.get("best_trial") == best_trial(study).number else None
