@@ -103,16 +103,16 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
 def notes_on_test(study: optuna.Study) -> list[str]:
     """A sentence per reference trial on how it compares on the test split with the model the study
     hands back (``final_model``), on average precision and balanced accuracy, told apart from the
-    test split's noise: a difference
-    counts only when it exceeds twice its bootstrap standard deviation (``paired_bootstrap``)."""
+    test split's noise: a difference counts only when it exceeds twice its bootstrap standard
+    deviation (``paired_bootstrap``)."""
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
     final = final_test(study)
     if final:
-        best, ours = final, f"the final model (the mean of trials {', '.join(map(str, final['trials']))})"
+        ours = f"the final model (the mean of trials {', '.join(map(str, final['trials']))})"
     else:
-        ours = f"the best trial {best['trial']}"
+        final, ours = best, f"the best trial {best['trial']}"
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
     notes = []
     for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
@@ -121,10 +121,10 @@ def notes_on_test(study: optuna.Study) -> list[str]:
         said, real = {}, {}
         for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
             std = gap.get(k + "_std")
-            real[k] = std is None or abs(ref[k] - best[k]) > 2 * std
-            said[k] = (f"{name} {ref[k]:.4f} against {best[k]:.4f}"
+            real[k] = std is None or abs(ref[k] - final[k]) > 2 * std
+            said[k] = (f"{name} {ref[k]:.4f} against {final[k]:.4f}"
                        + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
-        higher = [k for k in real if real[k] and ref[k] > best[k]]
+        higher = [k for k in real if real[k] and ref[k] > final[k]]
         unclear = [k for k in real if not real[k]]
         if higher:
             notes.append(f"On the test split {who} scored higher than {ours}: "
@@ -210,10 +210,6 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
 
 
-def best_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
-    return trial_model(study, cfg, best_trial(study), data, retrain)
-
-
 def final_members(study: optuna.Study, cfg: StudyConfig) -> list[optuna.trial.FrozenTrial]:
     """The trials whose models the final model averages: with ``study.final_model = "ensemble"``
     the best KEEP_MODELS complete trials and the complete reference trials (the models a study
@@ -247,14 +243,14 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
 def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
     """What the final model is, in words."""
     if cfg.data.folds > 1:
-        one = (f"ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
+        one = (f"an ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
                f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
     else:
         one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
     if trials is None or len(trials) < 2:
-        return f"the best trial's model: {one}"
+        return f"the best trial's model, {one}"
     return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} trials and "
-            f"the reference trials), each an {one}; one temperature and threshold chosen on their averaged "
+            f"the reference trials), each {one}; one temperature and threshold chosen on their averaged "
             "validation predictions")
 
 
