@@ -75,6 +75,7 @@ def test_parallel_workers_do_not_propose_duplicates(finished):
 def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_on_stderr(finished):
     folder, proc = finished
     assert "best trial" in proc.stdout and "test set" in proc.stdout and "balanced accuracy" in proc.stdout
+    assert re.search(r"  the final model \(the mean of trials \d+(, \d+)+\): AP [0-9.]+, balanced accuracy", proc.stdout)
     assert re.search(r"positive class 'rare': \d+ of \d+ train images; operating point: balanced_accuracy", proc.stderr)
     assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "positive class" not in proc.stdout
     assert re.match(r"\d+ complete, \d+ pruned, \d+ failed$", proc.stdout.splitlines()[0])

@@ -218,7 +218,9 @@ def _print_best(s: dict) -> None:
         print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
         if s["final"]:
-            _print_test(f"final model (mean of trials {', '.join(map(str, s['final']['trials']))})", s["final"], s["positive_class"])
+            from tuner.show.results import final_label
+
+            _print_test(final_label(s["final"]["trials"]), s["final"], s["positive_class"])
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
                 _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
@@ -375,9 +377,10 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.export import save_best_model
 
         saved = save_best_model(study, save_model)
-        what = (f"the mean of trials {', '.join(map(str, saved['trials']))}" if saved["final_model"] == "ensemble"
-                else f"trial {saved['trial']}")
-        print(f"saved the final model, {what} ({saved['source']}), to {save_model} and {save_model}.json", file=sys.stderr)
+        from tuner.show.results import final_label
+
+        what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
+        print(f"saved {what} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

@@ -112,7 +112,7 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
 
 
 def paired_bootstrap(y: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                     resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+                     resamples: int = 400, seed: int = 0) -> dict[str, float]:
     """How far apart two models are on the same images, and how much of that the images alone could
     make: the difference a - b in average precision and in balanced accuracy, and the standard
     deviation of each difference over bootstrap resamples of the images (each class resampled within

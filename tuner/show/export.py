@@ -78,7 +78,11 @@ def save_best_model(study: optuna.Study, path: str | Path) -> dict:
     model, payload, source = final_model(study, cfg)
     best = best_trial(study)
     members = payload.get("members", [payload])
-    test = final_test(study) if "members" in payload else study.user_attrs.get(keys.BEST_TEST)
+    if "members" in payload:
+        test = final_test(study)
+    else:
+        test = study.user_attrs.get(keys.BEST_TEST)
+        test = test if test and test.get("trial") == best.number else None  # none yet, or of an earlier best trial
     settings = {"study": study.study_name, "trial": best.number, "metric": cfg.study.metric, "value": best.value,
                 "final_model": "ensemble" if "members" in payload else "best_trial", "trials": [m["trial"] for m in members],
                 "members": [{"trial": m["trial"], "params": m["params"], "seed": m["seed"], "temperature": m["temperature"]}
@@ -87,7 +91,7 @@ def save_best_model(study: optuna.Study, path: str | Path) -> dict:
                 "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],
                 "threshold": payload["threshold"], "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
-                "source": source, "test": test if test and test.get("trial", test.get("best_trial")) == best.number else None}
+                "source": source, "test": test}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, path)

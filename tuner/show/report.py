@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tuner import keys
 from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.show.results import best_trial, final_members, final_model, final_words, margin_notes, notes_on_test
+from tuner.show.results import best_trial, final_label, final_members, final_model, final_words, margin_notes, notes_on_test
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -60,11 +60,11 @@ def build_report(study: optuna.Study, out: Path) -> Path:
         test_sections = []
     else:
         model, payload, source = final_model(study, cfg, data)
-        name = (f"The final model (the mean of trials {', '.join(map(str, payload['trials']))})" if "members" in payload
-                else f"Best trial {best.number}")
+        name = final_label(payload["trials"]).capitalize() if "members" in payload else f"Best trial {best.number}"
         threshold, temperature = payload.get("threshold"), payload.get("temperature", 1.0)
-        s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature)
-        probs = probabilities(predict(model, data.test_x).double() / temperature).float()
+        logits = predict(model, data.test_x).float()  # once: the final model may be many members
+        s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature, logits=logits)
+        probs = probabilities(logits.double() / temperature).float()
         if data.positive_class:
             test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
                          f"{s['threshold']:.4f} on the calibrated probability of {data.positive_class!r} chosen on validation "

@@ -110,7 +110,7 @@ def notes_on_test(study: optuna.Study) -> list[str]:
         return []
     final = final_test(study)
     if final:
-        ours = f"the final model (the mean of trials {', '.join(map(str, final['trials']))})"
+        ours = final_label(final["trials"])
     else:
         final, ours = best, f"the best trial {best['trial']}"
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
@@ -238,6 +238,11 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
     model, metrics = combine(parts, y, cfg.study.operating_point)
     source = "retrained" if any(src == "retrained" for _, _, src in got) else "checkpoint"
     return model, ensemble_payload([p for _, p, _ in got], metrics), source
+
+
+def final_label(trials: list[int]) -> str:
+    """How tuner names a final model that is a mean of trials."""
+    return f"the final model (the mean of trials {', '.join(map(str, trials))})"
 
 
 def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
