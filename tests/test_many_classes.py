@@ -47,7 +47,7 @@ kind = "none"
 
 def test_the_driver_says_how_classes_are_weighted(folder):
     _, proc = folder
-    assert "classes eight, five, one, zero: class_balanced class weights, argmax decisions" in proc.stderr
+    assert "classes eight, five, one, zero: class_balanced class weights, per-class thresholds for balanced accuracy" in proc.stderr
     assert "class weights: eight 1.000" in proc.stdout and "macro AP" in proc.stdout
 
 
@@ -84,3 +84,27 @@ def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
     assert refs[1]["params"]["beta"] == pytest.approx(0.999) and refs[1]["params"]["gamma"] == 2.0
     assert all(r["test"] is not None and "balanced_accuracy" in r["test"] for r in best["references"])
     assert all("against_final" in r["test"] for r in best["references"] if r["trial"] != best["trial"])
+
+
+def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(folder, tmp_path):
+    import torch
+
+    root, _ = folder
+    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    assert list(best["class_thresholds"]) == list(COUNTS) and sum(best["class_thresholds"].values()) == pytest.approx(1.0)
+    assert "per-class thresholds" in tuner("best", cwd=root).stdout
+    saved = tmp_path / "final.pt"
+    assert tuner("best", "--save-model", str(saved), cwd=root).returncode == 0
+    t = torch.load(saved, weights_only=True)["class_thresholds"]
+    assert len(t) == 4 and sum(t) == pytest.approx(1.0)
+    images = sorted((root / "data" / "test").glob("*/*.png"))
+    proc = tuner("predict", str(saved), *map(str, images), "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "divided by its threshold" in proc.stderr
+    rows = json.loads(proc.stdout)
+    names = list(COUNTS)
+    by_hand = [names[int(np.argmax([r["probabilities"][c] / t[i] for i, c in enumerate(names)]))] for r in rows]
+    assert [r["predicted"] for r in rows] == by_hand
+    truth = [p.parent.name for p in images]
+    recall = np.mean([np.mean([p == c for p, y in zip(by_hand, truth) if y == c]) for c in names])
+    assert recall == pytest.approx(best["final"]["balanced_accuracy"], abs=1e-6)

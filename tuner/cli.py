@@ -143,7 +143,8 @@ def start_study(
                      f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
                      f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
         progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
-                     if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, argmax decisions")
+                     if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "
+                     + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else "argmax decisions"))
         if cfg.data.folds > 1:
             progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
                          "scores each image once, by the fold model that did not train on it")
@@ -206,6 +207,9 @@ def _print_best(s: dict) -> None:
     if s["threshold"] is not None:
         print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
               f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})")
+    if s.get("class_thresholds"):
+        print("  per-class thresholds (the class with the largest probability / threshold wins; chosen on validation "
+              f"for {s['operating_point']}): " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_thresholds"].items()))
     if s["validation"].get("fold_spread") is not None:
         print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
     print(f"  final model: {s['final_model']}")
@@ -452,7 +456,8 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
                 all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
                 as_json: Json = False):
     """Classify image files: per image its path, predicted class and calibrated probability of the
-    positive class (two classes) or of the predicted class (more)."""
+    positive class (two classes) or of the predicted class (more; the class with the largest
+    probability divided by its threshold, chosen on validation)."""
     from tuner.show.predict import classify, load_model, operating_threshold
 
     if threshold is not None and not 0 <= threshold <= 1:
@@ -464,6 +469,10 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
         print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
+    elif payload.get("class_thresholds"):
+        print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
+              f"(chosen on validation for {payload.get('operating_point')}: "
+              + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
     else:
         print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
     if as_json:

@@ -7,13 +7,14 @@ No imports: any layer may use this module.
 
 # Metrics of one epoch on validation (tuner.learn.metrics and tuner.learn.train write them).
 AVERAGE_PRECISION = "average_precision"
-BALANCED_ACCURACY = "balanced_accuracy"  # at the trial's operating point (argmax with C > 2)
+BALANCED_ACCURACY = "balanced_accuracy"  # at the trial's operating point
 MACRO_F1 = "macro_f1"
 RECALL = "recall"  # of the positive class, at the threshold
 PRECISION = "precision"
 BALANCED_ACCURACY_HALF = "balanced_accuracy@0.5"  # at the naive cut 0.5, for comparison
 MACRO_F1_HALF = "macro_f1@0.5"
 THRESHOLD = "threshold"  # on the calibrated probability of the positive class
+CLASS_THRESHOLDS = "class_thresholds"  # C > 2: decide the class with the largest probability / its threshold
 TEMPERATURE = "temperature"
 ECE = "ece"
 ECE_CALIBRATED = "ece_calibrated"

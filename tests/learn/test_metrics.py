@@ -11,7 +11,7 @@ import sklearn.metrics as skm
 import torch
 
 import tuner.learn.metrics
-from tuner.learn.metrics import check_operating_point, choose_threshold, confusion, paired_bootstrap, scores
+from tuner.learn.metrics import check_operating_point, choose_threshold, class_thresholds, confusion, decide, paired_bootstrap, scores
 
 TOL = 1e-12
 
@@ -56,15 +56,17 @@ def check(p: np.ndarray, y: np.ndarray) -> None:
         assert abs(got["macro_f1@0.5"] - half["macro_f1"]) <= TOL
         if 0 < y.sum() < len(y):  # the balanced-accuracy rule: the positive share
             assert got["threshold"] == pytest.approx(y.mean())
-    else:
-        pred = p.argmax(axis=1)
+    else:  # per-class thresholds when every class has an image, else the argmax
+        assert ("class_thresholds" in got) == (np.bincount(y, minlength=p.shape[1]) > 0).all()
+        t = got.get("class_thresholds")
+        pred = (p / np.array(t)).argmax(axis=1) if t else p.argmax(axis=1)
     want = reference(p, y, pred)
     for key in want:
         assert abs(got[key] - want[key]) <= TOL, (key, got[key], want[key], p, y)
     assert got["ece"] == pytest.approx(ece_by_hand(p, y), abs=1e-9)
     c = 2 if p.ndim == 1 else p.shape[1]
     for n in (c, c + 2):  # also a matrix wider than the classes seen
-        cut = got.get("threshold", 0.5)
+        cut = got.get("threshold", got.get("class_thresholds", 0.5))
         assert confusion(torch.from_numpy(p), torch.from_numpy(y), n, cut) == skm.confusion_matrix(y, pred, labels=range(n)).tolist()
 
 
@@ -163,6 +165,68 @@ def test_on_calibrated_probabilities_the_positive_share_maximises_expected_balan
     assert share == pytest.approx(0.05, abs=0.002)
     assert ba(share) >= max(ba(c) for c in np.linspace(0.005, 0.5, 100)) - 0.002
     assert ba(share) > ba(0.5) + 0.1
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _ba(y, pred):
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def test_class_thresholds_shift_the_totals_to_the_class_counts():
+    rng = np.random.default_rng(1)
+    p, y = _softmax(rng.normal(size=(300, 4)) * 2), rng.choice(4, 300, p=[0.6, 0.25, 0.1, 0.05])
+    t = np.array(class_thresholds(p, y, "balanced_accuracy"))
+    counts = np.bincount(y, minlength=4)
+    assert t.sum() == pytest.approx(1.0) and (t > 0).all()
+    q = p * (counts / len(y)) / t  # p shifted by exp(b), b = log(share / t) up to a constant
+    q /= q.sum(axis=1, keepdims=True)
+    assert q.sum(axis=0) == pytest.approx(counts, abs=1e-6)
+
+
+def test_with_totals_that_already_match_the_thresholds_are_the_shares_and_two_classes_give_the_binary_rule():
+    p1, y = np.array([0.7, 0.1, 0.1, 0.1, 0.6, 0.2, 0.1, 0.1]), np.array([1, 0, 0, 0, 1, 0, 0, 0])  # sum(p1) = 2 positives
+    t = class_thresholds(np.c_[1 - p1, p1], y, "balanced_accuracy")
+    assert t == pytest.approx([0.75, 0.25])
+    assert (decide(np.c_[1 - p1, p1], t) == decide(p1, choose_threshold(p1, y == 1, "balanced_accuracy"))).all()
+
+
+def test_class_thresholds_are_the_bayes_rule_for_balanced_accuracy_and_beat_the_argmax():
+    # labels drawn from the probabilities (calibrated by construction), a long tail of three classes
+    rng = np.random.default_rng(0)
+    p = _softmax(rng.normal(size=(200_000, 3)) * 1.5 + np.log([0.8, 0.15, 0.05]))
+    y = (rng.random(len(p))[:, None] > p.cumsum(axis=1)).sum(axis=1)
+    t = class_thresholds(p, y, "balanced_accuracy")
+    shares = np.bincount(y) / len(y)
+    assert t == pytest.approx(shares, abs=0.01)
+    rule = _ba(y, decide(p, t))
+    assert rule > _ba(y, p.argmax(axis=1)) + 0.05
+    for _ in range(50):  # no nearby set of thresholds does better beyond the sampling noise
+        other = shares * np.exp(rng.normal(scale=0.3, size=3))
+        assert rule >= _ba(y, decide(p, other / other.sum())) - 0.003
+
+
+def test_class_thresholds_undo_a_per_class_shift_of_the_logits():
+    # class weights shift each class's logit; one temperature cannot undo that, the thresholds do
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(20_000, 4)) * 2 + np.log([0.7, 0.2, 0.07, 0.03])
+    p = _softmax(z)
+    y = (rng.random(len(p))[:, None] > p.cumsum(axis=1)).sum(axis=1)
+    shifted = _softmax(z + np.array([-1.0, 0.5, 1.5, 2.5]))
+    plain, moved = decide(p, class_thresholds(p, y, "balanced_accuracy")), decide(shifted, class_thresholds(shifted, y, "balanced_accuracy"))
+    assert (plain == moved).mean() > 0.99
+    assert abs(_ba(y, plain) - _ba(y, moved)) < 0.005
+
+
+def test_class_thresholds_only_for_balanced_accuracy_and_with_every_class_present():
+    p = _softmax(np.random.default_rng(3).normal(size=(30, 3)))
+    assert class_thresholds(p, np.arange(30) % 3, "f1") is None
+    assert class_thresholds(p, np.arange(30) % 2, "balanced_accuracy") is None  # class 2 has no image
+    assert "class_thresholds" not in scores(torch.from_numpy(p), torch.from_numpy(np.arange(30) % 3), "f1")
+    assert (decide(p, None) == p.argmax(axis=1)).all()
 
 
 def test_f1_takes_the_higher_cut_of_equal_values():

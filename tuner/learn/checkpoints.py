@@ -94,10 +94,11 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
     """A trained model with what is needed to rebuild and use it: shape, classes, settings, and
     the operating point chosen on validation (``final``: its last epoch's metrics): the temperature
     that calibrates its probabilities and, with two classes, the threshold on the calibrated
-    probability of the positive class (classes[1])."""
+    probability of the positive class (classes[1]), with more, the per-class thresholds."""
     return {
         "temperature": float(final.get(keys.TEMPERATURE, 1.0)),
         "threshold": final.get(keys.THRESHOLD),
+        "class_thresholds": final.get(keys.CLASS_THRESHOLDS),
         "operating_point": cfg.study.operating_point,
         "positive_class": data.positive_class,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -120,15 +121,24 @@ def ensemble_payload(members: list[dict], metrics: dict) -> dict:
     return {
         "temperature": float(metrics[keys.TEMPERATURE]),
         "threshold": metrics.get(keys.THRESHOLD),
+        "class_thresholds": metrics.get(keys.CLASS_THRESHOLDS),
         "operating_point": first["operating_point"],
         "positive_class": first["positive_class"],
         "classes": first["classes"],
         "model": first["model"],
         "trials": [m["trial"] for m in members],
-        "validation": {k: float(v) for k, v in metrics.items()},
+        "validation": {k: v if isinstance(v, list) else float(v) for k, v in metrics.items()},
         "members": members,
         "config": first["config"],
     }
+
+
+def decision_cut(payload: dict):
+    """What a model file decides at (``tuner.learn.metrics.decide``): its threshold with two classes,
+    its per-class thresholds with more (None in files written before they were chosen: the argmax)."""
+    if len(payload["classes"]) == 2:
+        return payload.get("threshold")
+    return payload.get("class_thresholds")
 
 
 def load_trial_model(path: Path) -> tuple[torch.nn.Module, dict]:

@@ -136,7 +136,7 @@ def fold_spread(logits: torch.Tensor, y: torch.Tensor, folds: torch.Tensor, k: i
     pooled threshold): how much the trial's value would move with another split of the data."""
     probs = probabilities(logits.squeeze(1) if logits.shape[1] == 1 else logits)
     calibrated = probabilities((logits.squeeze(1) if logits.shape[1] == 1 else logits).double() / temperature).float()
-    cut = pooled.get(keys.THRESHOLD, 0.5)
+    cut = pooled.get(keys.THRESHOLD, pooled.get(keys.CLASS_THRESHOLDS, 0.5))
     values = [scores(probs[folds == f], y[folds == f], cut, calibrated[folds == f])[metric] for f in range(k)
               if (y[folds == f] == 1).any() or probs.dim() == 2]
     return float(np.std(values)) if len(values) > 1 else 0.0

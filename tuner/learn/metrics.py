@@ -9,7 +9,9 @@ to the prior (0.05) and a balanced accuracy of 0.5.
 Two classes: the positive class is index 1 (``tuner.learn.data`` puts the named positive class there),
 and a probability is that of the positive class. Thresholded metrics are computed at an operating
 point chosen on the same scores by a rule (``choose_threshold``) or at a given threshold; the
-values at 0.5 are kept under names ending in ``@0.5``. More classes: argmax decisions.
+values at 0.5 are kept under names ending in ``@0.5``. More classes: the class with the largest
+probability divided by its own threshold (``class_thresholds``; plain argmax for rules other than
+balanced accuracy).
 
 Plain numpy, so that a worker does not spend a second importing scikit-learn; each function named
 after a scikit-learn one computes what it does, in the same order of floating-point operations
@@ -71,13 +73,52 @@ def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> floa
     return float((s[last[k]] + below) / 2)
 
 
+def class_thresholds(p: np.ndarray, y: np.ndarray, rule: str, steps: int = 200) -> list[float] | None:
+    """Per-class thresholds t for C > 2 classes: decide the class with the largest p / t (``decide``).
+
+    - ``balanced_accuracy``: the Bayes rule for it, p(c | x) / share_c, where p is first shifted per
+      class until its totals match the class counts of these images (the prior adjustment of Saerens et
+      al. 2002: b_c += log(n_c / sum_i p_ic) until it settles). One temperature cannot undo the per-class
+      shift that class weights put into the logits, so without the shift weighted and unweighted models
+      would be decided on different scales. Then t_c = share_c * exp(-b_c), normalised to sum 1 (for a
+      model whose totals already match, b = 0 and t is the shares: the binary rule with two classes).
+    - other rules: None (plain argmax); so too when a class has no image here.
+    """
+    counts = np.bincount(np.asarray(y), minlength=p.shape[1]).astype(np.float64)
+    if rule != "balanced_accuracy" or (counts == 0).any():
+        return None
+    log_p = np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-300, None))
+    b = np.zeros(p.shape[1])
+    for _ in range(steps):
+        z = log_p + b
+        q = np.exp(z - z.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        step = np.log(counts / np.clip(q.sum(axis=0), 1e-300, None))
+        b += step
+        if np.abs(step).max() < 1e-9:
+            break
+    t = counts / counts.sum() * np.exp(-(b - b.max()))
+    return (t / t.sum()).tolist()
+
+
+def decide(p: np.ndarray, cut) -> np.ndarray:
+    """Decisions: two classes (``p`` of shape (N,)), positive when p >= ``cut``; more, the class with
+    the largest p / cut (per-class thresholds), or the argmax when ``cut`` is not a list of them."""
+    if p.ndim == 1:
+        return (p >= cut).astype(np.int64)
+    if isinstance(cut, (list, tuple, np.ndarray)) and len(cut) == p.shape[1]:
+        return (p / np.asarray(cut, dtype=np.float64)).argmax(axis=1)
+    return p.argmax(axis=1)
+
+
 def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = "balanced_accuracy",
            calibrated: torch.Tensor | None = None) -> dict[str, float]:
     """Average precision (macro over classes when C > 2), balanced accuracy, macro-F1 and expected
     calibration error; for two classes also the threshold, recall and precision of the positive class.
 
     ``probs`` is (N,) for two classes (the probability of the positive class, index 1) or (N, C).
-    ``threshold``: an operating-point rule chosen on these scores, or a fixed threshold.
+    ``threshold``: an operating-point rule chosen on these scores, or a fixed threshold (with C > 2,
+    per-class thresholds or None for the argmax; the chosen ones are returned as ``class_thresholds``).
     ``calibrated``: the same probabilities after temperature scaling; thresholds and decisions then
     refer to them (and ``ece_calibrated`` is theirs); the ranking, hence AP, is the same.
     """
@@ -99,12 +140,15 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
             keys.MACRO_F1_HALF: macro_f1(y, half),
         }
     else:
-        pred = p.argmax(axis=1)
+        t = class_thresholds(cal, y, threshold) if isinstance(threshold, str) else threshold
+        pred = decide(cal, t)
         out = {
             keys.AVERAGE_PRECISION: _ap(p, y),
             keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
             keys.MACRO_F1: macro_f1(y, pred),
         }
+        if isinstance(t, list):
+            out[keys.CLASS_THRESHOLDS] = t
     out[keys.ECE] = expected_calibration_error(p, y)
     if calibrated is not None:
         out[keys.ECE_CALIBRATED] = expected_calibration_error(cal, y)
@@ -155,11 +199,11 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BIN
     return float(gap.sum() / len(conf))
 
 
-def confusion(probs: torch.Tensor, targets: torch.Tensor, num_classes: int, threshold: float = 0.5) -> list[list[int]]:
-    """Confusion matrix as nested lists (rows: true class, columns: predicted), two classes cut at
-    ``threshold``; as ``sklearn.metrics.confusion_matrix(y, pred, labels=range(num_classes))``."""
+def confusion(probs: torch.Tensor, targets: torch.Tensor, num_classes: int, threshold=0.5) -> list[list[int]]:
+    """Confusion matrix as nested lists (rows: true class, columns: predicted) of the decisions at
+    ``threshold`` (``decide``); as ``sklearn.metrics.confusion_matrix(y, pred, labels=range(num_classes))``."""
     p = probs.detach().float().cpu().numpy()
-    pred = (p >= threshold).astype(np.int64) if p.ndim == 1 else p.argmax(axis=1)
+    pred = decide(p, threshold)
     return confusion_matrix(targets.cpu().numpy(), pred, np.arange(num_classes)).tolist()
 
 

@@ -89,7 +89,8 @@ def save_best_model(study: optuna.Study, path: str | Path) -> dict:
                             for m in members],
                 "params": members[0]["params"], "seed": members[0]["seed"], "classes": payload["classes"], "model": payload["model"],
                 "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],
-                "threshold": payload["threshold"], "temperature": payload["temperature"],
+                "threshold": payload["threshold"], "class_thresholds": payload.get("class_thresholds"),
+                "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
                 "source": source, "test": test}
     try:

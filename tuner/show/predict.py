@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tuner.learn.checkpoints import load_trial_model
+from tuner.learn.checkpoints import decision_cut, load_trial_model
+from tuner.learn.metrics import decide
 from tuner.errors import UserError
 from tuner.learn.train import predict, probabilities
 
@@ -43,7 +44,8 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None) -> list[dict]:
     """One dict per image: ``path``, ``predicted`` class name and ``probabilities`` of every class
     by name, calibrated by the model's temperature. Two classes: the positive class is predicted
-    when its probability is at least ``threshold`` (default: the model's, chosen on validation).
+    when its probability is at least ``threshold`` (default: the model's, chosen on validation); more:
+    the class with the largest probability divided by its threshold, chosen on validation.
     Reads every image before predicting."""
     m, classes = payload["model"], payload["classes"]
     x = torch.stack([read_image(p, m["channels"], m["image_size"]) for p in paths])
@@ -52,7 +54,7 @@ def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold:
         cut = operating_threshold(payload) if threshold is None else threshold
         label, per_class = (probs >= cut).long(), torch.stack([1 - probs, probs], dim=1)
     else:
-        label, per_class = probs.argmax(dim=1), probs
+        label, per_class = torch.from_numpy(decide(probs.double().numpy(), decision_cut(payload))), probs
     return [{"path": str(p), "predicted": classes[int(c)], "probabilities": dict(zip(classes, map(float, q)))}
             for p, c, q in zip(paths, label, per_class)]
 

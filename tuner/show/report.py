@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from tuner import keys
+from tuner.learn.checkpoints import decision_cut
 from tuner.learn.data import load_data
 from tuner.errors import UserError
 from tuner.show.results import best_trial, final_label, final_members, final_model, final_words, margin_notes, notes_on_test
@@ -61,7 +62,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     else:
         model, payload, source = final_model(study, cfg, data)
         name = final_label(payload["trials"]).capitalize() if "members" in payload else f"Best trial {best.number}"
-        threshold, temperature = payload.get("threshold"), payload.get("temperature", 1.0)
+        threshold, temperature = decision_cut(payload), payload.get("temperature", 1.0)
         logits = predict(model, data.test_x).float()  # once: the final model may be many members
         s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature, logits=logits)
         probs = probabilities(logits.double() / temperature).float()
@@ -72,7 +73,8 @@ def build_report(study: optuna.Study, out: Path) -> Path:
                          f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
-            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), argmax decisions: "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), "
+                         f"{'per-class thresholds chosen on validation for balanced accuracy' if s.get('class_thresholds') else 'argmax decisions'}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")

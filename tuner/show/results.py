@@ -10,7 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import keys
-from tuner.learn.checkpoints import ensemble_payload, load_trial_model, model_payload, save_trial_model, trial_path
+from tuner.learn.checkpoints import decision_cut, ensemble_payload, load_trial_model, model_payload, save_trial_model, trial_path
 from tuner.learn.ensemble import combine, validation_logits
 from tuner.search.config import StudyConfig
 from tuner.learn.data import Splits, load_data
@@ -18,7 +18,7 @@ from tuner.errors import UserError
 from tuner.search.storage import open_storage
 from tuner.search.lifecycle import KEEP_MODELS
 from tuner.search.study import counts
-from tuner.learn.metrics import paired_bootstrap
+from tuner.learn.metrics import decide, paired_bootstrap
 from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
 
 
@@ -70,6 +70,8 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "positive_class": cfg.data.positive_class or None,
         "operating_point": cfg.study.operating_point,
         "threshold": best.user_attrs.get(keys.THRESHOLD),
+        "class_thresholds": (dict(zip(classes, best.user_attrs[keys.CLASS_THRESHOLDS]))
+                             if classes and keys.CLASS_THRESHOLDS in best.user_attrs else None),
         "temperature": best.user_attrs.get(keys.TEMPERATURE),
         "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
         "epochs": best.user_attrs.get(keys.EPOCHS),
@@ -263,10 +265,9 @@ def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Spli
     """Test-split metrics of a model at its own threshold and temperature, and its probabilities and
     decisions on each test image (to compare models image by image)."""
     logits, temperature = predict(model, data.test_x).float(), payload.get("temperature", 1.0)
-    out = heldout_metrics(model, data.test_x, data.test_y, payload.get("threshold"), temperature, logits=logits)
-    calibrated = probabilities(logits.double() / temperature).numpy()
-    cut = out.get(keys.THRESHOLD, 0.5)
-    decisions = (calibrated >= cut).astype(np.int64) if calibrated.ndim == 1 else calibrated.argmax(axis=1)
+    cut = decision_cut(payload)
+    out = heldout_metrics(model, data.test_x, data.test_y, cut, temperature, logits=logits)
+    decisions = decide(probabilities(logits.double() / temperature).numpy(), 0.5 if cut is None else cut)
     return {"source": source, **out}, (probabilities(logits).numpy(), decisions)
 
 
