@@ -189,10 +189,11 @@ def run_tuner(task_dir: Path, seed: int, workers: int, folds) -> tuple[dict, flo
 
 def refit(url: str, task_dir: Path, files) -> dict:
     """The best trial of a k-fold study trained again on all training images, for as many epochs, and
-    used at the threshold and temperature its out-of-fold predictions chose: test split and held-out."""
+    used at the threshold (per-class thresholds with more classes) and temperature its out-of-fold
+    predictions chose: test split and held-out."""
     import optuna
 
-    from tuner.learn.checkpoints import model_payload
+    from tuner.learn.checkpoints import decision_cut, model_payload
     from tuner.learn.data import Splits, load_data
     from tuner.learn.folds import pool
     from tuner.learn.train import heldout_metrics, loss_alpha, train_trial
@@ -205,9 +206,9 @@ def refit(url: str, task_dir: Path, files) -> dict:
     whole = Splits(x, y, x[:2], y[:2], data.test_x, data.test_y, data.classes)  # the val split is not used for choices here
     alpha = None if best.user_attrs.get("unweighted") else loss_alpha(best.params, data.class_counts())
     model = train_trial(cfg, whole, best.params["gamma"], alpha, best.user_attrs["seed"], device=torch.device("cpu")).model.cpu().eval()
-    final = {"threshold": best.user_attrs.get("threshold"), "temperature": best.user_attrs["temperature"]}
+    final = {k: best.user_attrs.get(k) for k in ("threshold", "class_thresholds", "temperature")}
     payload = model_payload(cfg, best.number, model, data, best.params["gamma"], alpha, best.user_attrs["seed"], final)
-    return {"test": heldout_metrics(model, data.test_x, data.test_y, final["threshold"], final["temperature"]),
+    return {"test": heldout_metrics(model, data.test_x, data.test_y, decision_cut(payload), final["temperature"]),
             "held": tuner_heldout(model, payload, files)}
 
 

@@ -108,3 +108,13 @@ def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(fo
     truth = [p.parent.name for p in images]
     recall = np.mean([np.mean([p == c for p, y in zip(by_hand, truth) if y == c]) for c in names])
     assert recall == pytest.approx(best["final"]["balanced_accuracy"], abs=1e-6)
+
+
+def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_path):
+    root, _ = folder
+    proc = tuner("report", "--out", str(tmp_path / "report"), cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "decisions at per-class thresholds chosen on validation for balanced accuracy" in page
+    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page

@@ -74,7 +74,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
             test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), "
-                         f"{'per-class thresholds chosen on validation for balanced accuracy' if s.get('class_thresholds') else 'argmax decisions'}: "
+                         f"{'decisions at per-class thresholds chosen on validation for balanced accuracy' if s.get('class_thresholds') else 'argmax decisions'}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
