@@ -27,7 +27,7 @@ def test_a_reference_that_scores_higher_on_the_test_split_is_named_with_the_metr
                                   {"trial": 1, "average_precision": 0.94, "balanced_accuracy": 0.97}])
     notes = notes_on_test(study)
     assert len(notes) == 1
-    assert "reference trial 0 (cross-entropy)" in notes[0] and "AP 0.9600 against 0.9500" in notes[0]
+    assert "reference trial 0 (cross-entropy)" in notes[0] and "AP 0.9600 for the reference against 0.9500 for the best trial" in notes[0]
     assert "balanced accuracy" not in notes[0]  # it lost there, and a tie is no win
 
 
@@ -51,7 +51,7 @@ def test_a_difference_within_twice_its_bootstrap_std_is_said_to_be_noise_whichev
     notes = notes_on_test(study_with(tmp_path, best, refs))
     assert len(notes) == 2
     assert "best trial 2 is not shown to beat reference trial 0 (cross-entropy)" in notes[0]
-    assert "AP 0.9600 against 0.9500 (bootstrap std of the difference 0.0080)" in notes[0]
+    assert "AP 0.9600 for the reference against 0.9500 for the best trial (bootstrap std of the difference 0.0080)" in notes[0]
     assert "did not beat" not in notes[0] and "train with the reference's settings" not in notes[0]
     assert "not shown to beat reference trial 1 (focal default)" in notes[1]
     assert "balanced accuracy 0.9650" in notes[1] and "AP" not in notes[1]  # AP: 0.01 > 2 x 0.004, a real win
@@ -74,7 +74,8 @@ def test_with_a_final_mean_of_trials_the_notes_compare_the_references_with_it(tm
     study.set_user_attr(keys.FINAL_TEST, final)
     notes = notes_on_test(study)
     assert notes == ["On the test split the final model (the mean of trials 2, 0, 1) beat reference trial 0 (cross-entropy) by "
-                     "more than twice the bootstrap std of each difference: AP 0.9600 against 0.9900 (bootstrap std of the "
-                     "difference 0.0040), balanced accuracy 0.9600 against 0.9900 (bootstrap std of the difference 0.0040)."]
+                     "more than twice the bootstrap std of each difference: AP 0.9600 for the reference against 0.9900 for "
+                     "the final model (bootstrap std of the difference 0.0040), balanced accuracy 0.9600 for the reference "
+                     "against 0.9900 for the final model (bootstrap std of the difference 0.0040)."]
     study.set_user_attr(keys.FINAL_TEST, {**final, "best_trial": 1})  # of an earlier best: the best trial's check is used
     assert "the best trial 2" in notes_on_test(study)[0]

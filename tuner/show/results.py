@@ -112,9 +112,9 @@ def notes_on_test(study: optuna.Study) -> list[str]:
         return []
     final = final_test(study)
     if final:
-        ours = final_label(final["trials"])
+        ours, short = final_label(final["trials"]), "the final model"
     else:
-        final, ours = best, f"the best trial {best['trial']}"
+        final, ours, short = best, f"the best trial {best['trial']}", "the best trial"
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
     notes = []
     for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
@@ -124,7 +124,7 @@ def notes_on_test(study: optuna.Study) -> list[str]:
         for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
             std = gap.get(k + "_std")
             real[k] = std is None or abs(ref[k] - final[k]) > 2 * std
-            said[k] = (f"{name} {ref[k]:.4f} against {final[k]:.4f}"
+            said[k] = (f"{name} {ref[k]:.4f} for the reference against {final[k]:.4f} for {short}"
                        + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
         higher = [k for k in real if real[k] and ref[k] > final[k]]
         unclear = [k for k in real if not real[k]]
