@@ -102,10 +102,11 @@ def class_thresholds(p: np.ndarray, y: np.ndarray, rule: str, steps: int = 200) 
 
 
 def decide(p: np.ndarray, cut) -> np.ndarray:
-    """Decisions: two classes (``p`` of shape (N,)), positive when p >= ``cut``; more, the class with
-    the largest p / cut (per-class thresholds), or the argmax when ``cut`` is not a list of them."""
+    """Decisions: two classes (``p`` of shape (N,)), positive when p >= ``cut`` (0.5 when None); more,
+    the class with the largest p / cut (per-class thresholds), or the argmax when ``cut`` is not a
+    list of them."""
     if p.ndim == 1:
-        return (p >= cut).astype(np.int64)
+        return (p >= (0.5 if cut is None else cut)).astype(np.int64)
     if isinstance(cut, (list, tuple, np.ndarray)) and len(cut) == p.shape[1]:
         return (p / np.asarray(cut, dtype=np.float64)).argmax(axis=1)
     return p.argmax(axis=1)

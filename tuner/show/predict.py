@@ -50,11 +50,9 @@ def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold:
     m, classes = payload["model"], payload["classes"]
     x = torch.stack([read_image(p, m["channels"], m["image_size"]) for p in paths])
     probs = probabilities(predict(model, x).double() / payload.get("temperature", 1.0)).float()
-    if probs.dim() == 1:  # two classes: one sigmoid output, the probability of the positive class (index 1)
-        cut = operating_threshold(payload) if threshold is None else threshold
-        label, per_class = (probs >= cut).long(), torch.stack([1 - probs, probs], dim=1)
-    else:
-        label, per_class = torch.from_numpy(decide(probs.double().numpy(), decision_cut(payload))), probs
+    label = decide(probs.double().numpy(), threshold if threshold is not None and probs.dim() == 1 else decision_cut(payload))
+    # two classes: one sigmoid output, the probability of the positive class (index 1)
+    per_class = torch.stack([1 - probs, probs], dim=1) if probs.dim() == 1 else probs
     return [{"path": str(p), "predicted": classes[int(c)], "probabilities": dict(zip(classes, map(float, q)))}
             for p, c, q in zip(paths, label, per_class)]
 

@@ -224,15 +224,21 @@ def final_members(study: optuna.Study, cfg: StudyConfig) -> list[optuna.trial.Fr
     return sorted(top + [t for t in done if keys.REFERENCE in t.user_attrs], key=lambda t: (t.number != best.number, -t.value))
 
 
-def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
+def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False,
+                loaded: dict | None = None) -> tuple[torch.nn.Module, dict, str]:
     """The model the study hands back (``best --save-model``, ``predict``, the report): the best
     trial's, or the mean of ``final_members`` with the temperature and threshold chosen on their
-    averaged validation logits (``tuner.learn.ensemble``)."""
+    averaged validation logits (``tuner.learn.ensemble``). ``loaded``: trial number -> what
+    ``trial_model`` gave, for trials the caller has already read (filled in here)."""
     members = final_members(study, cfg)
+    loaded = {} if loaded is None else loaded
+    for t in members:
+        if t.number not in loaded:
+            loaded[t.number] = trial_model(study, cfg, t, data, retrain)
     if len(members) == 1:
-        return trial_model(study, cfg, members[0], data, retrain)
+        return loaded[members[0].number]
     data = data or load_data(cfg.data, seed=cfg.study.seed)
-    got = [trial_model(study, cfg, t, data, retrain) for t in members]
+    got = [loaded[t.number] for t in members]
     parts = []
     for model, payload, _ in got:
         logits, y = validation_logits(model, data, cfg.data.folds, cfg.study.seed)
@@ -267,7 +273,7 @@ def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Spli
     logits, temperature = predict(model, data.test_x).float(), payload.get("temperature", 1.0)
     cut = decision_cut(payload)
     out = heldout_metrics(model, data.test_x, data.test_y, cut, temperature, logits=logits)
-    decisions = decide(probabilities(logits.double() / temperature).numpy(), 0.5 if cut is None else cut)
+    decisions = decide(probabilities(logits.double() / temperature).numpy(), cut)
     return {"source": source, **out}, (probabilities(logits).numpy(), decisions)
 
 
@@ -282,17 +288,20 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     data = data or load_data(cfg.data, seed=cfg.study.seed)
     if data.test_x is None:
         return None
-    out, final_outputs = check_on_test(*trial_model(study, cfg, best, data, retrain), data)
+    loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
+    out, final_outputs = check_on_test(*loaded[best.number], data)
     out = {"trial": best.number, **out}
     final = None
     if len(final_members(study, cfg)) > 1:
-        model, payload, source = final_model(study, cfg, data, retrain)
+        model, payload, source = final_model(study, cfg, data, retrain, loaded)
         final, final_outputs = check_on_test(model, payload, source, data)
         final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if keys.REFERENCE in t.user_attrs and t.number != best.number:
-            ref, outputs = check_on_test(*trial_model(study, cfg, t, data, retrain), data)
+            if t.number not in loaded:
+                loaded[t.number] = trial_model(study, cfg, t, data, retrain)
+            ref, outputs = check_on_test(*loaded[t.number], data)
             refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs)})
     study.set_user_attr(keys.BEST_TEST, out)
     study.set_user_attr(keys.FINAL_TEST, final)
