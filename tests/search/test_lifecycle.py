@@ -110,6 +110,15 @@ def test_pruned_and_diverged_trials_are_told_pruned_with_the_reason(worker, data
     assert not checkpoints.trial_path(worker.cfg, "life", t.number).exists()
 
 
+def test_the_pruner_never_stops_a_reference_trial(worker):
+    worker.study.pruner = optuna.pruners.ThresholdPruner(lower=0.9)  # prunes any value below 0.9
+    worker.study.enqueue_trial({"gamma": 0.0, "alpha": 0.5}, user_attrs={keys.REFERENCE: "cross-entropy"})
+    reference, other = claim(worker, 2)
+    reference.start(), other.start()
+    assert reference.reference == "cross-entropy" and other.reference is None
+    assert reference.report(1, METRICS) is False and other.report(1, METRICS) is True
+
+
 def test_a_trainer_that_raises_fails_its_trial_and_the_worker_goes_on(worker, data):
     (run,) = claim(worker)
     assert run_trials(worker, [run], trainer(worker, data, RuntimeError("CUDA error: boom")), data) == [State.FAILED]

@@ -88,7 +88,7 @@ class TrialRun:
         self.gamma = trial.params["gamma"]
         self.state = State.CLAIMED
         self.started = time.time()
-        self.resume = self.ckpt = None
+        self.resume = self.ckpt = self.reference = None
         self.inherited = set()  # epochs a retry inherited from the trial it retries
 
     def start(self) -> None:
@@ -101,6 +101,7 @@ class TrialRun:
         self.ckpt = checkpoints.running_path(w.cfg, w.study.study_name, self.origin)
         self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed}
         self.inherited = set(frozen.intermediate_values)
+        self.reference = frozen.user_attrs.get(keys.REFERENCE)
         try:
             self.resume = checkpoints.load_running(self.ckpt, self.params)
         except checkpoints.Unreadable as e:
@@ -128,7 +129,8 @@ class TrialRun:
             for key, value in metrics.items():
                 self.trial.set_user_attr(key, value)
             self.trial.set_user_attr(keys.EPOCHS, epoch)
-            return self.trial.should_prune()
+            # a reference runs to the end: the final model is measured against it
+            return self.reference is None and self.trial.should_prune()
 
         try:
             return self.w.db(f"reporting epoch {epoch}", write)
