@@ -193,8 +193,13 @@ def test_progress_lines_in_logs(finished):
     assert lines and lines[-1].split()[1] == "8/8"  # "HH:MM:SS 8/8 finished (...)"
     assert re.search(r"; elapsed \d:\d\d:\d\d, [0-9.]+ trials/min, ETA 0:00:00$", lines[-1])
     ended = [t for t in load(folder).trials if t.state != TrialState.WAITING]
-    for t in ended:  # one line per trial, when it ended
-        assert re.search(rf"^\d\d:\d\d:\d\d trial {t.number} {t.state.name.lower()}", proc.stderr, flags=re.M), t.number
+    for t in ended:  # one line per trial when it ended: its worker's, or the driver's for a failed one
+        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}[t.state.name]
+        by_worker = re.findall(rf"^\d\d:\d\d:\d\d \[worker \d\] trial {t.number} .*-> {state}\b", proc.stderr, flags=re.M)
+        by_driver = re.findall(rf"^\d\d:\d\d:\d\d trial {t.number} {t.state.name.lower()}\b", proc.stderr, flags=re.M)
+        assert (len(by_worker), len(by_driver)) == ((0, 1) if t.state == TrialState.FAIL else (1, 0)), t.number
+    assert re.search(r"\[worker \d\] trial \d+ .* -> pruned \((pruner at epoch \d|diverged)\)", proc.stderr)
+    assert re.search(r"\[worker \d\] trial \d+ gamma=0.000 alpha=0.500 \(cross-entropy \(gamma=0\)\) -> complete", proc.stderr)
 
 
 def test_quiet_sends_worker_output_to_log_files(tmp_path):

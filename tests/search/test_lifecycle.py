@@ -107,6 +107,7 @@ def test_pruned_and_diverged_trials_are_told_pruned_with_the_reason(worker, data
     assert run_trials(worker, [run], trainer(worker, data, outcome), data) == [State.PRUNED]
     t = frozen(worker, run)
     assert t.state == TrialState.PRUNED and t.user_attrs[keys.PRUNE_REASON] == reason
+    assert any(f"-> pruned ({reason}) average_precision=0.7000" in line for line in worker.lines)
     assert not checkpoints.trial_path(worker.cfg, "life", t.number).exists()
 
 

@@ -25,7 +25,6 @@ The trainer is passed in as ``train(group)``: it calls ``run.report`` after each
 import copy
 import enum
 import errno
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from tuner import keys
 from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
 from tuner.search.liveness import DbRetry, Requeue, heartbeat
-from tuner.search.study import describe_params
+from tuner.search.study import describe_params, worker_name
 
 KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
 
@@ -110,7 +109,7 @@ class TrialRun:
                   f"moved to {e.moved_to}, restarting from epoch 1")
             w.db("noting a bad checkpoint", lambda: trial.set_user_attr(keys.CHECKPOINT_DISCARDED, reason))
         w.db("starting a trial", lambda: (trial.set_user_attr(keys.SEED, self.seed),
-                                          trial.set_user_attr(keys.WORKER, f"{socket.gethostname()}:{w.index}")))
+                                          trial.set_user_attr(keys.WORKER, worker_name(w.index))))
         self.state = State.RUNNING
         if self.resume is not None:
             w.log(f"trial {trial.number} resumes trial {self.origin} after epoch {self.resume['epoch']}")
@@ -216,6 +215,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     state = OUTCOMES[outcome]
     why = None if error is None else transient(error)
     retries = trial.user_attrs.get(keys.RETRIES, 0)
+    reason = "diverged" if outcome == "diverged" else f"pruner at epoch {result.epochs}" if result else None
     if why is not None and retries < w.cfg.study.max_retries:
         state = State.RETRIED
     if state == State.COMPLETE:
@@ -237,7 +237,6 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
         else:
             trial.set_user_attr(keys.DURATION_S, round(time.time() - r.started, 2))
             if state == State.PRUNED:
-                reason = "diverged" if outcome == "diverged" else f"pruner at epoch {result.epochs}"
                 trial.set_user_attr(keys.PRUNE_REASON, reason)
         w.study.tell(trial, result.value if state == State.COMPLETE else None, state=TOLD_AS[state])
         if state in (State.REQUEUED, State.RETRIED):
@@ -266,7 +265,9 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     if state == State.COMPLETE:
         w.db("pruning model files", lambda: keep_best(w.cfg, w.study))
     value = "-" if result.value is None else f"{result.value:.4f}"
-    w.log(f"trial {trial.number} {describe_params(trial.params)} -> {state.value} {w.cfg.study.metric}={value} "
+    label = f" ({r.reference})" if r.reference else ""
+    how = f"{state.value} ({reason})" if state == State.PRUNED else state.value
+    w.log(f"trial {trial.number} {describe_params(trial.params)}{label} -> {how} {w.cfg.study.metric}={value} "
           f"after {result.epochs} epoch{'s' * (result.epochs != 1)} ({time.time() - r.started:.1f} s)")
 
 

@@ -7,6 +7,7 @@
 """
 
 import itertools
+import socket
 
 import numpy as np
 import optuna
@@ -43,6 +44,11 @@ def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
         lo, hi = cfg.search.beta
         return {"gamma": FloatDistribution(*cfg.search.gamma), "one_minus_beta": FloatDistribution(1 - hi, 1 - lo, log=True)}
     return {"gamma": FloatDistribution(*cfg.search.gamma), "alpha": FloatDistribution(*cfg.search.alpha)}
+
+
+def worker_name(index: int) -> str:
+    """How a trial names the worker that ran it: host and worker index."""
+    return f"{socket.gethostname()}:{index}"
 
 
 def describe_params(params: dict) -> str:

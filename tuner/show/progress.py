@@ -1,6 +1,7 @@
 """What the driver shows on stderr while a study runs: on a terminal a live view (elapsed time,
 trials per minute, ETA, each worker's trial) with one line per finished trial kept above it; in
-logs and CI the same as plain timestamped lines; nothing with --quiet."""
+logs and CI the same as plain timestamped lines, where the workers' own lines already tell the
+trials they finished; nothing with --quiet."""
 
 import time
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params))
                      for t in trials if t.state == TrialState.RUNNING)
     ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params),
-              "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t),
+              "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t), "worker": t.user_attrs.get(keys.WORKER),
               "note": t.user_attrs.get(keys.REFERENCE) or t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR)}
              for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     return {
@@ -132,7 +133,8 @@ class Progress:
         for t in s["ended"]:
             if t["trial"] not in self.shown:
                 self.shown.add(t["trial"])
-                self.say(trial_line(t))
+                if not self._told_by_worker(t):
+                    self.say(trial_line(t))
         if self.live:
             self.live.refresh()
         elif self.mode == "lines":
@@ -140,6 +142,14 @@ class Progress:
             if key != self.last:
                 self.say(f"{summary_line(s)}; {self._pace()}")
                 self.last = key
+
+    def _told_by_worker(self, t: dict) -> bool:
+        """In log lines, this run's own workers print their finished trials on the same stream."""
+        if self.mode != "lines" or self.workers is None or t["state"] not in ("COMPLETE", "PRUNED"):
+            return False
+        from tuner.search.study import worker_name
+
+        return t["worker"] in {worker_name(i) for i in range(self.workers)}
 
     def _pace(self) -> str:
         parallel = self.workers if self.workers is not None else self.s["running"]
