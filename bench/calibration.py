@@ -20,19 +20,16 @@ import argparse, statistics, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
-from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from quality import TASKS, heldout_files, heldout_scores, oof_logits, run_tuner, write_task  # noqa: E402
+from final_models import kept_trials  # noqa: E402
+from quality import TASKS, heldout_files, heldout_scores, run_tuner, write_task  # noqa: E402
 
-from tuner import keys  # noqa: E402
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
-from tuner.learn.train import loss_alpha, predict, probabilities  # noqa: E402
-from tuner.show.predict import read_image  # noqa: E402
+from tuner.learn.train import loss_alpha, probabilities  # noqa: E402
 
 RULES = ("temperature (shipped)", "Platt scaling", "focal inversion + temperature")
 MODELS = ("ref 0 (cross-entropy)", "ref 1 (focal default)", "best trial", "mean of kept trials")
@@ -71,7 +68,7 @@ def platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def calibrate(trial: dict, rule: str, y: torch.Tensor, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(out-of-fold, held-out) calibrated logits of one trial."""
-    zo, zh = trial["oof"], trial["held"]
+    zo, zh = trial["raw_oof"], trial["raw_held"]
     if rule == "Platt scaling":
         a, b = platt(zo, y.numpy())
         return a * zo + b, a * zh + b
@@ -90,29 +87,6 @@ def score(kept: dict, members: list[int], rule: str) -> dict:
     po, ph = (probabilities(torch.from_numpy(z) / t).numpy() for z in (zo, zh))
     cut = float((y == 1).double().mean()) if ph.ndim == 1 else class_thresholds(po, y.numpy(), "balanced_accuracy")
     return heldout_scores(ph, kept["y_held"], kept["w_held"], decide(ph, cut))
-
-
-def kept_trials(task_dir: Path, url: str, files) -> dict:
-    """Every complete trial with a model file: parameters, whether it trained unweighted, and its raw
-    logits out of fold and on the held-out images."""
-    study = optuna.load_study(study_name="q", storage=url)
-    out, x = {"trials": []}, None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        try:
-            model, payload, oof, y = oof_logits(task_dir, url, t.number)
-        except FileNotFoundError:
-            continue
-        if x is None:
-            m = payload["model"]
-            x = torch.stack([read_image(f, m["channels"], m["image_size"]) for f, _, _ in files])
-            out.update(y=y, counts=torch.bincount(y).tolist(), y_held=np.array([payload["classes"].index(c) for _, c, _ in files]),
-                       w_held=np.array([w for _, _, w in files]))
-        with torch.no_grad():
-            held = predict(model, x).double().numpy()
-        out["trials"].append({"number": t.number, "value": t.value, "params": dict(t.params),
-                              "reference": t.user_attrs.get(keys.REFERENCE), "unweighted": bool(t.user_attrs.get(keys.UNWEIGHTED)),
-                              "oof": oof.double().numpy(), "held": held})
-    return out
 
 
 def main() -> None:

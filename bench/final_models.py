@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from quality import TASKS, heldout_files, heldout_scores, oof_logits, run_tuner, write_task  # noqa: E402
 
+from tuner import keys  # noqa: E402
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import average_precision, class_thresholds, decide  # noqa: E402
 from tuner.learn.train import predict, probabilities  # noqa: E402
@@ -41,8 +42,9 @@ CANDIDATES = ("best trial (shipped)", "ref 0 (cross-entropy)", "ref 1 (focal def
 
 
 def kept_trials(task_dir: Path, url: str, files) -> dict:
-    """Each complete trial that still has its model file: value, fold spread, reference label, and its
-    calibrated logits out of fold and on the held-out images."""
+    """Each complete trial that still has its model file: value, fold spread, reference label, parameters,
+    and its calibrated logits out of fold and on the held-out images (``oof``, ``held``; ``raw_oof``,
+    ``raw_held`` before its temperature, float64 arrays), with the labels and class counts."""
     study = optuna.load_study(study_name="q", storage=url)
     out = {"trials": []}
     x = None
@@ -55,12 +57,14 @@ def kept_trials(task_dir: Path, url: str, files) -> dict:
             m = payload["model"]
             x = torch.stack([read_image(f, m["channels"], m["image_size"]) for f, _, _ in files])
             out["y"], out["y_held"] = y, np.array([payload["classes"].index(c) for _, c, _ in files])
-            out["w_held"] = np.array([w for _, _, w in files])
+            out["w_held"], out["counts"] = np.array([w for _, _, w in files]), torch.bincount(y).tolist()
         with torch.no_grad():
             held = predict(model, x).float()
         out["trials"].append({"number": t.number, "value": t.value, "spread": t.user_attrs.get("fold_spread", 0.0),
-                              "reference": t.user_attrs.get("reference"),
-                              "oof": oof.float() / payload["temperature"], "held": held / payload["temperature"]})
+                              "reference": t.user_attrs.get("reference"), "params": dict(t.params),
+                              "unweighted": bool(t.user_attrs.get(keys.UNWEIGHTED)),
+                              "oof": oof.float() / payload["temperature"], "held": held / payload["temperature"],
+                              "raw_oof": oof.double().numpy(), "raw_held": held.double().numpy()})
     return out
 
 
