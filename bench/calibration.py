@@ -13,7 +13,8 @@ of a default k-fold study is calibrated three ways on its out-of-fold logits and
 Models: the two reference trials, the best trial and the mean of every kept trial (the final model; each
 member calibrated first, the mean given one more temperature). Decisions as the product makes them: the
 positive class's share as threshold, with 10 classes the per-class thresholds of the balanced-accuracy rule.
-AP changes only for the mean (a monotone map keeps a single model's ranking).
+With two classes AP changes only for the mean (a monotone map keeps a single model's ranking); with 10,
+the inversion can also reorder one model's scores of a class, as its normalisation involves every class.
 """
 
 import argparse, statistics, sys, tempfile  # noqa: E401
