@@ -17,7 +17,7 @@ With two classes AP changes only for the mean (a monotone map keeps a single mod
 the inversion can also reorder one model's scores of a class, as its normalisation involves every class.
 """
 
-import argparse, statistics, sys, tempfile  # noqa: E401
+import argparse, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from final_models import kept_trials  # noqa: E402
-from quality import TASKS, heldout_files, heldout_scores, run_tuner, write_task  # noqa: E402
+from quality import TASKS, heldout_files, heldout_scores, run_tuner, seed_cells, write_task  # noqa: E402
 
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
@@ -112,13 +112,9 @@ def main() -> None:
                     for rule in RULES:
                         if rule == "Platt scaling" and kept["y"].max() > 1:
                             continue
-                        got.setdefault((model, rule), []).append(score(kept, members, rule))
-            ce = got[(MODELS[0], RULES[0])]
+                        got.setdefault((model, rule), {})[seed] = score(kept, members, rule)
             for (model, rule), runs in got.items():
-                beats = [f"{sum(r[m] > c[m] + 1e-9 for r, c in zip(runs, ce))}/{len(runs)}" for m in ("average_precision", "balanced_accuracy")]
-                rows.append(f"| {task} | {model} | {rule} | " + " | ".join(
-                    f"{statistics.mean(r[m] for r in runs):.4f} ± {statistics.pstdev(r[m] for r in runs):.4f}"
-                    for m in ("average_precision", "balanced_accuracy")) + " | " + " | ".join(beats) + " |")
+                rows.append(f"| {task} | {model} | {rule} | " + " | ".join(seed_cells(runs, got[(MODELS[0], RULES[0])])) + " |")
                 print(rows[-1], flush=True)
             write(args, rows)
 

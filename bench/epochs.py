@@ -13,10 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import quality  # noqa: E402
-from quality import TASKS, final_heldout, heldout_files, run_tuner, trial_heldout, write_task  # noqa: E402
+from quality import TASKS, final_heldout, heldout_files, run_tuner, seed_cells, trial_heldout, write_task  # noqa: E402
 
 MODELS = ("final model", "ref 0 (cross-entropy)", "ref 1 (focal default)")
-METRICS = ("average_precision", "balanced_accuracy")
 
 
 def main() -> None:
@@ -42,18 +41,14 @@ def main() -> None:
                     refs = {r["trial"]: trial_heldout(task_dir, name, r["trial"], files) for r in best["references"] if r["test"]}
                     for model, scores in zip(MODELS, (final_heldout(task_dir, name, files), refs.get(0), refs.get(1))):
                         if scores is not None:
-                            got.setdefault((epochs, model), []).append((seed, scores))
-                    got.setdefault((epochs, "wall"), []).append((seed, wall))
+                            got.setdefault((epochs, model), {})[seed] = scores
+                    got.setdefault((epochs, "wall"), {})[seed] = wall
                     print(task, seed, epochs, round(wall), flush=True)
             for epochs in args.epochs:
-                walls = [w for _, w in got[(epochs, "wall")]]
+                wall = statistics.mean(got[(epochs, "wall")].values())
                 for model in MODELS:
-                    runs = dict(got.get((epochs, model), []))
-                    ce = dict(got.get((epochs, MODELS[1]), []))
-                    beats = [f"{sum(runs[s][m] > ce[s][m] + 1e-9 for s in runs if s in ce)}/{len(runs)}" for m in METRICS]
-                    rows.append(f"| {task} | {epochs} | {model} | " + " | ".join(
-                        f"{statistics.mean(r[m] for r in runs.values()):.4f} ± {statistics.pstdev(r[m] for r in runs.values()):.4f}"
-                        for m in METRICS) + " | " + " | ".join(beats) + f" | {statistics.mean(walls):.0f} |")
+                    cells = seed_cells(got.get((epochs, model), {}), got.get((epochs, MODELS[1]), {}))
+                    rows.append(f"| {task} | {epochs} | {model} | " + " | ".join(cells) + f" | {wall:.0f} |")
             write(args, rows)
 
 

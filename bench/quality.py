@@ -243,6 +243,15 @@ def run_blog(task_dir: Path, seed: int, files) -> tuple[dict, float]:
     return out, wall
 
 
+def seed_cells(runs: dict, against: dict) -> list[str]:
+    """Held-out AP and balanced accuracy (``runs``: seed -> scores) as mean ± std over seeds, then in how
+    many seeds each beat ``against`` (seed -> scores) by more than 1e-9: a rounding difference is no win."""
+    metrics = ("average_precision", "balanced_accuracy")
+    return ([f"{statistics.mean(r[m] for r in runs.values()):.4f} ± {statistics.pstdev(r[m] for r in runs.values()):.4f}"
+             for m in metrics]
+            + [f"{sum(r[m] > against[s][m] + 1e-9 for s, r in runs.items() if s in against)}/{len(runs)}" for m in metrics])
+
+
 def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else "n/a"
 
