@@ -1,5 +1,5 @@
-"""Is the default budget of 5 epochs enough? The default k-fold study of bench/quality.py run side by
-side with more epochs, on the same tasks and study seeds, scored on the same held-out images:
+"""Is the training budget enough? The default k-fold study of bench/quality.py run side by side at
+several numbers of epochs, on the same tasks and study seeds, scored on the same held-out images:
 
     .venv/bin/python bench/epochs.py [--epochs 5 10] [--seeds 0 1 2] [--workers 2] [--out bench/results/epochs.md]
 
@@ -7,7 +7,7 @@ For each run: the final model and the two reference trials (held-out AP / balanc
 wall time of the whole start-study.
 """
 
-import argparse, statistics, sys, tempfile  # noqa: E401
+import argparse, re, statistics, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main() -> None:
             for seed in args.seeds:
                 for epochs in args.epochs:  # side by side, so that the machine's load hits both alike
                     task_dir, files = dirs[epochs], heldout_files(dirs[epochs])
-                    quality.STUDY = template.replace("epochs = 5", f"epochs = {epochs}")
+                    quality.STUDY = re.sub(r"(?m)^epochs = \d+$", f"epochs = {epochs}", template)
                     best, wall, _ = run_tuner(task_dir, seed, args.workers, "auto")
                     name = f"auto-{seed}"
                     refs = {r["trial"]: trial_heldout(task_dir, name, r["trial"], files) for r in best["references"] if r["test"]}

@@ -7,7 +7,7 @@ Each task is an ImageFolder tree written from scikit-learn's bundled digits (rea
 32x32): a stratified quarter of every class goes to test/, the rest to train/. Per task and seed:
 (a) bench/blog_loop.py, the plain Optuna loop of the classic tutorial (its FocalLoss and CNN, objective
 test accuracy, threshold 0.5; with 10 classes its obvious softmax extension and the argmax); (b) the two reference trials of (c); (c) `tuner start-study`
-with the default settings (studies/digits-rare.toml's budget: 12 trials x 5 epochs; data.folds = "auto",
+with the default settings (studies/digits-rare.toml's budget: 12 trials x 10 epochs; data.folds = "auto",
 i.e. 5 folds here) and its final model as `tuner best --save-model` writes it (the mean of the best 3
 trials and the two reference trials, each the ensemble of its fold models), and for comparison its best
 trial alone and that trial refitted on all training images ("c refit"); (d) the same with data.folds = 1
@@ -19,7 +19,7 @@ accuracy of the best trial and the reference trials at the threshold the earlier
 balanced accuracy on validation) would have chosen.
 """
 
-import argparse, json, os, statistics, subprocess, sys, tempfile, time  # noqa: E401
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ root = "{root}"
 image_size = 32
 folds = {folds}
 [train]
-epochs = 5
+epochs = 10
 device = "cpu"
 """
 
@@ -335,12 +335,17 @@ def rule_lines(rules: dict) -> list[str]:
 
 
 def write(args, rows, verdicts, per_seed, rules) -> None:
+    from blog_loop import EPOCHS as BLOG_EPOCHS
+
+    epochs = re.search(r"(?m)^epochs = (\d+)$", STUDY)[1]
     text = "\n".join([
         "# Search quality on held-out data",
         "",
         f"`python bench/quality.py --seeds {' '.join(map(str, args.seeds))} --workers {args.workers}"
         + (" --tasks " + " ".join(repr(t) for t in args.tasks) if args.tasks != list(TASKS) else "") + "` on a 2-core CPU "
-        "(wall times are indicative only). Metrics of the model each run hands back, mean ± std over study seeds. "
+        f"(wall times are indicative only). tuner: 12 trials x {epochs} epochs, the default budget; (a): 12 trials x "
+        f"its own {BLOG_EPOCHS} epochs. "
+        "Metrics of the model each run hands back, mean ± std over study seeds. "
         "**held-out**: the task's test split plus every image of a subsampled class that the task left out of its "
         "tree (no configuration ever sees them), each class weighted to keep its share of the test split, so AP "
         "speaks of the task's imbalance and recall rests on all the left-out rare images (about 5x the test split's); "
