@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -207,10 +208,16 @@ def test_delete_asks_first(tmp_path, cli, monkeypatch):
     kept = cli("delete", "a", cwd=tmp_path)
     assert kept.returncode == 1 and "delete study 'a' and its 3 trials" in kept.stderr and "nothing deleted" in kept.stderr
     assert "a" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+    kept_files = tmp_path / "tuner-artifacts" / "a"
+    kept_files.mkdir(parents=True)
+    (kept_files / "trial-1.pt").write_bytes(b"model")
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
     gone = cli("delete", "a", cwd=tmp_path)
     assert gone.returncode == 0 and "deleted study 'a' (3 trials)" in gone.stderr
+    assert f"model files and checkpoints in {Path('tuner-artifacts') / 'a'} were kept" in gone.stderr
+    assert (kept_files / "trial-1.pt").read_bytes() == b"model"
     assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}") == ["b"]
+    assert "were kept" not in cli("delete", "b", "--yes", "--force", cwd=tmp_path).stderr  # no folder: nothing to say
 
 
 def test_delete_refuses_while_trials_run_unless_forced(tmp_path, cli):

@@ -342,11 +342,14 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
            yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
            force: Annotated[bool, typer.Option("--force", help="delete even while trials run (their workers then fail)")] = False):
     """Delete a study and its trials from the storage (model files under study.artifacts stay)."""
+    from tuner import keys
     from tuner.search.storage import mask
     from tuner.search.study import counts, delete as delete_study, load
 
     url = _url(storage)
-    c = counts(load(url, study))
+    loaded = load(url, study)
+    c = counts(loaded)
+    files = Path(loaded.user_attrs.get(keys.CONFIG, {}).get("study", {}).get("artifacts", "tuner-artifacts")) / study
     if not yes:
         print(f"delete study {study!r} and its {c['FINISHED'] + c['FAIL'] + c['RUNNING'] + c['WAITING']} trials from "
               f"{mask(url)}? [y/N] ", end="", file=sys.stderr, flush=True)
@@ -355,6 +358,9 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
             raise typer.Exit(1)
     n = delete_study(url, study, force)
     print(f"deleted study {study!r} ({n} trials) from {mask(url)}", file=sys.stderr)
+    if files.is_dir():  # other hosts may still read them, so removing them is the user's call
+        print(f"its model files and checkpoints in {files} were kept; remove that folder to free the space",
+              file=sys.stderr)
 
 
 @app.command("best", short_help="The best trial and its test-set check.")
