@@ -4,6 +4,7 @@ import json
 import re
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -185,6 +186,10 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")
                and t.state == TrialState.COMPLETE}
     assert {t.number for t in interrupted} <= retried
+    # The second run's workers are 2 and 3 (new sampler seeds and names), so its log lines say so.
+    host = socket.gethostname()
+    assert {t.user_attrs.get("worker") for t in trials if t.number not in {s.number for s in stopped}} <= {f"{host}:2", f"{host}:3"}
+    assert re.search(r"^\d\d:\d\d:\d\d \[worker [23]\] trial \d+ .*-> complete", proc.stderr, flags=re.M)
 
 
 def test_progress_lines_in_logs(finished):

@@ -119,7 +119,7 @@ def start_study(
             quiet_libraries()
             from tuner.search.config import load_config
             from tuner.learn.data import load_data
-            from tuner.search.study import counts, create_or_resume, target
+            from tuner.search.study import counts, create_or_resume, reserve_worker_indices, target
 
             cfg = load_config(study_file, set_ or [])
             _check_device(device or cfg.train.device)
@@ -151,7 +151,9 @@ def start_study(
         progress.epochs = cfg.train.epochs
         try:
             if procs:
-                launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs")
+                progress.first_worker = reserve_worker_indices(url, name, len(procs))
+                launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs",
+                          progress.first_worker)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
             elif workers:
                 progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
@@ -279,10 +281,9 @@ def worker(
 
 
 @app.command("spawned-worker", hidden=True)
-def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annotated[int, typer.Option()],
-                   device: Annotated[Optional[str], typer.Option()] = None):
+def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Optional[str], typer.Option()] = None):
     """A worker that ``start-study`` spawned before its study existed: it imports what it needs, then
-    waits for one line on stdin naming the study (and its log file); EOF: nothing to do."""
+    waits for one line on stdin naming the study, its worker index and its log file; EOF: nothing to do."""
 
     from tuner.search.workers import run_worker
 
@@ -294,7 +295,7 @@ def spawned_worker(worker_index: Annotated[int, typer.Option()], threads: Annota
         log = os.open(go["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    run_worker(_url(None), go["study_name"], worker_index, device, threads)
+    run_worker(_url(None), go["study_name"], go["index"], device, threads)
 
 
 @app.command("status", short_help="The study's trials as a table (or --json).")

@@ -45,6 +45,7 @@ DURATION_S = "duration_s"
 CONFIG = "tuner_config"
 TARGET = "n_trials"
 DATA = "data"  # the classes by name and their training-split counts
+WORKER_SLOTS = "worker_slots"  # worker indices that start-study runs have handed out
 BEST_TEST = "best_test"
 FINAL_TEST = "final_test"  # the test check of the final model when it is a mean of trials
 REFERENCES_TEST = "references_test"

@@ -1,12 +1,16 @@
 """The study layer alone (no torch): samplers, pruners, creation, resume, claiming trials."""
 
+import threading
+import uuid
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from tuner.search.config import from_dict
 from tuner.errors import UserError
-from tuner.search.study import claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker, stored_config
+from tuner.search.study import (claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker,
+                                reserve_worker_indices, stored_config)
 
 
 def cfg_with(**sections):
@@ -82,3 +86,22 @@ def test_auto_settings_are_resolved_before_the_study_is_stored():
     assert few.pruner.n_warmup_steps == 2 and few.search.alpha_mode == "rare" and few.data.positive_class == "rare"
     assert cfg_with(data={"kind": "synthetic", "folds": 3}).resolved(2, "rare", 10).data.folds == 3
     assert cfg.resolved(5, None, 10).search.alpha_mode == "class_balanced"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_start_study_runs_get_disjoint_worker_indices(tmp_path, request, backend):
+    """Runs that start at once on one host must not give two workers one index (one sampler seed)."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    create_or_resume(cfg_with(study={"name": name}), url, name)
+    try:
+        assert reserve_worker_indices(url, name, 2) == 0  # a study's first run: workers 0 and 1, as always
+        got = []
+        runs = [threading.Thread(target=lambda: got.append(reserve_worker_indices(url, name, 3))) for _ in range(6)]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join()
+        assert sorted(got) == [2, 5, 8, 11, 14, 17]
+    finally:
+        optuna.delete_study(study_name=name, storage=url)

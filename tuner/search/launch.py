@@ -24,7 +24,7 @@ def spawn(url: str, workers: int, device: str | None, mode: str) -> list[subproc
     output = None if mode == "lines" else subprocess.DEVNULL
     procs = []
     for i in range(workers):
-        cmd = [sys.executable, "-m", "tuner", "spawned-worker", "--worker-index", str(i), "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "tuner", "spawned-worker", "--threads", str(threads)]
         # Own session: a terminal's Ctrl-C reaches only us, and we forward exactly one signal.
         procs.append(subprocess.Popen(cmd + (["--device", device] if device else []), env=env, text=True,
                                       stdin=subprocess.PIPE, stdout=output, stderr=output, start_new_session=True))
@@ -38,14 +38,15 @@ def discard(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None) -> None:
-    """Let the waiting workers join study ``study_name``; with ``logs``, each writes worker-i.log there."""
+def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None, first: int = 0) -> None:
+    """Let the waiting workers join study ``study_name`` as workers ``first``, ``first + 1``, ...;
+    with ``logs``, each writes worker-INDEX.log there."""
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
-    for i, p in enumerate(procs):
-        log = None if logs is None else str((logs / f"worker-{i}.log").resolve())
+    for index, p in enumerate(procs, start=first):
+        log = None if logs is None else str((logs / f"worker-{index}.log").resolve())
         try:
-            p.stdin.write(json.dumps({"study_name": study_name, "log": log}) + "\n")
+            p.stdin.write(json.dumps({"study_name": study_name, "index": index, "log": log}) + "\n")
             p.stdin.close()
         except OSError:  # it died already; supervise() reports its exit code
             pass

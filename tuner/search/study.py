@@ -46,6 +46,17 @@ def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
     return {"gamma": FloatDistribution(*cfg.search.gamma), "alpha": FloatDistribution(*cfg.search.alpha)}
 
 
+def reserve_worker_indices(url: str, name: str, n: int) -> int:
+    """The first of ``n`` worker indices that no earlier start-study of this study got, on any host:
+    two workers with one index would share a sampler seed (so propose the same parameters) and a name."""
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    with study_lock(storage, name):
+        first = study.user_attrs.get(keys.WORKER_SLOTS, 0)
+        study.set_user_attr(keys.WORKER_SLOTS, first + n)
+    return first
+
+
 def worker_name(index: int) -> str:
     """How a trial names the worker that ran it: host and worker index."""
     return f"{socket.gethostname()}:{index}"

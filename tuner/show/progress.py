@@ -94,6 +94,7 @@ class Progress:
 
     def __init__(self, mode: str, workers: int | None = None, console: Console | None = None):
         self.mode, self.workers, self.epochs = mode, workers, None
+        self.first_worker = 0  # this run's workers have indices first_worker, first_worker + 1, ...
         self.console = console or Console(stderr=True, highlight=False)
         self.started = time.monotonic()
         self.phase, self.s, self.shown, self.before, self.last = "starting", None, None, 0, None
@@ -149,7 +150,7 @@ class Progress:
             return False
         from tuner.search.study import worker_name
 
-        return t["worker"] in {worker_name(i) for i in range(self.workers)}
+        return t["worker"] in {worker_name(i) for i in range(self.first_worker, self.first_worker + self.workers)}
 
     def _pace(self) -> str:
         parallel = self.workers if self.workers is not None else self.s["running"]
