@@ -10,15 +10,17 @@ split with the old pruner setting (n_warmup_steps = 1). Test AP and balanced acc
 at its own threshold, pruned trials, and wall time.
 """
 
-import argparse, json, os, statistics, subprocess, sys, tempfile, time  # noqa: E401
+import argparse, json, math, os, statistics, subprocess, sys, tempfile, time, tomllib  # noqa: E401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = tomllib.loads((ROOT / "studies" / "digits-rare.toml").read_text())["train"]["epochs"]
+WAITS = f"pruner from epoch {math.ceil(EPOCHS / 3)} of {EPOCHS}"  # pruner.n_warmup_steps = "auto"
 RUNS = {
-    "defaults: 5 folds, pruner waits 2 of 5 epochs": [],
+    f"defaults: 5 folds, {WAITS}": [],
     "5 folds, no pruning": ["--set", "pruner.kind=none"],
-    "1 split, pruner waits 2 of 5 epochs": ["--set", "data.folds=1"],
-    "1 split, pruner waits 1 epoch (the old default)": ["--set", "data.folds=1", "--set", "pruner.n_warmup_steps=1"],
+    f"1 split, {WAITS}": ["--set", "data.folds=1"],
+    "1 split, pruner from epoch 1 (the old default)": ["--set", "data.folds=1", "--set", "pruner.n_warmup_steps=1"],
 }
 
 
