@@ -344,13 +344,14 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
            force: Annotated[bool, typer.Option("--force", help="delete even while trials run (their workers then fail)")] = False):
     """Delete a study and its trials from the storage (model files under study.artifacts stay)."""
     from tuner import keys
+    from tuner.search.config import StudySection
     from tuner.search.storage import mask
     from tuner.search.study import counts, delete as delete_study, load
 
     url = _url(storage)
     loaded = load(url, study)
     c = counts(loaded)
-    files = Path(loaded.user_attrs.get(keys.CONFIG, {}).get("study", {}).get("artifacts", "tuner-artifacts")) / study
+    files = Path(loaded.user_attrs.get(keys.CONFIG, {}).get("study", {}).get("artifacts", StudySection.artifacts)) / study
     if not yes:
         print(f"delete study {study!r} and its {c['FINISHED'] + c['FAIL'] + c['RUNNING'] + c['WAITING']} trials from "
               f"{mask(url)}? [y/N] ", end="", file=sys.stderr, flush=True)
