@@ -99,19 +99,25 @@ def test_postgres_restart_mid_study_loses_nothing(pg_study, tmp_path):
     version = sorted(os.listdir("/etc/postgresql"))[-1] if os.path.isdir("/etc/postgresql") else None
     if version is None or os.geteuid() != 0:
         pytest.skip("restarting PostgreSQL needs root and pg_ctlcluster (Debian's postgresql-common)")
-    study_file = write_study(tmp_path, n_trials=8, epochs=4)
+    # No pruner: with one, trials could end at their first report faster than the poll below looks,
+    # and the restart would come after the study instead of in the middle of a trial.
+    study_file = write_study(tmp_path, n_trials=8, epochs=4, pruner="none")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
     driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
                                "--storage", url, "--study-name", name, "--set", "data.n_samples=1200",
                                "--set", "data.image_size=32"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
+    deadline, trials = time.time() + 180, []
     while time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)
         if name in optuna.get_all_study_names(url):
-            states = [t.state for t in optuna.load_study(study_name=name, storage=url).trials]
-            if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+            trials = optuna.load_study(study_name=name, storage=url).trials
+            training = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+            if sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and training:
                 break
+    else:
+        driver.kill()
+        pytest.fail(f"no trial was mid-training after 2 had finished: {[t.state.name for t in trials]}")
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=60)
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out
