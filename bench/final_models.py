@@ -8,8 +8,9 @@ Per task of bench/quality.py and study seed, one `tuner start-study` with the de
 trials), each candidate averages the calibrated logits of some trials' fold ensembles, fits one
 temperature on their averaged out-of-fold logits, and decides at the share rule's threshold (with 10
 classes, at the per-class thresholds of the same rule), as the product does for one trial:
-- the best trial (what tuner hands back), each reference trial alone;
-- the mean of the best 2 or 3 trials, of every kept trial;
+- the best trial alone (what `study.final_model = "best_trial"` hands back), each reference trial alone;
+- the mean of the best 2 or 3 trials (references among them if they rank there), of every kept trial
+  (what tuner hands back by default, `study.final_model = "ensemble"`);
 - greedy ensemble selection (Caruana et al. 2004): add, with replacement, the kept trial that most
   raises the out-of-fold AP of the mean, keep the best prefix;
 - keep cross-entropy unless the best trial beats it by more than its fold spread.
@@ -36,8 +37,8 @@ from tuner.learn.metrics import average_precision, class_thresholds, decide  # n
 from tuner.learn.train import predict, probabilities  # noqa: E402
 from tuner.show.predict import read_image  # noqa: E402
 
-CANDIDATES = ("best trial (shipped)", "ref 0 (cross-entropy)", "ref 1 (focal default)", "mean of the best 2",
-              "mean of the best 3", "mean of every kept trial", "greedy selection on out-of-fold AP",
+CANDIDATES = ("best trial", "ref 0 (cross-entropy)", "ref 1 (focal default)", "mean of the best 2",
+              "mean of the best 3", "mean of every kept trial (shipped)", "greedy selection on out-of-fold AP",
               "cross-entropy unless beaten beyond the fold spread")
 
 
@@ -141,7 +142,7 @@ def main() -> None:
                 for name, members in chosen.items():
                     p, pred = outputs(kept, members)
                     got[name].append(heldout_scores(p, kept["y_held"], kept["w_held"], pred))
-                d_ap, s_ap, d_ba, s_ba = noise(kept, chosen["best trial (shipped)"], chosen["ref 0 (cross-entropy)"])
+                d_ap, s_ap, d_ba, s_ba = noise(kept, chosen["best trial"], chosen["ref 0 (cross-entropy)"])
                 noise_rows.append(f"| {task} | {seed} | {d_ap:+.4f} | {s_ap:.4f} | {d_ba:+.4f} | {s_ba:.4f} | "
                                   f"{'yes' if abs(d_ap) > 2 * s_ap or abs(d_ba) > 2 * s_ba else 'no'} |")
                 print(noise_rows[-1], flush=True)

@@ -2,7 +2,7 @@
 
 The best trial of a search is partly the luckiest: with a few dozen rare images its validation
 value is noise of about the size of the gaps between trials. Averaging the best few trials and the
-reference trials keeps what each learned and the luck of none (bench/results/final-models.md).
+reference trials keeps what each learned and the luck of none (bench/results/final-models-at-5-epochs.md, where it was chosen).
 Each member's logits are divided by its own temperature first; the mean gets one temperature and
 one threshold of its own, chosen on the members' averaged validation logits exactly as a trial
 chooses them (``logit_metrics``).
