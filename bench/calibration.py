@@ -17,7 +17,7 @@ With two classes AP changes only for the mean (a monotone map keeps a single mod
 the inversion can also reorder one model's scores of a class, as its normalisation involves every class.
 """
 
-import argparse, sys, tempfile  # noqa: E401
+import argparse, re, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from final_models import kept_trials  # noqa: E402
-from quality import TASKS, heldout_files, heldout_scores, run_tuner, seed_cells, write_task  # noqa: E402
+from quality import STUDY, TASKS, heldout_files, heldout_scores, run_tuner, seed_cells, write_task  # noqa: E402
 
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
@@ -120,11 +120,12 @@ def main() -> None:
 
 
 def write(args, rows) -> None:
+    epochs = re.search(r"(?m)^epochs = (\d+)$", STUDY)[1]
     args.out.write_text("\n".join([
         "# Calibration rules against the temperature, on held-out images",
         "",
         f"`python bench/calibration.py --seeds {' '.join(map(str, args.seeds))} --workers {args.workers}` on a 2-core CPU "
-        "(see the script's docstring for the rules). Held-out images and metrics as in quality.md. Mean ± std over "
+        f"(see the script's docstring for the rules), at the default budget of {epochs} epochs. Held-out images and metrics as in quality.md. Mean ± std over "
         "study seeds, and in how many seeds the model under the rule scored strictly higher than the cross-entropy "
         "reference under the shipped temperature (by more than 1e-9: a rounding difference is no win).",
         "",
