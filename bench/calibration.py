@@ -32,6 +32,7 @@ from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
 from tuner.learn.train import loss_alpha, probabilities  # noqa: E402
 
+DEFAULT_OUT = ROOT / "bench" / "results" / "calibration.md"
 RULES = ("temperature (shipped)", "Platt scaling", "focal inversion + temperature")
 MODELS = ("ref 0 (cross-entropy)", "ref 1 (focal default)", "best trial", "mean of kept trials")
 
@@ -94,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.md")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,10 +122,12 @@ def main() -> None:
 
 def write(args, rows) -> None:
     epochs = re.search(r"(?m)^epochs = (\d+)$", STUDY)[1]
+    path = args.out.resolve()
+    out = "" if path == DEFAULT_OUT else f" --out {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
     args.out.write_text("\n".join([
         "# Calibration rules against the temperature, on held-out images",
         "",
-        f"`python bench/calibration.py --seeds {' '.join(map(str, args.seeds))} --workers {args.workers}` on a 2-core CPU "
+        f"`python bench/calibration.py --seeds {' '.join(map(str, args.seeds))} --workers {args.workers}{out}` on a 2-core CPU "
         f"(see the script's docstring for the rules), at the default budget of {epochs} epochs. Held-out images and metrics as in quality.md. Mean ± std over "
         "study seeds, and in how many seeds the model under the rule scored strictly higher than the cross-entropy "
         "reference under the shipped temperature (by more than 1e-9: a rounding difference is no win).",
