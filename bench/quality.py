@@ -53,11 +53,11 @@ device = "cpu"
 """
 
 
-def write_task(root: Path, rare, fraction, names) -> None:
+def write_task(root: Path, rare, fraction, names, reverse: bool = False) -> None:
     digits = load_digits()
     rng = np.random.default_rng(0)
-    if rare is None:  # long tail: class c keeps about 124 * (6/124)^(c/9) train images, imbalance ~20
-        keep = {NAMES[c]: rng.permutation(np.flatnonzero(digits.target == c))[: round(165 * (6 / 124) ** (c / 9))]
+    if rare is None:  # long tail: class c keeps about 124 * (6/124)^(c/9) train images, imbalance ~20 (reverse: 9 - c)
+        keep = {NAMES[c]: rng.permutation(np.flatnonzero(digits.target == c))[: round(165 * (6 / 124) ** ((9 - c if reverse else c) / 9))]
                 for c in range(10)}
     else:
         other = np.flatnonzero(digits.target != rare)
