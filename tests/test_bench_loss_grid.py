@@ -1,4 +1,4 @@
-"""bench/long_tail_grid.py's table: its rank correlation against scipy's, and the configuration each
+"""bench/loss_grid.py's table: its rank correlation against scipy's, and the configuration each
 out-of-fold score puts first, with that configuration's held-out ranks, read back from the written file."""
 
 import re
@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import long_tail_grid as grid  # noqa: E402
+import loss_grid as grid  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -27,9 +27,9 @@ def test_table_names_the_first_by_each_score_and_its_held_out_ranks(tmp_path):
     rng = np.random.default_rng(0)
     runs = {seed: {c: tuple(rng.random(len(grid.COLUMNS))) for c in configs} for seed in (3, 4)}
     out = tmp_path / "t.md"
-    grid.write(types.SimpleNamespace(seeds=[3, 4], reverse=True, out=out), runs)
+    grid.write(types.SimpleNamespace(task=grid.LONG_TAIL, seeds=[3, 4], reverse=True, out=out), runs)
     text = out.read_text()
-    assert "--seeds 3 4 --reverse --out " in text and "digit 9 the most common class" in text
+    assert "loss_grid.py --seeds 3 4 --reverse --out " in text and "digit 9 the most common class" in text
     assert len(re.findall(r"(?m)^\| \d\.\d \| (none|0\.\d+) \|", text)) == len(configs)
     for seed, got in runs.items():
         v = np.array([got[c] for c in configs])
@@ -43,3 +43,13 @@ def test_table_names_the_first_by_each_score_and_its_held_out_ranks(tmp_path):
     v = np.array([runs[3][c] for c in configs])
     g, b = configs[int(np.argmin(v[:, 2]))]  # the lowest NLL is the best
     assert f"gamma {g}, beta {'none' if b is None else b} |" in nll_first
+
+
+def test_a_binary_task_is_named_and_its_weights_are_alpha(tmp_path):
+    task = next(t for t, spec in grid.TASKS.items() if spec[0] is not None)
+    configs = [(g, a) for g in grid.GAMMAS for a in grid.ALPHAS]
+    runs = {0: {c: tuple(np.linspace(0, 1, len(grid.COLUMNS))) for c in configs}}
+    out = tmp_path / "b.md"
+    grid.write(types.SimpleNamespace(task=task, seeds=[0], reverse=False, out=out), runs)
+    text = out.read_text()
+    assert f"--task '{task}' --seeds 0" in text and "| gamma | alpha |" in text and "beta" not in text
