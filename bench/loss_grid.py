@@ -5,17 +5,17 @@ scored out of fold (what the search sees) and on held-out images (what the user 
 
 A task of bench/quality.py, by default the 10-class long tail (124 training images down to 6, imbalance
 about 20, digit 0 the most common; --reverse: the same counts with digit 9 the most common, a tail the
-defaults were not chosen on); its weights are class-balanced (beta), a binary task's the alpha of its
-positive class (0.5: none). Per study
-seed, every configuration below trains as one fused k-fold run (5 folds, 10 epochs, the default budget)
-from the same initial weights and batch order, so configurations differ only in their loss. Each is
-scored as a trial is: pooled out-of-fold macro AP and balanced accuracy at the per-class thresholds
-of the balanced-accuracy rule, temperature and thresholds chosen out of fold, and the out-of-fold
-negative log-likelihood after that temperature (a proper score that rests on every image, not on the
-ranking of a tail class's few images); and its fold ensemble on the held-out images of quality.md at
-those thresholds. The rank correlation (Spearman) between an out-of-fold score and the held-out
-metrics, over the configurations of one seed, says how well the value a search ranks by carries to
-images it did not see.
+defaults were not chosen on), whose weights are class-balanced (beta); a binary task's weight is the
+alpha of its positive class (0.5: none). Per study seed, every configuration trains as a member of one
+fused k-fold run (5 folds, 10 epochs, the default budget) from the same initial weights and batch
+order, so configurations differ only in their loss. Each is scored as a trial is: pooled out-of-fold
+AP (macro over classes with 10) and balanced accuracy at the operating point of the balanced-accuracy
+rule, temperature and thresholds chosen out of fold, and the out-of-fold negative log-likelihood
+after that temperature (a proper score that rests on every image, not on the ranking of a rare
+class's few images); then its fold ensemble on the held-out images of quality.md at those
+thresholds. The rank correlation (Spearman) between an out-of-fold score and the held-out metrics,
+over the configurations of one seed, says how well the value a search ranks by carries to images it
+did not see.
 """
 
 import argparse, sys, tempfile  # noqa: E401
@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--reverse", action="store_true", help="digit 9 the most common class, digit 0 the rarest")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
+    if args.reverse and args.task != LONG_TAIL:
+        ap.error(f"--reverse reverses the long tail; a binary task ({args.task!r}) has no tail to reverse")
     with tempfile.TemporaryDirectory() as tmp:
         task_dir = Path(tmp) / "task"
         write_task(task_dir / "data", *TASKS[args.task], reverse=args.reverse)

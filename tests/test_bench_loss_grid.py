@@ -2,6 +2,7 @@
 out-of-fold score puts first, with that configuration's held-out ranks, read back from the written file."""
 
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -53,3 +54,11 @@ def test_a_binary_task_is_named_and_its_weights_are_alpha(tmp_path):
     grid.write(types.SimpleNamespace(task=task, seeds=[0], reverse=False, out=out), runs)
     text = out.read_text()
     assert f"--task '{task}' --seeds 0" in text and "| gamma | alpha |" in text and "beta" not in text
+
+
+def test_reverse_of_a_binary_task_is_an_error_before_any_training():
+    task = next(t for t, spec in grid.TASKS.items() if spec[0] is not None)
+    done = subprocess.run([sys.executable, str(grid.ROOT / "bench" / "loss_grid.py"), "--task", task, "--reverse"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: --reverse reverses the long tail" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
