@@ -1,6 +1,7 @@
 """The study layer alone (no torch): samplers, pruners, creation, resume, claiming trials."""
 
 import threading
+import time
 import uuid
 
 import optuna
@@ -9,8 +10,8 @@ from optuna.trial import TrialState
 
 from tuner.search.config import from_dict
 from tuner.errors import UserError
-from tuner.search.study import (claim_trial, create_or_resume, make_pruner, make_sampler, open_for_worker,
-                                reserve_worker_indices, stored_config)
+from tuner.search.study import (claim_trial, create_or_resume, distributions, make_pruner, make_sampler, open_for_worker,
+                                reserve_worker_indices, stored_config, sweep)
 
 
 def cfg_with(**sections):
@@ -103,5 +104,39 @@ def test_start_study_runs_get_disjoint_worker_indices(tmp_path, request, backend
         for t in runs:
             t.join()
         assert sorted(got) == [2, 5, 8, 11, 14, 17]
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sweeps_at_once_queue_one_retry_per_dead_trial(tmp_path, request, backend):
+    """Workers, claims and the watching driver sweep at the same time; a dead worker's trial must be
+    queued again once, not once per sweeper (on SQLite, Optuna's own sweep alone queued 6-10 retries
+    of 6 dead trials from 8 sweepers at once)."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    create_or_resume(cfg_with(study={"name": name, "heartbeat_interval": 1, "grace_period": 2, "reference_trials": False}), url, name)
+    try:
+        study, cfg, storage = open_for_worker(url, name, 0, log=lambda msg: None)
+        for _ in range(6):  # six trials whose workers die after one heartbeat
+            storage.record_heartbeat(study.ask(distributions(cfg))._trial_id)
+        time.sleep(cfg.study.grace_period + 1.5)
+        sweepers = [open_for_worker(url, name, i, log=lambda msg: None) for i in range(1, 9)]
+        start = threading.Barrier(len(sweepers))
+
+        def run(s, c, st):
+            start.wait()
+            sweep(s, c, st)
+
+        threads = [threading.Thread(target=run, args=opened) for opened in sweepers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        trials = study.get_trials()
+        retried = sorted(t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs)
+        assert retried == [0, 1, 2, 3, 4, 5]
+        assert [t.state for t in trials[:6]] == [TrialState.FAIL] * 6
+        assert [t.state for t in trials[6:]] == [TrialState.WAITING] * 6
     finally:
         optuna.delete_study(study_name=name, storage=url)

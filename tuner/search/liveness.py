@@ -102,12 +102,12 @@ def heartbeat(storage: optuna.storages.RDBStorage, ids: list[int], log):
     return _Ticker(interval, beat, "heartbeat", log)
 
 
-def sweeper(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_period: float, log):
-    """While the ``with`` block runs, fail the trials of dead workers every ``grace_period``
-    seconds, so that their retries are queued (Optuna sweeps only just before an ask)."""
+def sweeper(storage: optuna.storages.RDBStorage, grace_period: float, sweep, log):
+    """While the ``with`` block runs, call ``sweep()`` (fail the trials of dead workers, so that their
+    retries are queued) every ``grace_period`` seconds, not only when a trial is claimed."""
     if not storage.get_heartbeat_interval():
         return _Nothing()
-    return _Ticker(grace_period, lambda: optuna.storages.fail_stale_trials(study), "stale-trial sweep", log)
+    return _Ticker(grace_period, sweep, "stale-trial sweep", log)
 
 
 class Requeue(optuna.storages.RetryHeartbeatStaleTrialCallback):

@@ -229,6 +229,20 @@ def target(study: optuna.Study, cfg: StudyConfig) -> int:
     return study.user_attrs.get(keys.TARGET, cfg.study.n_trials)
 
 
+def sweep(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> None:
+    """Fail the trials of dead workers and queue each one's retry, under the study lock. Workers,
+    claims and the watching driver all sweep; Optuna's sweep reads a trial as RUNNING and then fails
+    it, and on SQLite (which ignores SELECT ... FOR UPDATE) two sweeps could both do so and queue two
+    retries of one trial, which would then share its checkpoint."""
+    with study_lock(storage, study.study_name):
+        _sweep(study, cfg, storage)
+
+
+def _sweep(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> None:
+    optuna.storages.fail_stale_trials(study)
+    fail_orphans(study, storage, cfg.study.grace_period)
+
+
 def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> optuna.Trial | None:
     """Ask for the next trial, or None when the study has (or is running) all it needs.
 
@@ -238,8 +252,7 @@ def claim_trial(study: optuna.Study, cfg: StudyConfig, storage: RDBStorage) -> o
     dying before its heartbeat thread started would leave it RUNNING for good.
     """
     with study_lock(storage, study.study_name):
-        optuna.storages.fail_stale_trials(study)
-        fail_orphans(study, storage, cfg.study.grace_period)
+        _sweep(study, cfg, storage)
         c = counts(study)
         if c["WAITING"] == 0 and c["FINISHED"] + c["RUNNING"] >= target(study, cfg):
             return None

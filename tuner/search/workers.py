@@ -21,7 +21,7 @@ from tuner.learn.train import loss_alpha, pick_device, train_trial
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
 from tuner.search.liveness import DbRetry, Waiting, sweeper
-from tuner.search.study import claim_trial, counts, open_for_worker, target
+from tuner.search.study import claim_trial, counts, open_for_worker, sweep, target
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -80,7 +80,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
         say(f"trains {k} trials at once as one fused model")
     ran = failures = 0
     waiting = Waiting(max(10 * cfg.study.grace_period, 600), say)
-    with sweeper(study, storage, cfg.study.grace_period, say):
+    with sweeper(storage, cfg.study.grace_period, lambda: sweep(study, cfg, storage), say):
         while not w.stop.is_set() and (max_trials is None or ran < max_trials):
             want = k if max_trials is None else min(k, max_trials - ran)
             trials = []

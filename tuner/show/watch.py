@@ -3,10 +3,8 @@ until the study has its finished trials, sweeping the trials of dead workers so 
 
 import time
 
-import optuna
-
 from tuner.search.liveness import DbRetry
-from tuner.search.study import open_for_worker, target
+from tuner.search.study import open_for_worker, sweep, target
 from tuner.show.progress import Progress, snapshot
 
 
@@ -17,7 +15,7 @@ def watch(url: str, name: str, progress: Progress, poll_s: float = 2.0) -> None:
 
     def look():
         if storage.get_heartbeat_interval():
-            optuna.storages.fail_stale_trials(study)
+            sweep(study, cfg, storage)
         return snapshot(study, target(study, cfg))
 
     while True:
