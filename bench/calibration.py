@@ -17,7 +17,7 @@ With two classes AP changes only for the mean (a monotone map keeps a single mod
 the inversion can also reorder one model's scores of a class, as its normalisation involves every class.
 """
 
-import argparse, re, sys, tempfile  # noqa: E401
+import argparse, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from final_models import kept_trials  # noqa: E402
-from quality import STUDY, TASKS, heldout_files, heldout_scores, run_tuner, seed_cells, write_task  # noqa: E402
+from quality import TASKS, heldout_files, heldout_scores, out_flag, run_tuner, seed_cells, study_epochs, write_task  # noqa: E402
 
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
@@ -121,9 +121,7 @@ def main() -> None:
 
 
 def write(args, rows) -> None:
-    epochs = re.search(r"(?m)^epochs = (\d+)$", STUDY)[1]
-    path = args.out.resolve()
-    out = "" if path == DEFAULT_OUT else f" --out {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+    epochs, out = study_epochs(), out_flag(args.out, DEFAULT_OUT)
     args.out.write_text("\n".join([
         "# Calibration rules against the temperature, on held-out images",
         "",

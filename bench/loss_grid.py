@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from quality import TASKS, heldout_files, heldout_scores, write_task  # noqa: E402
+from quality import TASKS, heldout_files, heldout_scores, out_flag, study_epochs, write_task  # noqa: E402
 
 from tuner import keys  # noqa: E402
 from tuner.learn.calibration import nll  # noqa: E402
@@ -59,7 +59,7 @@ def weight_name(binary: bool) -> str:
 
 def run_seed(task_dir: Path, files, seed: int, binary: bool) -> dict:
     """(gamma, alpha or beta) -> the scores of ``COLUMNS`` for one study seed."""
-    cfg = from_dict({"study": {"seed": seed}, "train": {"epochs": 10, "device": "cpu"},
+    cfg = from_dict({"study": {"seed": seed}, "train": {"epochs": study_epochs(), "device": "cpu"},
                      "data": {"kind": "imagefolder", "root": str(task_dir / "data"), "image_size": 32, "folds": 5}})
     data = load_data(cfg.data, seed=seed)
     x = torch.stack([read_image(f, data.channels, cfg.data.image_size) for f, _, _ in files])
@@ -100,8 +100,7 @@ def main() -> None:
 
 def write(args, runs: dict) -> None:
     grid = list(next(iter(runs.values())))
-    path = args.out.resolve()
-    out = "" if path == DEFAULT_OUT else f" --out {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+    out = out_flag(args.out, DEFAULT_OUT)
     binary = TASKS[args.task][0] is not None
     task = f"--task '{args.task}' " if args.task != LONG_TAIL else ""
     weights = ("alpha: the positive class's weight (the other's 1 - alpha; 0.5 weights both alike); BA at the threshold "

@@ -53,11 +53,23 @@ device = "cpu"
 """
 
 
+def study_epochs() -> int:
+    """The budget every tuner run of the benches trains for: ``STUDY``'s epochs."""
+    return int(re.search(r"(?m)^epochs = (\d+)$", STUDY)[1])
+
+
+def out_flag(out: Path, default: Path) -> str:
+    """" --out PATH" for a result file's command line when ``out`` is not the script's default, else ""."""
+    path = out.resolve()
+    return "" if path == default else f" --out {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+
+
 def write_task(root: Path, rare, fraction, names, reverse: bool = False) -> None:
     digits = load_digits()
     rng = np.random.default_rng(0)
     if rare is None:  # long tail: class c keeps about 124 * (6/124)^(c/9) train images, imbalance ~20 (reverse: 9 - c)
-        keep = {NAMES[c]: rng.permutation(np.flatnonzero(digits.target == c))[: round(165 * (6 / 124) ** ((9 - c if reverse else c) / 9))]
+        rank = [9 - c if reverse else c for c in range(10)]
+        keep = {NAMES[c]: rng.permutation(np.flatnonzero(digits.target == c))[: round(165 * (6 / 124) ** (rank[c] / 9))]
                 for c in range(10)}
     else:
         other = np.flatnonzero(digits.target != rare)
@@ -337,7 +349,7 @@ def rule_lines(rules: dict) -> list[str]:
 def write(args, rows, verdicts, per_seed, rules) -> None:
     from blog_loop import EPOCHS as BLOG_EPOCHS
 
-    epochs = re.search(r"(?m)^epochs = (\d+)$", STUDY)[1]
+    epochs = study_epochs()
     text = "\n".join([
         "# Search quality on held-out data",
         "",
