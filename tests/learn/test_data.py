@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
-from tuner.learn.data import Splits, load_data
+from tuner.learn.data import Splits, decode_image, load_data
 from tuner.search.config import DataConfig
 from tuner.errors import UserError
 
@@ -208,6 +208,58 @@ def test_imagefolder_mismatched_test_classes(tmp_path):
     make_tree(tmp_path, {"a": 2, "c": 2}, split="test")
     with pytest.raises(UserError, match=r"test has classes \['a', 'c'\] but .*train has \['a', 'b'\]"):
         load_data(folder_cfg(tmp_path))
+
+
+
+def test_imagefolder_finds_images_in_subfolders_but_not_hidden_ones(tmp_path):
+    make_tree(tmp_path / "flat", {"a": 6, "b": 3})
+    for patient, n in (("p1", 4), ("p2", 2)):  # a/ holds one folder per patient, as ImageFolder allows
+        make_tree(tmp_path / "flat" / "train" / "a", {patient: n}, split="", seed=n)
+    make_tree(tmp_path / "flat" / "train" / "b", {".ipynb_checkpoints": 5}, split="")
+    d = load_data(folder_cfg(tmp_path / "flat"), cache_dir=str(tmp_path / "c"))
+    assert d.classes == ["a", "b"] and d.pool_counts() == [12, 3] and d.skipped == 0
+
+
+def sixteen_bit_gradient(path, top=4095):
+    """A 12-bit ramp (0 at the left to `top` at the right) in a 16-bit grayscale PNG, as X-rays come."""
+    ramp = np.tile(np.linspace(0, top, 32), (32, 1)).round().astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == "I;16"
+
+
+def test_sixteen_bit_and_float_images_are_stretched_to_0_255_not_clipped(tmp_path):
+    sixteen_bit_gradient(tmp_path / "xray.png")
+    Image.fromarray(np.tile(np.linspace(-1, 3, 32, dtype=np.float32), (32, 1))).save(tmp_path / "float.tiff")
+    for name in ("xray.png", "float.tiff"):
+        a = decode_image(tmp_path / name, 1, 32)[0].astype(int)
+        assert a.shape == (32, 32) and a[:, 0].max() == 0 and a[:, -1].min() == 255
+        assert (a == 255).mean() < 0.05  # clipped at 255, most of the ramp would be white
+        assert (np.diff(a, axis=1) >= 0).all() and (np.diff(a, axis=1) <= 9).all()  # a smooth ramp
+    rgb = decode_image(tmp_path / "xray.png", 3, 32)
+    assert rgb.shape == (3, 32, 32) and (rgb == decode_image(tmp_path / "xray.png", 1, 32)).all()
+    Image.fromarray(np.full((8, 8), 700, np.uint16)).save(tmp_path / "flat.png")
+    assert (decode_image(tmp_path / "flat.png", 1, 8) == 0).all()  # one value: no range to stretch
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((8, 16), np.uint8)
+    pixels[:, :4] = 255  # a bright band at the left of the stored image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: shown turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "turned.png", exif=exif)
+    a = decode_image(tmp_path / "turned.png", 1, 16)[0]
+    upright = np.asarray(Image.fromarray(np.rot90(pixels, k=-1).copy()).resize((16, 16), Image.Resampling.BILINEAR))
+    assert (a == upright).all() and a[:3].min() == 255 and a[-3:].max() == 0  # the band is now at the top
+
+
+def test_imagefolder_of_sixteen_bit_images_keeps_their_contrast(tmp_path):
+    for cls, n in (("a", 6), ("b", 4)):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            sixteen_bit_gradient(tmp_path / "train" / cls / f"{i}.png", top=1000 + 500 * i)
+    d = load_data(folder_cfg(tmp_path, image_size=32), cache_dir=str(tmp_path / "c"))
+    x = torch.cat([d.train_x, d.val_x]).float()
+    assert d.skipped == 0 and x.min() == 0 and x.max() == 255 and 100 < x.mean() < 155
 
 
 # ---- digits ----

@@ -187,6 +187,25 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
 
 
+def test_predict_reads_an_image_as_the_image_folder_loader_did(tmp_path):
+    from tuner.search.config import DataConfig
+    from tuner.show.predict import read_image
+
+    ramp = np.tile(np.linspace(0, 4095, 40), (40, 1)).astype(np.uint16)  # a 12-bit X-ray in a 16-bit PNG
+    rgba = np.random.default_rng(0).integers(0, 256, (30, 20, 4), dtype=np.uint8)
+    for cls, n in (("a", 3), ("b", 2)):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(ramp * (i + 1) // 3).save(tmp_path / "train" / cls / f"{i}.png")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "a" / "3.png")
+    for grayscale in (True, False):
+        d = load_data(DataConfig(kind="imagefolder", root=str(tmp_path), image_size=16, grayscale=grayscale, val_fraction=0.5),
+                      cache_dir=str(tmp_path / "c"))
+        decoded = torch.cat([d.train_x, d.val_x])
+        for path in sorted((tmp_path / "train").glob("*/*.png")):
+            assert any(torch.equal(read_image(path, d.channels, 16), x) for x in decoded), path
+
+
 def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(good)

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tuner.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 1  # bump when the cached layout or the decoding changes
+CACHE_VERSION = 2  # bump when the cached layout or the decoding changes
 SYNTHETIC_CONTRAST = 48.0  # tuned so a small CNN needs a few epochs and results depend on gamma/alpha
 
 
@@ -240,14 +240,18 @@ def class_folders(folder: Path) -> list[str]:
 
 
 def list_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """Each class folder's images, in subfolders too (as torchvision's ImageFolder finds them),
+    sorted by path; hidden files and folders (.ipynb_checkpoints, ...) are left out."""
     files = []
     for label, name in enumerate(classes):
-        images = sorted(p for p in (folder / name).iterdir()
-                        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = []
+        for parent, dirs, names in os.walk(folder / name, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            images += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
         if not images:
             raise UserError(f"class folder {folder / name} has no images ({' '.join(IMAGE_EXTENSIONS)}); "
                             "add some or remove the folder.")
-        files += [(p, label) for p in images]
+        files += [(p, label) for p in sorted(images)]
     return files
 
 
@@ -287,11 +291,9 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
     ok = np.zeros(len(paths), dtype=bool)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
-                a = np.asarray(im.convert(mode).resize((s, s), Image.Resampling.BILINEAR))
+            x[i], ok[i] = decode_image(path, len(mode), s), True
         except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...) on bad files
             continue
-        x[i], ok[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1), True
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
@@ -300,3 +302,22 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
     except OSError as e:
         warnings.warn(f"could not write the image cache {cache}: {e}")
     return x, ok
+
+
+def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """One image file as uint8 (channels, size, size): upright by its EXIF orientation, grayscale
+    (channels 1) or RGB, resized bilinearly. A 16-bit or float image (a 12-bit X-ray in a 16-bit
+    PNG, say) is first stretched from its own minimum to its maximum onto 0-255, as PIL's own
+    conversion would clip every value above 255 to white."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I") or im.mode == "F":
+            im = Image.fromarray(stretch_to_uint8(np.asarray(im, dtype=np.float64)))
+        a = np.asarray(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = a.min(), a.max()
+    return np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo) * (255 / (hi - lo))).astype(np.uint8)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from tuner.learn.checkpoints import decision_cut, load_trial_model
+from tuner.learn.data import decode_image
 from tuner.learn.metrics import decide
 from tuner.errors import UserError
 from tuner.learn.train import predict, probabilities
@@ -33,12 +33,11 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     """uint8 (channels, size, size), as ``tuner.learn.data`` decodes an image folder."""
     try:
-        with Image.open(path) as im:
-            a = np.array(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
+        a = decode_image(path, channels, size)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise UserError(f"cannot read image {path}: {reason}; pass image files PIL can open (png, jpg, ...)")
-    return torch.from_numpy(np.ascontiguousarray(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None) -> list[dict]:
