@@ -27,7 +27,9 @@ MAX_FAILURES_IN_A_ROW = 3
 
 
 def log(msg: str) -> None:
-    print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+    # One write per line: print() writes its pieces one by one, and the workers share one stderr.
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+    sys.stderr.flush()
 
 
 def stop_on_signals() -> threading.Event:
