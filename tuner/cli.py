@@ -459,20 +459,20 @@ def export(storage: Storage = None, study_name: StudyName = None,
 
 @app.command("predict", short_help="Classify images with a saved best model.")
 def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
-                images: Annotated[list[Path], typer.Argument(help="image files to classify")],
+                images: Annotated[list[Path], typer.Argument(help="image files, or folders of them, to classify")],
                 threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
                 all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
                 as_json: Json = False):
-    """Classify image files: per image its path, predicted class and calibrated probability of the
-    positive class (two classes) or of the predicted class (more; the class with the largest
-    probability divided by its threshold, chosen on validation)."""
-    from tuner.show.predict import classify, load_model, operating_threshold
+    """Classify image files (for a folder, every image under it): per image its path, predicted class
+    and calibrated probability of the positive class (two classes) or of the predicted class (more;
+    the class with the largest probability divided by its threshold, chosen on validation)."""
+    from tuner.show.predict import classify, image_files, load_model, operating_threshold
 
     if threshold is not None and not 0 <= threshold <= 1:
         raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
     net, payload = load_model(model)
     classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
-    rows = classify(net, payload, [str(p) for p in images], threshold)
+    rows = classify(net, payload, image_files([str(p) for p in images]), threshold)
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"

@@ -187,6 +187,21 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
 
 
+def test_predict_takes_folders_of_images(folder, saved_model, tmp_path):
+    images = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "a.png", "sub/c.jpg", "sub/deeper/d.png", ".hidden.png", ".cache/e.png"):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+    expected = [str(images / n) for n in ("a.png", "b.png", "sub/c.jpg", "sub/deeper/d.png")]
+    by_folder = tuner("predict", str(saved_model), str(images), "--json", cwd=folder)
+    by_file = tuner("predict", str(saved_model), *expected, "--json", cwd=folder)
+    assert by_folder.returncode == 0, by_folder.stderr
+    assert [r["path"] for r in json.loads(by_folder.stdout)] == expected
+    assert json.loads(by_folder.stdout) == json.loads(by_file.stdout)
+
+
 def test_predict_reads_an_image_as_the_image_folder_loader_did(tmp_path):
     from tuner.search.config import DataConfig
     from tuner.show.predict import read_image
@@ -214,6 +229,9 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     assert_user_error(broken, "broken.png", "cannot read image")
     assert broken.stdout == ""
     assert_user_error(cli("predict", str(saved_model), str(tmp_path / "gone.png"), cwd=folder), "gone.png")
+    (tmp_path / "empty" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    assert_user_error(cli("predict", str(saved_model), str(tmp_path / "empty"), cwd=folder), "empty", "holds no images")
     assert_user_error(cli("predict", "models/nope.pt", str(good), cwd=folder), "models/nope.pt", "does not exist")
     assert_user_error(cli("predict", str(good), str(good), cwd=folder), "good.png", "not a model")
     assert_user_error(cli("predict", str(saved_model), str(good), "--threshold", "1.5", cwd=folder), "--threshold 1.5", "probability")

@@ -240,19 +240,23 @@ def class_folders(folder: Path) -> list[str]:
 
 
 def list_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """Each class folder's images, in subfolders too (as torchvision's ImageFolder finds them),
-    sorted by path; hidden files and folders (.ipynb_checkpoints, ...) are left out."""
     files = []
     for label, name in enumerate(classes):
-        images = []
-        for parent, dirs, names in os.walk(folder / name, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            images += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
-        if not images:
+        if not (images := find_images(folder / name)):
             raise UserError(f"class folder {folder / name} has no images ({' '.join(IMAGE_EXTENSIONS)}); "
                             "add some or remove the folder.")
-        files += [(p, label) for p in sorted(images)]
+        files += [(p, label) for p in images]
     return files
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files in `folder` and its subfolders (as torchvision's ImageFolder finds them), sorted;
+    hidden files and folders (.ipynb_checkpoints, ...) are left out."""
+    images = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        images += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(images)
 
 
 def cache_key(root: Path, paths: list[Path], cfg) -> str:
@@ -313,8 +317,8 @@ def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I") or im.mode == "F":
             im = Image.fromarray(stretch_to_uint8(np.asarray(im, dtype=np.float64)))
-        a = np.asarray(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        a = np.array(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 def stretch_to_uint8(a: np.ndarray) -> np.ndarray:

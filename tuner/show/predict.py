@@ -10,11 +10,10 @@ to its image size like the image-folder loader does, then ``tuner.learn.train.pr
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tuner.learn.checkpoints import decision_cut, load_trial_model
-from tuner.learn.data import decode_image
+from tuner.learn.data import IMAGE_EXTENSIONS, decode_image, find_images
 from tuner.learn.metrics import decide
 from tuner.errors import UserError
 from tuner.learn.train import predict, probabilities
@@ -30,6 +29,19 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise UserError(f"{path} is not a model saved by tuner ({type(e).__name__}); write one with tuner best --save-model {path}")
 
 
+def image_files(paths: list[str]) -> list[str]:
+    """The paths, each folder replaced by the image files under it (subfolders too, sorted)."""
+    files = []
+    for p in paths:
+        if not Path(p).is_dir():
+            files.append(p)
+        elif found := find_images(Path(p)):
+            files += map(str, found)
+        else:
+            raise UserError(f"folder {p} holds no images ({' '.join(IMAGE_EXTENSIONS)}); pass image files or a folder of them")
+    return files
+
+
 def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     """uint8 (channels, size, size), as ``tuner.learn.data`` decodes an image folder."""
     try:
@@ -37,7 +49,7 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise UserError(f"cannot read image {path}: {reason}; pass image files PIL can open (png, jpg, ...)")
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(a)
 
 
 def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None) -> list[dict]:
