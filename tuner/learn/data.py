@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from tuner.errors import UserError
+from tuner.machine import usable_cpus
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 2  # bump when the cached layout or the decoding changes
@@ -293,11 +295,16 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
     s, mode = cfg.image_size, "L" if cfg.grayscale else "RGB"
     x = np.zeros((len(paths), len(mode), s, s), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
-    for i, path in enumerate(paths):
+
+    def decode(i: int) -> None:
         try:
-            x[i], ok[i] = decode_image(path, len(mode), s), True
+            x[i], ok[i] = decode_image(paths[i], len(mode), s), True
         except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...) on bad files
-            continue
+            pass
+
+    # PIL lets go of the GIL while it decodes and resizes, so threads use every core.
+    with ThreadPoolExecutor(min(usable_cpus(), 16)) as pool:
+        list(pool.map(decode, range(len(paths))))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
@@ -314,14 +321,19 @@ def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:
     PNG, say) is first stretched from its own minimum to its maximum onto 0-255, as PIL's own
     conversion would clip every value above 255 to white."""
     with Image.open(path) as im:
+        im.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at 1/2-1/8 scale when that is still >= size
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I") or im.mode == "F":
-            im = Image.fromarray(stretch_to_uint8(np.asarray(im, dtype=np.float64)))
+            im = Image.fromarray(stretch_to_uint8(np.asarray(im)))
         a = np.array(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
-    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    a = np.nan_to_num(a.astype(np.float32), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = a.min(), a.max()
-    return np.zeros(a.shape, np.uint8) if hi <= lo else np.rint((a - lo) * (255 / (hi - lo))).astype(np.uint8)
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    a -= lo
+    a *= np.float32(255 / (hi - lo))
+    return np.rint(a, out=a).astype(np.uint8)

@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from tuner.machine import usable_cpus
+
 
 def spawn(url: str, workers: int, device: str | None, mode: str) -> list[subprocess.Popen]:
     """Start ``workers`` waiting worker processes, each with an equal share of this machine's cores."""
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = max(1, usable_cpus() // workers)
     env = {**os.environ, "TUNER_STORAGE": url, "OMP_NUM_THREADS": str(threads)}  # URL not on argv: ps shows argv
     # A live table or silence: worker lines go to a file (given with go); until then, nowhere.
     output = None if mode == "lines" else subprocess.DEVNULL
