@@ -127,7 +127,8 @@ def start_study(
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
             cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
             progress.step("opening the study")
-            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts())
+            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprint)
+            cfg, data = _as_stored(study, cfg, data)
             c, goal = counts(study), target(study, cfg)
             if c["FINISHED"] >= goal:
                 launch.discard(procs)  # nothing left to run
@@ -153,7 +154,7 @@ def start_study(
             if procs:
                 progress.first_worker = reserve_worker_indices(url, name, len(procs))
                 launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs",
-                          progress.first_worker)
+                          progress.first_worker, cfg.data.root)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
             elif workers:
                 progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
@@ -172,6 +173,21 @@ def start_study(
 
     results.evaluate_best_on_test(study, cfg, data, retrain=True)
     _print_best(results.best_summary(study, cfg))
+
+
+def _as_stored(study, cfg, data):
+    """A resumed study runs with its stored settings (and this run's copy of the images): the
+    driver's test check too, on data loaded as the stored settings say."""
+    import dataclasses
+
+    from tuner.learn.data import load_data
+    from tuner.search.study import stored_config
+
+    stored = stored_config(study)
+    stored = dataclasses.replace(stored, data=dataclasses.replace(stored.data, root=cfg.data.root))
+    if (stored.data, stored.study.seed) != (cfg.data, cfg.study.seed):
+        data = load_data(stored.data, seed=stored.study.seed)
+    return stored, data
 
 
 def _show(progress, study, cfg) -> None:
@@ -259,6 +275,9 @@ def worker(
                                                            "study has its n_trials finished trials]")] = None,
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", hidden=True)] = None,
     device: Device = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="PATH", show_default=False,
+                                                      help="this machine's copy of the study's image folder [default: "
+                                                           "the data.root stored with the study]")] = None,
     worker_index: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
@@ -277,7 +296,8 @@ def worker(
     from tuner.search.workers import run_worker
 
     url = _url(storage)
-    run_worker(url, study_name or only_study(url), worker_index, device, threads, max_trials)
+    run_worker(url, study_name or only_study(url), worker_index, device, threads, max_trials,
+               None if data_root is None else str(data_root))
 
 
 @app.command("spawned-worker", hidden=True)
@@ -295,7 +315,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
         log = os.open(go["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    run_worker(_url(None), go["study_name"], go["index"], device, threads)
+    run_worker(_url(None), go["study_name"], go["index"], device, threads, data_root=go["data_root"] or None)
 
 
 @app.command("status", short_help="The study's trials as a table (or --json).")

@@ -38,6 +38,7 @@ class Splits:
     test_y: torch.Tensor | None
     classes: list[str]  # class names, index = label; with two, index 1 is the positive class
     skipped: int = 0  # unreadable images skipped
+    fingerprint: str = ""  # an image folder's files (paths under the root, sizes); "" for built-in data
 
     @property
     def positive_class(self) -> str | None:
@@ -234,7 +235,8 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
     tx, ty = torch.from_numpy(tx), torch.from_numpy(ty)
     test = ok & ~is_train
     test_x, test_y = (torch.from_numpy(x[test]), torch.from_numpy(labels[test])) if n_train < len(paths) else (None, None)
-    return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad))
+    return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad),
+                  fingerprint=fingerprint(root, paths))
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -259,6 +261,15 @@ def find_images(folder: Path) -> list[Path]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         images += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(images)
+
+
+def fingerprint(root: Path, paths: list[Path]) -> str:
+    """The same for the same images wherever they lie (their paths under the root and sizes): a worker
+    on another machine checks that its copy is the one the study was created with."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(f"{p.relative_to(root).as_posix()} {p.stat().st_size}\n".encode())
+    return f"{len(paths):,} files, sha256 {h.hexdigest()[:16]}"
 
 
 def cache_key(root: Path, paths: list[Path], cfg) -> str:

@@ -147,8 +147,9 @@ class StudyConfig:
 
     def resolved(self, num_classes: int, positive_class: str | None, rare_count: int) -> "StudyConfig":
         """The config as stored with a study, every "auto" made concrete for data of ``num_classes``
-        whose rarest (or positive) class has ``rare_count`` training images, and the positive class
-        named, so that every worker agrees on them."""
+        whose rarest (or positive) class has ``rare_count`` training images, the positive class
+        named, so that every worker agrees on them, and an image folder's root an absolute path, so
+        that a worker started from another folder finds it."""
         mode = self.search.alpha_mode
         if mode == "auto":
             mode = "class_balanced" if num_classes > 2 else "rare"
@@ -156,7 +157,8 @@ class StudyConfig:
         if folds == "auto":  # bench/results/quality.md: folds halve the spread over seeds where rare images are few
             folds = AUTO_FOLDS if rare_count < FEW_RARE else 1
         return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
-                                   data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds))
+                                   data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds,
+                                                            root=absolute(self.data.root)))
 
     def pruner_resolved(self) -> "PrunerConfig":
         """The pruner settings with "auto" made concrete: no pruning in the first third of the epochs
@@ -172,6 +174,10 @@ class StudyConfig:
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(StudyConfig)}
+
+
+def absolute(root: str) -> str:
+    return str(Path(root).expanduser().absolute()) if root else root
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:

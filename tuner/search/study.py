@@ -103,9 +103,11 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None,
-                     classes: list[str] | None = None, class_counts: list[int] | None = None) -> tuple[optuna.Study, list[str]]:
-    """Create the study, or resume it when it exists with the same search space. ``classes`` and
-    ``class_counts`` (of the training split) are stored for reports.
+                     classes: list[str] | None = None, class_counts: list[int] | None = None,
+                     fingerprint: str = "") -> tuple[optuna.Study, list[str]]:
+    """Create the study, or resume it when it exists with the same search space and images.
+    ``classes`` and ``class_counts`` (of the training split) are stored for reports, ``fingerprint``
+    (of an image folder's files) so that every later run and worker checks its images against it.
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
@@ -133,6 +135,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                 study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
     else:
         stored = stored_config(existing)
+        check_same_images(existing, fingerprint, cfg.data.root)
         if stored.search_space() != cfg.search_space():
             raise UserError(
                 f"study {name!r} already exists in {mask(url)} with another search space "
@@ -144,9 +147,19 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
         study = existing
     study.set_user_attr(keys.TARGET, n_trials or cfg.study.n_trials)
-    if classes is not None:
-        study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts)})
+    if classes is not None and keys.DATA not in study.user_attrs:  # a resumed study keeps what it was created with
+        study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts), "fingerprint": fingerprint})
     return study, notes
+
+
+def check_same_images(study: optuna.Study, fingerprint: str, root: str) -> None:
+    """Trials of one study must see the same images: a different copy (files added, removed or
+    changed) is an error, wherever it lies."""
+    stored = study.user_attrs.get(keys.DATA, {}).get("fingerprint")
+    if stored and fingerprint and stored != fingerprint:
+        raise UserError(f"the images under {root} ({fingerprint}) are not those study {study.study_name!r} was created with "
+                        f"({stored}); point data.root (tuner worker: --data-root) at a copy of the same images, or start a new study "
+                        "with --study-name")
 
 
 def check_references_fit(cfg: StudyConfig, n_trials: int) -> None:

@@ -1,0 +1,99 @@
+"""An image-folder study joined from other folders and other copies of the images: the root is
+stored as an absolute path, a worker (or a resumed start-study) may point at its own copy, and a copy
+that is not the same images is refused before any trial runs."""
+
+import shutil
+
+import numpy as np
+import optuna
+import pytest
+from PIL import Image
+
+from conftest import assert_user_error, tuner, write_study
+from tuner import keys
+
+
+def write_images(root):
+    rng = np.random.default_rng(0)
+    for cls, n in (("normal", 40), ("finding", 12)):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 120, (8, 8), dtype=np.uint8) + (100 if cls == "finding" else 0)
+            Image.fromarray(pixels).save(root / "train" / cls / f"{i}.png")
+
+
+def load(db):
+    return optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}")
+
+
+def finished(db):
+    return [t.number for t in load(db).get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+@pytest.fixture(scope="module")
+def created(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    write_images(home / "images")
+    study_file = write_study(home, n_trials=2, epochs=1)
+    proc = tuner("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+                 "--set", "data.image_size=8", "--workers", "1", cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    return home, study_file
+
+
+def test_the_root_is_stored_absolute_with_the_images_fingerprint(created):
+    home, _ = created
+    study = load(home / "tuner.db")
+    assert study.user_attrs[keys.CONFIG]["data"]["root"] == str(home / "images")
+    assert study.user_attrs[keys.DATA]["fingerprint"].startswith("52 files, sha256 ")
+
+
+def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, tmp_path):
+    home, study_file = created
+    db = home / "tuner.db"
+    copy = tmp_path / "copy"
+    shutil.copytree(home / "images", copy)
+    (home / "images").rename(home / "away")  # only the copy is here now
+    try:
+        # a resumed start-study elsewhere: its own workers use the root it was given
+        proc = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                     "--set", f"data.root={copy}", "--set", "data.image_size=8", "--n-trials", "3", "--workers", "1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert len(finished(db)) == 3
+        load(db).set_user_attr(keys.TARGET, 4)
+        joined = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "copy", "--max-trials", "1", cwd=tmp_path)
+        assert joined.returncode == 0, joined.stderr
+    finally:
+        (home / "away").rename(home / "images")
+    load(db).set_user_attr(keys.TARGET, 5)
+    plain = tuner("worker", "--storage", f"sqlite:///{db}", "--max-trials", "1", cwd=tmp_path)  # the stored root
+    assert plain.returncode == 0, plain.stderr
+    assert len(finished(db)) == 5
+
+
+def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):
+    home, study_file = created
+    db = home / "tuner.db"
+    before = finished(db)
+    load(db).set_user_attr(keys.TARGET, len(before) + 1)
+    changed = tmp_path / "changed"
+    shutil.copytree(home / "images", changed)
+    (changed / "train" / "normal" / "3.png").unlink()
+    worker = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed), cwd=tmp_path)
+    assert_user_error(worker, f"the images under {changed} (51 files", "(52 files", "not those study 'smoke' was created with")
+    resumed = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                    "--set", f"data.root={changed}", "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
+    assert_user_error(resumed, "not those study 'smoke' was created with")
+    missing = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
+    assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'}", "--data-root PATH")
+    assert finished(db) == before  # nothing ran, nothing stored was lost
+
+
+def test_data_root_is_for_image_folder_studies_only(tmp_path, cli):
+    from tuner.search.config import load_config
+    from tuner.search.study import create_or_resume
+
+    cfg = load_config(write_study(tmp_path, n_trials=2, epochs=1)).resolved(2, "rare", 40)
+    create_or_resume(cfg, f"sqlite:///{tmp_path / 'tuner.db'}", "smoke")
+    assert_user_error(cli("worker", "--data-root", "images", cwd=tmp_path),
+                      "--data-root is for image-folder studies, but study 'smoke' uses data.kind = 'synthetic'")
