@@ -97,3 +97,21 @@ def test_data_root_is_for_image_folder_studies_only(tmp_path, cli):
     create_or_resume(cfg, f"sqlite:///{tmp_path / 'tuner.db'}", "smoke")
     assert_user_error(cli("worker", "--data-root", "images", cwd=tmp_path),
                       "--data-root is for image-folder studies, but study 'smoke' uses data.kind = 'synthetic'")
+
+
+def test_best_and_report_read_another_copy_of_the_images_and_refuse_other_images(tmp_path, cli):
+    write_images(tmp_path / "images")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = tuner("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+                 "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "images").rename(tmp_path / "copy")
+    for cmd in (["best", "--save-model", "m.pt"], ["report", "--out", "rep"]):
+        assert_user_error(cli(*cmd, cwd=tmp_path), f"the images of study 'smoke' are not at {tmp_path / 'images'}",
+                          "--data-root PATH")
+        assert cli(*cmd, "--data-root", "copy", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "m.pt").is_file() and (tmp_path / "rep" / "index.html").is_file()
+    (tmp_path / "copy" / "train" / "finding" / "0.png").unlink()
+    for cmd in (["best", "--save-model", "m2.pt"], ["report", "--out", "rep2"]):
+        assert_user_error(cli(*cmd, "--data-root", "copy", cwd=tmp_path), "(51 files", "not those study 'smoke' was created with")
+    assert not (tmp_path / "m2.pt").exists()

@@ -47,6 +47,9 @@ StudyName = Annotated[Optional[str], typer.Option(
     help="the study [default: the only study in the storage]")]
 Device = Annotated[Optional[str], typer.Option(
     metavar="DEVICE", show_default=False, help="auto, cpu, cuda or cuda:N [default: the study's train.device]")]
+DataRoot = Annotated[Optional[Path], typer.Option("--data-root", metavar="PATH", show_default=False,
+                                                 help="this machine's copy of the study's image folder [default: the "
+                                                      "data.root stored with the study]")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
@@ -190,6 +193,14 @@ def _as_stored(study, cfg, data):
     return stored, data
 
 
+def _settings(study, data_root: Path | None):
+    """The study's stored settings, with this machine's copy of its images when ``--data-root`` names one."""
+    from tuner.search.study import stored_config, with_data_root
+
+    cfg = stored_config(study)
+    return cfg if data_root is None else with_data_root(cfg, study.study_name, str(data_root))
+
+
 def _show(progress, study, cfg) -> None:
     import optuna
     import sqlalchemy
@@ -275,9 +286,7 @@ def worker(
                                                            "study has its n_trials finished trials]")] = None,
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", hidden=True)] = None,
     device: Device = None,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", metavar="PATH", show_default=False,
-                                                      help="this machine's copy of the study's image folder [default: "
-                                                           "the data.root stored with the study]")] = None,
+    data_root: DataRoot = None,
     worker_index: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
@@ -391,13 +400,13 @@ def best(storage: Storage = None, study_name: StudyName = None,
          save_model: Annotated[Optional[Path], typer.Option("--save-model", metavar="PATH", show_default=False,
                                                             help="write the final model (study.final_model) to PATH (+ PATH.json), e.g. best.pt, "
                                                                  "and print only where (with --json, the JSON too)")] = None,
-         retrain: Annotated[bool, typer.Option("--retrain", help="train the trials of the final model and the reference trials again with their parameters and seeds when their model files are not here, and check them on the test split")] = False):
+         retrain: Annotated[bool, typer.Option("--retrain", help="train the trials of the final model and the reference trials again with their parameters and seeds when their model files are not here, and check them on the test split")] = False,
+         data_root: DataRoot = None):
     """The best trial: value, metric, gamma/alpha, threshold, reference trials and test-set check."""
-    from tuner.search.study import stored_config
     from tuner.show.results import best_summary, evaluate_best_on_test
 
     study = _study(_url(storage), study_name)
-    cfg = stored_config(study)
+    cfg = _settings(study, data_root)
     if retrain:
         evaluate_best_on_test(study, cfg, retrain=True)
     summary = best_summary(study, cfg)
@@ -408,7 +417,7 @@ def best(storage: Storage = None, study_name: StudyName = None,
     if save_model is not None:
         from tuner.show.export import save_best_model
 
-        saved = save_best_model(study, save_model)
+        saved = save_best_model(study, save_model, cfg)
         from tuner.show.results import final_label
 
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
@@ -456,11 +465,13 @@ def dashboard(storage: Storage = None,
 
 @app.command("report", short_help="An offline HTML report with plots.")
 def report(storage: Storage = None, study_name: StudyName = None,
-           out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for index.html and the PNGs")] = Path("tuner-report")):
+           out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for index.html and the PNGs")] = Path("tuner-report"),
+           data_root: DataRoot = None):
     """An offline HTML report with plots, top trials and the best trial's test-set results."""
     from tuner.show.report import build_report
 
-    page = build_report(_study(_url(storage), study_name), out_dir)
+    study = _study(_url(storage), study_name)
+    page = build_report(study, out_dir, _settings(study, data_root))
     print(f"report written to {page}")
 
 

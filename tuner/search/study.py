@@ -6,8 +6,10 @@
 >>> trial = claim_trial(study, cfg, storage)                  # None once the study is full
 """
 
+import dataclasses
 import itertools
 import socket
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -160,6 +162,21 @@ def check_same_images(study: optuna.Study, fingerprint: str, root: str) -> None:
         raise UserError(f"the images under {root} ({fingerprint}) are not those study {study.study_name!r} was created with "
                         f"({stored}); point data.root (tuner worker: --data-root) at a copy of the same images, or start a new study "
                         "with --study-name")
+
+
+def with_data_root(cfg: StudyConfig, name: str, data_root: str | None) -> StudyConfig:
+    """The stored settings with this machine's image folder: ``data_root`` (``--data-root``) or the
+    stored root; an error when the images are not there."""
+    if cfg.data.kind != "imagefolder":
+        if data_root:
+            raise UserError(f"--data-root is for image-folder studies, but study {name!r} uses data.kind = {cfg.data.kind!r}; "
+                            "leave --data-root out")
+        return cfg
+    root = config_mod.absolute(data_root) if data_root else cfg.data.root
+    if not Path(root).is_dir():
+        raise UserError(f"the images of study {name!r} are not at {root} on this machine; pass --data-root PATH, "
+                        "the folder holding a copy of the same train/<class>/ images")
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
 def check_references_fit(cfg: StudyConfig, n_trials: int) -> None:

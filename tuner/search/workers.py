@@ -3,7 +3,6 @@ until the study is full. ``tuner.search.launch`` starts N of them on one machine
 starts one anywhere. This is where the search service meets torch.
 """
 
-import dataclasses
 import os
 import signal
 import socket
@@ -11,7 +10,6 @@ import sys
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import torch
 
@@ -22,9 +20,8 @@ from tuner.learn.fused import choose_k, train_fused
 from tuner.learn.train import loss_alpha, pick_device, train_trial
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
-from tuner.search.config import absolute
 from tuner.search.liveness import DbRetry, Waiting, sweeper
-from tuner.search.study import check_same_images, claim_trial, counts, open_for_worker, sweep, target
+from tuner.search.study import check_same_images, claim_trial, counts, open_for_worker, sweep, target, with_data_root
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -60,20 +57,6 @@ def fuse_k(cfg, data, dev) -> int:
     return cfg.train.fuse
 
 
-def own_images(cfg, name: str, data_root: str | None):
-    """The stored settings with this machine's image folder: ``data_root`` or the stored root."""
-    if cfg.data.kind != "imagefolder":
-        if data_root:
-            raise UserError(f"--data-root is for image-folder studies, but study {name!r} uses data.kind = {cfg.data.kind!r}; "
-                            "leave --data-root out")
-        return cfg
-    root = absolute(data_root) if data_root else cfg.data.root
-    if not Path(root).is_dir():
-        raise UserError(f"the images of study {name!r} are not at {root} on this machine; pass --data-root PATH, "
-                        "the folder holding a copy of the same train/<class>/ images")
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
-
-
 def default_index() -> int:
     """A worker index unlikely to repeat across hosts, so that sampler seeds differ."""
     return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
@@ -87,7 +70,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     if threads:
         torch.set_num_threads(threads)
     study, cfg, storage = open_for_worker(url, name, index)
-    cfg = own_images(cfg, name, data_root)
+    cfg = with_data_root(cfg, name, data_root)
     say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
     w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals())
     data = load_data(cfg.data, seed=cfg.study.seed)

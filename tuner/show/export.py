@@ -19,6 +19,7 @@ import torch
 from tuner import keys
 from tuner.errors import UserError
 from tuner.show.results import best_trial, final_model, final_test, shown_params
+from tuner.search.config import StudyConfig
 from tuner.search.study import stored_config
 
 FORMATS = ("csv", "json")
@@ -67,14 +68,14 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
         raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")
 
 
-def save_best_model(study: optuna.Study, path: str | Path) -> dict:
+def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | None = None) -> dict:
     """Write the final model (``tuner.show.results.final_model``: the mean of the best trials and the
     reference trials, or the best trial's) to ``path`` (``torch.load(path, weights_only=True)``
     reads it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--save-model {path} is a folder; pass a file path such as {path / 'best.pt'}")
-    cfg = stored_config(study)
+    cfg = cfg or stored_config(study)
     model, payload, source = final_model(study, cfg)
     best = best_trial(study)
     members = payload.get("members", [payload])

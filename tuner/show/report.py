@@ -21,9 +21,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from tuner import keys
 from tuner.learn.checkpoints import decision_cut
-from tuner.learn.data import load_data
 from tuner.errors import UserError
-from tuner.show.results import best_trial, final_label, final_members, final_model, final_words, margin_notes, notes_on_test
+from tuner.show.results import (best_trial, final_label, final_members, final_model, final_words, margin_notes, notes_on_test,
+                                study_data)
+from tuner.search.config import StudyConfig
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -32,8 +33,9 @@ MIN_FOR_CONTOUR = 15  # fewer complete trials leave the interpolation mostly inv
 MIN_FOR_IMPORTANCE = 20  # below this, importance is stated with a caveat
 
 
-def build_report(study: optuna.Study, out: Path) -> Path:
-    """Write the PNGs and index.html into ``out``; returns the page's path."""
+def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None) -> Path:
+    """Write the PNGs and index.html into ``out``; returns the page's path. ``cfg``: the study's
+    stored settings unless given (with another copy of its images, say)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder for the report (it is created when missing)")
@@ -41,7 +43,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the report folder {out}: {e.strerror}; pass a writable --out folder")
-    cfg = stored_config(study)
+    cfg = cfg or stored_config(study)
     best = best_trial(study)
     trials = study.get_trials(deepcopy=False)
     metric = cfg.study.metric
@@ -54,7 +56,7 @@ def build_report(study: optuna.Study, out: Path) -> Path:
     fig, note = importance(study)
     sections.append(("Parameter importance", _save(out, "importance.png", fig) if fig else None, note))
 
-    data = load_data(cfg.data, seed=cfg.study.seed)
+    data = study_data(study, cfg)
     if data.test_x is None:
         test_note = ("The data has no test split (no test/ folder under data.root), so the final model's "
                      "confusion matrix and precision-recall curve are not shown.")

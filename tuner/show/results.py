@@ -17,10 +17,18 @@ from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
 from tuner.search.storage import open_storage
 from tuner.search.lifecycle import KEEP_MODELS
-from tuner.search.study import counts
+from tuner.search.study import check_same_images, counts, with_data_root
 from tuner.learn.metrics import decide, paired_bootstrap
 from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
 
+
+
+def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
+    """The study's data as ``cfg`` says, checked to be the images the study was created with: a
+    report or a test check on other images would not be the study's."""
+    data = load_data(with_data_root(cfg, study.study_name, None).data, seed=cfg.study.seed)
+    check_same_images(study, data.fingerprint, cfg.data.root)
+    return data
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -204,7 +212,7 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     if seed is None:
         raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; "
                         "run this from the folder the study ran in")
-    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    data = data or study_data(study, cfg)
     gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts())
     result = train_trial(cfg, data, gamma, alpha, seed, device=None)
     model = result.model.cpu()
@@ -237,7 +245,7 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
             loaded[t.number] = trial_model(study, cfg, t, data, retrain)
     if len(members) == 1:
         return loaded[members[0].number]
-    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    data = data or study_data(study, cfg)
     got = [loaded[t.number] for t in members]
     parts = []
     for model, payload, _ in got:
@@ -285,7 +293,7 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     ``tuner best``; ``data``: the study's data when already loaded; ``retrain``: train a trial again
     when its model file is not here."""
     best = best_trial(study)
-    data = data or load_data(cfg.data, seed=cfg.study.seed)
+    data = data or study_data(study, cfg)
     if data.test_x is None:
         return None
     loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
