@@ -67,7 +67,7 @@ def main() -> None:
                 old = decode_before(paths, 64)
                 walls["before"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                new, ok = decode_all(paths, cfg, Path(tmp) / f"cache-{k}-{r}.pt")  # a miss each time
+                new, ok, _ = decode_all(paths, cfg, Path(tmp) / f"cache-{k}-{r}.pt")  # a miss each time
                 walls["now"].append(time.perf_counter() - t)
             assert ok.all()
             diff = np.abs(old.astype(int) - new.astype(int))

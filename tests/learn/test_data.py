@@ -177,11 +177,20 @@ def test_imagefolder_few_corrupt_images_are_skipped(tmp_path):
     make_tree(tmp_path, {"a": 40, "b": 40})
     corrupt(tmp_path / "train" / "a" / "img003.png")
     (tmp_path / "train" / "b" / "img007.png").write_bytes(b"")
-    with pytest.warns(UserWarning, match="skipped 2 unreadable images"):
+    why = r"img003.png \(UnidentifiedImageError: cannot identify image file .*img007.png \(UnidentifiedImageError"
+    with pytest.warns(UserWarning, match="skipped 2 unreadable images.*" + why):
         d = load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c"))
     assert d.skipped == 2 and len(d.train_y) + len(d.val_y) == 78
-    with pytest.warns(UserWarning, match="skipped 2"):  # the cache remembers which files were bad
+    with pytest.warns(UserWarning, match="skipped 2.*" + why):  # the cache remembers which files were bad, and why
         assert load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 2
+
+
+def test_an_image_too_large_for_pil_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    make_tree(tmp_path, {"a": 40, "b": 40})
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "train" / "a" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, as a giant scan would be
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable images .*huge.png \(DecompressionBombError: Image size \(4096 pixels\)"):
+        assert load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 1
 
 
 def test_imagefolder_too_many_corrupt_images(tmp_path):
@@ -189,7 +198,7 @@ def test_imagefolder_too_many_corrupt_images(tmp_path):
     first_bad = tmp_path / "train" / "a" / "img001.png"
     for i in (1, 2):
         corrupt(tmp_path / "train" / "a" / f"img00{i}.png")
-    with pytest.raises(UserError, match=f"2 of 80 images .*first: {first_bad}.*data.max_bad_fraction"):
+    with pytest.raises(UserError, match=f"2 of 80 images .*first: {first_bad}: UnidentifiedImageError.*data.max_bad_fraction"):
         load_data(balanced_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
 
 

@@ -209,13 +209,13 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
     paths, labels = [p for p, _ in files], np.array([label for _, label in files], dtype=np.int64)
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
-    x, ok = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, cfg)}.pt")
-    bad = [p for p, good in zip(paths, ok) if not good]
+    x, ok, why = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, cfg)}.pt")
+    bad = [(p, why.get(i, "unreadable")) for i, (p, good) in enumerate(zip(paths, ok)) if not good]
     if len(bad) > cfg.max_bad_fraction * len(paths):
-        raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0]}), more than "
+        raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0][0]}: {bad[0][1]}), more than "
                         f"data.max_bad_fraction = {cfg.max_bad_fraction}; fix or remove them.")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable images under {root}: {', '.join(map(str, bad[:3]))}")
+        warnings.warn(f"skipped {len(bad)} unreadable images under {root}: {'; '.join(f'{p} ({e})' for p, e in bad[:3])}")
 
     is_train = np.arange(len(paths)) < n_train
     for name, count in zip(classes, np.bincount(labels[ok & is_train], minlength=len(classes))):
@@ -294,24 +294,26 @@ def default_cache_dir(root: Path | None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuner"
 
 
-def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All images as uint8 (N, C, S, S) plus a mask of the ones that decoded; from cache if there."""
+def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """All images as uint8 (N, C, S, S), a mask of the ones that decoded, and why each other one did
+    not (by index); from cache if there."""
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
             if len(saved["ok"]) == len(paths):
-                return saved["x"].numpy(), saved["ok"].numpy()
+                return saved["x"].numpy(), saved["ok"].numpy(), saved["why"]
         except Exception:  # a torn or foreign cache file is just a miss
             pass
     s, mode = cfg.image_size, "L" if cfg.grayscale else "RGB"
     x = np.zeros((len(paths), len(mode), s, s), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
+    why = {}
 
     def decode(i: int) -> None:
         try:
             x[i], ok[i] = decode_image(paths[i], len(mode), s), True
-        except Exception:  # PIL raises many types (OSError, ValueError, SyntaxError, ...) on bad files
-            pass
+        except Exception as e:  # PIL raises many types (OSError, ValueError, SyntaxError, DecompressionBombError...)
+            why[i] = f"{type(e).__name__}: {e}"[:200]
 
     # PIL lets go of the GIL while it decodes and resizes, so threads use every core.
     with ThreadPoolExecutor(min(usable_cpus(), 16)) as pool:
@@ -319,11 +321,11 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        torch.save({"x": torch.from_numpy(x), "ok": torch.from_numpy(ok)}, tmp)
+        torch.save({"x": torch.from_numpy(x), "ok": torch.from_numpy(ok), "why": why}, tmp)
         os.replace(tmp, cache)  # atomic, so concurrent trials never read half a file
     except OSError as e:
         warnings.warn(f"could not write the image cache {cache}: {e}")
-    return x, ok
+    return x, ok, why
 
 
 def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:
