@@ -15,11 +15,11 @@ from tuner import keys
 
 def write_images(root):
     rng = np.random.default_rng(0)
-    for cls, n in (("normal", 40), ("finding", 12)):
-        (root / "train" / cls).mkdir(parents=True)
+    for split, cls, n in (("train", "normal", 40), ("train", "finding", 12), ("test", "normal", 10), ("test", "finding", 3)):
+        (root / split / cls).mkdir(parents=True)
         for i in range(n):
             pixels = rng.integers(0, 120, (8, 8), dtype=np.uint8) + (100 if cls == "finding" else 0)
-            Image.fromarray(pixels).save(root / "train" / cls / f"{i}.png")
+            Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
 
 
 def load(db):
@@ -45,7 +45,8 @@ def test_the_root_is_stored_absolute_with_the_images_fingerprint(created):
     home, _ = created
     study = load(home / "tuner.db")
     assert study.user_attrs[keys.CONFIG]["data"]["root"] == str(home / "images")
-    assert study.user_attrs[keys.DATA]["fingerprint"].startswith("52 files, sha256 ")
+    fingerprints = study.user_attrs[keys.DATA]["fingerprints"]
+    assert fingerprints["train"].startswith("52 files, sha256 ") and fingerprints["test"].startswith("13 files, sha256 ")
 
 
 def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, tmp_path):
@@ -80,13 +81,17 @@ def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):
     shutil.copytree(home / "images", changed)
     (changed / "train" / "normal" / "3.png").unlink()
     worker = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed), cwd=tmp_path)
-    assert_user_error(worker, f"the images under {changed} (51 files", "(52 files", "not those study 'smoke' was created with")
+    assert_user_error(worker, f"the train images under {changed} (51 files", "(52 files", "not those study 'smoke' was created with")
     resumed = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
                     "--set", f"data.root={changed}", "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
     assert_user_error(resumed, "not those study 'smoke' was created with")
     missing = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
     assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'}", "--data-root PATH")
     assert finished(db) == before  # nothing ran, nothing stored was lost
+    shutil.copytree(home / "images" / "train", tmp_path / "train-only" / "train")  # a worker never reads test/
+    worker = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "train-only", "--max-trials", "1", cwd=tmp_path)
+    assert worker.returncode == 0, worker.stderr
+    assert len(finished(db)) == len(before) + 1
 
 
 def test_data_root_is_for_image_folder_studies_only(tmp_path, cli):
@@ -111,7 +116,8 @@ def test_best_and_report_read_another_copy_of_the_images_and_refuse_other_images
                           "--data-root PATH")
         assert cli(*cmd, "--data-root", "copy", cwd=tmp_path).returncode == 0
     assert (tmp_path / "m.pt").is_file() and (tmp_path / "rep" / "index.html").is_file()
-    (tmp_path / "copy" / "train" / "finding" / "0.png").unlink()
+    (tmp_path / "copy" / "test" / "finding" / "0.png").unlink()
     for cmd in (["best", "--save-model", "m2.pt"], ["report", "--out", "rep2"]):
-        assert_user_error(cli(*cmd, "--data-root", "copy", cwd=tmp_path), "(51 files", "not those study 'smoke' was created with")
+        assert_user_error(cli(*cmd, "--data-root", "copy", cwd=tmp_path), "the test images under", "(12 files",
+                          "not those study 'smoke' was created with")
     assert not (tmp_path / "m2.pt").exists()

@@ -130,7 +130,7 @@ def start_study(
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
             cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
             progress.step("opening the study")
-            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprint)
+            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints)
             cfg, data = _as_stored(study, cfg, data)
             c, goal = counts(study), target(study, cfg)
             if c["FINISHED"] >= goal:

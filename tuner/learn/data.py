@@ -38,7 +38,7 @@ class Splits:
     test_y: torch.Tensor | None
     classes: list[str]  # class names, index = label; with two, index 1 is the positive class
     skipped: int = 0  # unreadable images skipped
-    fingerprint: str = ""  # an image folder's files (paths under the root, sizes); "" for built-in data
+    fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)  # an image folder's "train" and "test" files
 
     @property
     def positive_class(self) -> str | None:
@@ -236,7 +236,7 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
     test = ok & ~is_train
     test_x, test_y = (torch.from_numpy(x[test]), torch.from_numpy(labels[test])) if n_train < len(paths) else (None, None)
     return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad),
-                  fingerprint=fingerprint(root, paths))
+                  fingerprints={"train": fingerprint(root, paths[:n_train]), "test": fingerprint(root, paths[n_train:])})
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -265,7 +265,9 @@ def find_images(folder: Path) -> list[Path]:
 
 def fingerprint(root: Path, paths: list[Path]) -> str:
     """The same for the same images wherever they lie (their paths under the root and sizes): a worker
-    on another machine checks that its copy is the one the study was created with."""
+    on another machine checks that its copy is the one the study was created with. "" for no images."""
+    if not paths:
+        return ""
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(f"{p.relative_to(root).as_posix()} {p.stat().st_size}\n".encode())

@@ -106,10 +106,11 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None,
                      classes: list[str] | None = None, class_counts: list[int] | None = None,
-                     fingerprint: str = "") -> tuple[optuna.Study, list[str]]:
+                     fingerprints: dict[str, str] | None = None) -> tuple[optuna.Study, list[str]]:
     """Create the study, or resume it when it exists with the same search space and images.
-    ``classes`` and ``class_counts`` (of the training split) are stored for reports, ``fingerprint``
-    (of an image folder's files) so that every later run and worker checks its images against it.
+    ``classes`` and ``class_counts`` (of the training split) are stored for reports, ``fingerprints``
+    (of an image folder's train and test files) so that every later run, worker and report checks its
+    images against them.
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
@@ -137,7 +138,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                 study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
     else:
         stored = stored_config(existing)
-        check_same_images(existing, fingerprint, cfg.data.root)
+        check_same_images(existing, fingerprints or {}, cfg.data.root)
         if stored.search_space() != cfg.search_space():
             raise UserError(
                 f"study {name!r} already exists in {mask(url)} with another search space "
@@ -150,18 +151,21 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study = existing
     study.set_user_attr(keys.TARGET, n_trials or cfg.study.n_trials)
     if classes is not None and keys.DATA not in study.user_attrs:  # a resumed study keeps what it was created with
-        study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts), "fingerprint": fingerprint})
+        study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts),
+                                        "fingerprints": fingerprints or {}})
     return study, notes
 
 
-def check_same_images(study: optuna.Study, fingerprint: str, root: str) -> None:
-    """Trials of one study must see the same images: a different copy (files added, removed or
-    changed) is an error, wherever it lies."""
-    stored = study.user_attrs.get(keys.DATA, {}).get("fingerprint")
-    if stored and fingerprint and stored != fingerprint:
-        raise UserError(f"the images under {root} ({fingerprint}) are not those study {study.study_name!r} was created with "
-                        f"({stored}); point data.root (tuner worker: --data-root) at a copy of the same images, or start a new study "
-                        "with --study-name")
+def check_same_images(study: optuna.Study, fingerprints: dict[str, str], root: str, parts=("train", "test")) -> None:
+    """Trials of one study, and the test check of its models, must see the same images: a different
+    copy (files added, removed or changed) is an error, wherever it lies. A worker checks only the
+    training images (it never reads test/, which its machine may lack)."""
+    stored = study.user_attrs.get(keys.DATA, {}).get("fingerprints", {})
+    for part in parts:
+        if stored.get(part) and fingerprints.get(part) and stored[part] != fingerprints[part]:
+            raise UserError(f"the {part} images under {root} ({fingerprints[part]}) are not those study {study.study_name!r} was "
+                            f"created with ({stored[part]}); point data.root (or --data-root) at a copy of the same images, "
+                            "or start a new study with --study-name")
 
 
 def with_data_root(cfg: StudyConfig, name: str, data_root: str | None) -> StudyConfig:

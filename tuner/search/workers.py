@@ -74,7 +74,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
     w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals())
     data = load_data(cfg.data, seed=cfg.study.seed)
-    check_same_images(study, data.fingerprint, cfg.data.root)
+    check_same_images(study, data.fingerprints, cfg.data.root, parts=("train",))
     dev = pick_device(device or cfg.train.device)
     if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
         dev = torch.device("cuda", index % torch.cuda.device_count())

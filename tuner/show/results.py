@@ -27,7 +27,7 @@ def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
     """The study's data as ``cfg`` says, checked to be the images the study was created with: a
     report or a test check on other images would not be the study's."""
     data = load_data(with_data_root(cfg, study.study_name, None).data, seed=cfg.study.seed)
-    check_same_images(study, data.fingerprint, cfg.data.root)
+    check_same_images(study, data.fingerprints, cfg.data.root)
     return data
 
 
