@@ -56,10 +56,15 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
     shutil.copytree(home / "images", copy)
     (home / "images").rename(home / "away")  # only the copy is here now
     try:
-        # a resumed start-study elsewhere: its own workers use the root it was given
+        # a resumed start-study elsewhere: its own workers use the root it was given, and the other
+        # image size and split it was given are ignored for the stored ones (8 pixels, 20% to validation),
+        # by its workers and by its own test check of models trained on 8 x 8 images alike
         proc = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
-                     "--set", f"data.root={copy}", "--set", "data.image_size=8", "--n-trials", "3", "--workers", "1", cwd=tmp_path)
+                     "--set", f"data.root={copy}", "--set", "data.image_size=12", "--set", "data.val_fraction=0.5",
+                     "--n-trials", "3", "--workers", "1", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
+        assert "ignoring changed data.image_size, data.val_fraction" in proc.stderr
+        assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
         assert len(finished(db)) == 3
         load(db).set_user_attr(keys.TARGET, 4)
         joined = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "copy", "--max-trials", "1", cwd=tmp_path)

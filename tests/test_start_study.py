@@ -16,7 +16,6 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import tuner, write_study
-from tuner import keys
 
 
 def load(folder, name="smoke"):
@@ -239,18 +238,3 @@ def test_a_finished_study_run_again_starts_no_trial(finished):
     assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
     assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
     assert len(load(folder).trials) == before
-
-
-def test_a_resumed_study_runs_and_checks_on_test_with_its_stored_settings(tmp_path):
-    study_file = write_study(tmp_path, n_trials=2, epochs=1)
-    assert tuner("start-study", str(study_file), "--workers", "1", cwd=tmp_path).returncode == 0
-    # Other image size and split on the second run: the stored ones (16, 0.2) still hold, for the
-    # workers and for the driver's own test check of models trained on 16 x 16 images.
-    proc = tuner("start-study", str(study_file), "--workers", "1", "--n-trials", "3", "--set", "data.image_size=12",
-                 "--set", "data.val_fraction=0.5", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ignoring changed data.image_size, data.val_fraction" in proc.stderr
-    assert "240 train / 60 val images" in proc.stderr  # the stored split: 20% of the 300 training images validate
-    study = load(tmp_path)
-    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3 and "test set" in proc.stdout
-    assert study.user_attrs[keys.CONFIG]["data"]["image_size"] == 16
