@@ -225,6 +225,7 @@ def test_imagefolder_finds_images_in_subfolders_but_not_hidden_ones(tmp_path):
     for patient, n in (("p1", 4), ("p2", 2)):  # a/ holds one folder per patient, as ImageFolder allows
         make_tree(tmp_path / "flat" / "train" / "a", {patient: n}, split="", seed=n)
     make_tree(tmp_path / "flat" / "train" / "b", {".ipynb_checkpoints": 5}, split="")
+    (tmp_path / "flat" / "train" / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: not an image
     d = load_data(folder_cfg(tmp_path / "flat"), cache_dir=str(tmp_path / "c"))
     assert d.classes == ["a", "b"] and d.pool_counts() == [12, 3] and d.skipped == 0
 

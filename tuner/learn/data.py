@@ -209,7 +209,8 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
     paths, labels = [p for p, _ in files], np.array([label for _, label in files], dtype=np.int64)
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
-    x, ok, why = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, cfg)}.pt")
+    stats = [p.stat() for p in paths]
+    x, ok, why = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, stats, cfg)}.pt")
     bad = [(p, why.get(i, "unreadable")) for i, (p, good) in enumerate(zip(paths, ok)) if not good]
     if len(bad) > cfg.max_bad_fraction * len(paths):
         raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0][0]}: {bad[0][1]}), more than "
@@ -236,7 +237,8 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
     test = ok & ~is_train
     test_x, test_y = (torch.from_numpy(x[test]), torch.from_numpy(labels[test])) if n_train < len(paths) else (None, None)
     return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad),
-                  fingerprints={"train": fingerprint(root, paths[:n_train]), "test": fingerprint(root, paths[n_train:])})
+                  fingerprints={"train": fingerprint(root, paths[:n_train], stats[:n_train]),
+                                "test": fingerprint(root, paths[n_train:], stats[n_train:])})
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -260,24 +262,23 @@ def find_images(folder: Path) -> list[Path]:
     for parent, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         images += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(images)
+    return sorted(p for p in images if p.is_file())  # not a broken link
 
 
-def fingerprint(root: Path, paths: list[Path]) -> str:
+def fingerprint(root: Path, paths: list[Path], stats: list[os.stat_result]) -> str:
     """The same for the same images wherever they lie (their paths under the root and sizes): a worker
     on another machine checks that its copy is the one the study was created with. "" for no images."""
     if not paths:
         return ""
     h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(f"{p.relative_to(root).as_posix()} {p.stat().st_size}\n".encode())
+    for p, st in sorted(zip(paths, stats)):
+        h.update(f"{p.relative_to(root).as_posix()} {st.st_size}\n".encode())
     return f"{len(paths):,} files, sha256 {h.hexdigest()[:16]}"
 
 
-def cache_key(root: Path, paths: list[Path], cfg) -> str:
+def cache_key(root: Path, paths: list[Path], stats: list[os.stat_result], cfg) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION} {root} {cfg.image_size} {cfg.grayscale}\n".encode())
-    for p in paths:
-        st = p.stat()
+    for p, st in zip(paths, stats):
         h.update(f"{p.relative_to(root)} {st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
