@@ -144,6 +144,28 @@ def test_imagefolder_no_train_folder(tmp_path):
     (tmp_path / "test").mkdir()
     with pytest.raises(UserError, match=f"{tmp_path} has no train/ folder"):
         load_data(folder_cfg(tmp_path))
+    (tmp_path / "test").rmdir()
+    make_tree(tmp_path / "one", {"a": 3}, split="")
+    with pytest.raises(UserError, match=f"{tmp_path / 'one'} has no train/ folder.*or the class folders in"):
+        load_data(folder_cfg(tmp_path / "one"))
+
+
+def test_class_folders_in_the_root_itself_as_torchvision_reads_them(tmp_path):
+    make_tree(tmp_path / "split", {"a": 20, "b": 6})
+    make_tree(tmp_path / "flat", {"a": 20, "b": 6}, split="")
+    split = load_data(folder_cfg(tmp_path / "split"), cache_dir=str(tmp_path / "c"))
+    flat = load_data(folder_cfg(tmp_path / "flat"), cache_dir=str(tmp_path / "c"))
+    assert flat.classes == split.classes == ["a", "b"] and flat.test_x is None
+    for a, b in ((flat.train_x, split.train_x), (flat.train_y, split.train_y), (flat.val_x, split.val_x)):
+        assert torch.equal(a, b)
+
+
+def test_the_train_folder_as_root_is_an_error_when_a_test_folder_stands_beside_it(tmp_path):
+    make_tree(tmp_path, {"a": 20, "b": 6})
+    make_tree(tmp_path, {"a": 4, "b": 2}, split="test")
+    with pytest.raises(UserError, match=f"data.root {tmp_path / 'train'} is the train/ folder of {tmp_path}, so its test/ "
+                                        f"would be left out; set data.root to {tmp_path}."):
+        load_data(folder_cfg(tmp_path / "train"), cache_dir=str(tmp_path / "c"))
 
 
 def test_imagefolder_no_class_folders(tmp_path):

@@ -194,7 +194,13 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
         raise UserError(f"data.root {root} does not exist or is not a folder; point it at a folder with train/<class>/ images.")
     train_dir, test_dir = root / "train", root / "test"
     if not train_dir.is_dir():
-        raise UserError(f"{root} has no train/ folder; put the training images in {train_dir}/<class>/.")
+        if root.name == "train" and (root.parent / "test").is_dir():
+            raise UserError(f"data.root {root} is the train/ folder of {root.parent}, so its test/ would be left out; "
+                            f"set data.root to {root.parent}.")
+        if test_dir.is_dir() or len(class_folders(root)) < 2:
+            raise UserError(f"{root} has no train/ folder; put the training images in {train_dir}/<class>/ "
+                            f"(or the class folders in {root} itself, without a test split).")
+        train_dir = root  # torchvision's layout: the class folders in the root itself, and no test split
     classes = class_folders(train_dir)
     if not classes:
         raise UserError(f"{train_dir} has no class folders; put each class's images in its own folder, e.g. {train_dir}/cat/.")
@@ -202,7 +208,7 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
         raise UserError(f"{train_dir} has only one class folder ({classes[0]}); add a folder for at least one more class.")
     files = list_files(train_dir, classes)
     n_train = len(files)
-    if test_dir.is_dir():
+    if train_dir != root and test_dir.is_dir():
         if (test_classes := class_folders(test_dir)) != classes:
             raise UserError(f"{test_dir} has classes {test_classes} but {train_dir} has {classes}; give both the same class folders.")
         files += list_files(test_dir, classes)
