@@ -126,3 +126,14 @@ def test_best_and_report_read_another_copy_of_the_images_and_refuse_other_images
         assert_user_error(cli(*cmd, "--data-root", "copy", cwd=tmp_path), "the test images under", "(12 files",
                           "not those study 'smoke' was created with")
     assert not (tmp_path / "m2.pt").exists()
+
+
+def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check(tmp_path):
+    write_images(tmp_path / "images")
+    shutil.move(tmp_path / "images" / "train", tmp_path / "flat")  # torchvision's layout: the class folders in the root
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = tuner("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=flat",
+                 "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test set" not in proc.stdout and "no test check: the image folder has no test/ split" in proc.stdout
+    assert load(tmp_path / "tuner.db").user_attrs[keys.DATA]["fingerprints"]["test"] == ""

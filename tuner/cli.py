@@ -259,6 +259,9 @@ def _print_best(s: dict) -> None:
                 _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
         for note in s["test_notes"]:
             print(f"  note: {note}")
+    elif not s["test_split"]:
+        print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
+              "add data.root/test/<class>/ images to check the models on images no trial chose on")
 
 
 def _params(p: dict) -> str:

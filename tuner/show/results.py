@@ -89,6 +89,8 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
         "test": test,
+        # an image folder without test/ has none: say so rather than leave the test check out unexplained
+        "test_split": study.user_attrs.get(keys.DATA, {}).get("fingerprints", {}).get("test") != "",
         "test_notes": notes_on_test(study) if test else [],
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
