@@ -137,3 +137,15 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     assert proc.returncode == 0, proc.stderr
     assert "test set" not in proc.stdout and "no test check: the image folder has no test/ split" in proc.stdout
     assert load(tmp_path / "tuner.db").user_attrs[keys.DATA]["fingerprints"]["test"] == ""
+
+
+def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):
+    write_images(tmp_path / "images")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    imagefolder = ["--set", "data.kind=imagefolder", "--set", "data.image_size=8", "--workers", "0"]
+    assert_user_error(cli("start-study", str(study_file), *imagefolder, "--set", "data.root=images/train", cwd=tmp_path),
+                      f"data.root {tmp_path / 'images' / 'train'} is the train/ folder of {tmp_path / 'images'}",
+                      f"set data.root to {tmp_path / 'images'}")
+    assert_user_error(cli("start-study", str(study_file), *imagefolder, "--set", "data.root=images/train/normal", cwd=tmp_path),
+                      "has no train/ folder", "or the class folders in")
+    assert not (tmp_path / "tuner.db").exists() or "smoke" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")

@@ -181,13 +181,11 @@ def start_study(
 def _as_stored(study, cfg, data):
     """A resumed study runs with its stored settings (and this run's copy of the images): the
     driver's test check too, on data loaded as the stored settings say."""
-    import dataclasses
-
     from tuner.learn.data import load_data
-    from tuner.search.study import stored_config
+    from tuner.search.study import stored_config, with_data_root
 
     stored = stored_config(study)
-    stored = dataclasses.replace(stored, data=dataclasses.replace(stored.data, root=cfg.data.root))
+    stored = with_data_root(stored, study.study_name, cfg.data.root if stored.data.kind == "imagefolder" else None)
     if (stored.data, stored.study.seed) != (cfg.data, cfg.study.seed):
         data = load_data(stored.data, seed=stored.study.seed)
     return stored, data

@@ -206,20 +206,22 @@ def test_predict_reads_an_image_as_the_image_folder_loader_did(tmp_path):
     from tuner.search.config import DataConfig
     from tuner.show.predict import read_image
 
-    ramp = np.tile(np.linspace(0, 4095, 40), (40, 1)).astype(np.uint16)  # a 12-bit X-ray in a 16-bit PNG
-    rgba = np.random.default_rng(0).integers(0, 256, (30, 20, 4), dtype=np.uint8)
+    rng = np.random.default_rng(0)
     for cls, n in (("a", 3), ("b", 2)):
         (tmp_path / "train" / cls).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(ramp * (i + 1) // 3).save(tmp_path / "train" / cls / f"{i}.png")
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / "a" / "3.png")
+        for i in range(n):  # 12-bit X-rays in 16-bit PNGs, each with its own range
+            Image.fromarray(rng.integers(100 * i, 1000 + 700 * i, (40, 40)).astype(np.uint16)).save(tmp_path / "train" / cls / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (30, 20, 4), dtype=np.uint8), "RGBA").save(tmp_path / "train" / "a" / "3.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned
+    Image.fromarray(rng.integers(0, 256, (24, 48, 3), dtype=np.uint8)).save(tmp_path / "train" / "b" / "2.jpg", exif=exif)
+    paths = sorted((tmp_path / "train").glob("*/*.*"))
     for grayscale in (True, False):
         d = load_data(DataConfig(kind="imagefolder", root=str(tmp_path), image_size=16, grayscale=grayscale, val_fraction=0.5),
                       cache_dir=str(tmp_path / "c"))
-        decoded = torch.cat([d.train_x, d.val_x])
-        for path in sorted((tmp_path / "train").glob("*/*.png")):
-            assert any(torch.equal(read_image(path, d.channels, 16), x) for x in decoded), path
-
+        decoded = sorted(x.numpy().tobytes() for x in torch.cat([d.train_x, d.val_x]))
+        read = sorted(read_image(path, d.channels, 16).numpy().tobytes() for path in paths)
+        assert len(set(read)) == len(paths) == 7 and read == decoded  # image for image, the same pixels
 
 def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     good = tmp_path / "good.png"

@@ -324,8 +324,7 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
         except Exception as e:  # PIL raises many types (OSError, ValueError, SyntaxError, DecompressionBombError...)
             why[i] = f"{type(e).__name__}: {e}"[:200]
 
-    # PIL lets go of the GIL while it decodes and resizes, so threads use every core.
-    with ThreadPoolExecutor(min(usable_cpus(), 16)) as pool:
+    with decode_pool() as pool:
         list(pool.map(decode, range(len(paths))))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +334,11 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
     except OSError as e:
         warnings.warn(f"could not write the image cache {cache}: {e}")
     return x, ok, why
+
+
+def decode_pool() -> ThreadPoolExecutor:
+    """Threads to decode images with: PIL lets go of the GIL while it decodes and resizes, so they use every core."""
+    return ThreadPoolExecutor(min(usable_cpus(), 16))
 
 
 def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:

@@ -8,16 +8,14 @@ to its image size like the image-folder loader does, then ``tuner.learn.train.pr
 [{'path': 'a.png', 'predicted': 'nine', 'probabilities': {'other': 0.07, 'nine': 0.93}}]
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from tuner.learn.checkpoints import decision_cut, load_trial_model
-from tuner.learn.data import IMAGE_EXTENSIONS, decode_image, find_images
+from tuner.learn.data import IMAGE_EXTENSIONS, decode_image, decode_pool, find_images
 from tuner.learn.metrics import decide
 from tuner.errors import UserError
-from tuner.machine import usable_cpus
 from tuner.learn.train import predict, probabilities
 
 
@@ -61,7 +59,7 @@ def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold:
     the class with the largest probability divided by its threshold, chosen on validation.
     Reads every image before predicting."""
     m, classes = payload["model"], payload["classes"]
-    with ThreadPoolExecutor(min(usable_cpus(), 16)) as pool:  # as the image-folder loader decodes
+    with decode_pool() as pool:
         x = torch.stack(list(pool.map(lambda p: read_image(p, m["channels"], m["image_size"]), paths)))
     probs = probabilities(predict(model, x).double() / payload.get("temperature", 1.0)).float()
     label = decide(probs.double().numpy(), threshold if threshold is not None and probs.dim() == 1 else decision_cut(payload))
