@@ -213,11 +213,11 @@ def run(args, name: str, faults: int, pg: Postgres, link: Link | None, folder: P
     artifacts.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(artifacts)], check=True)
     study_file = folder / "chaos.toml"
-    study_file.write_text(SMOKE.format(n_trials=args.n_trials, epochs=6, pruner="none"))
+    study_file.write_text(SMOKE.format(n_trials=args.n_trials, epochs=6, pruner="none", folds=1))
     overrides = [s for s in STUDY if s != "--set"] + [f"study.artifacts={str(artifacts)!r}", f"study.seed={args.seed}"]
     cfg = load_config(study_file, overrides)
     data = load_data(cfg.data, seed=cfg.study.seed)
-    create_or_resume(cfg.resolved(data.num_classes, data.positive_class), pg.url, name, None, data.classes, data.class_counts())
+    create_or_resume(cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts())), pg.url, name, None, data.classes, data.class_counts())
     study = optuna.load_study(study_name=name, storage=open_storage(pg.url))  # pre-ping: PostgreSQL restarts
     kinds = ["kill -9 a worker", "SIGSTOP past the grace period", "restart PostgreSQL",
              "corrupt a checkpoint, kill its worker", "fill the artifacts filesystem"] + (["cut worker 0's link"] if link else [])

@@ -118,3 +118,66 @@ def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_p
     assert "decisions at per-class thresholds chosen on validation for balanced accuracy" in page
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
     assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page
+
+
+@pytest.fixture(scope="module")
+def screening(folder):
+    """The same images with a screening operating point, in a storage of its own."""
+    root, _ = folder
+    text = (root / "study.toml").read_text().replace('name = "tail"', 'name = "screen"\noperating_point = "recall>=0.9"')
+    (root / "screen.toml").write_text(text.replace("n_trials = 4", "n_trials = 2"))
+    proc = tuner("start-study", "screen.toml", "--workers", "1", "--storage", "sqlite:///screen.db", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, proc
+
+
+def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screening):
+    root, proc = screening
+    assert "class to detect 'eight'" in proc.stderr and "recall>=0.9" in proc.stderr
+    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert best["positive_class"] == "eight" and best["threshold"] is None
+    t = best["class_thresholds"]
+    assert [t[c] for c in ("five", "one", "zero")] == [1.0, 1.0, 1.0] and t["eight"] > 0
+    assert best["validation"]["recall"] >= 0.9  # the rule holds on the images it was chosen on
+    assert "recall" in best["test"] and "recall" in best["final"] and "precision" in best["final"]
+    assert "threshold" in proc.stdout and "on p(eight) / the largest other class's probability" in proc.stdout
+    assert "recall of 'eight'" in proc.stdout
+
+
+def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches_the_cut(screening, tmp_path):
+    root, _ = screening
+    saved = tmp_path / "screen.pt"
+    assert tuner("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    images = sorted((root / "data" / "test").glob("*/*.png"))
+    proc = tuner("predict", str(saved), *map(str, images), "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "'eight' is predicted when p(eight) / the largest other probability is at least" in proc.stderr
+    names, cut = list(COUNTS), best["final"]["class_thresholds"][0]
+    by_hand = []
+    for r in json.loads(proc.stdout):
+        p = r["probabilities"]
+        rival = max(p[c] for c in names if c != "eight")
+        by_hand.append("eight" if p["eight"] >= cut * rival else max((c for c in names if c != "eight"), key=p.get))
+    truth = [p.parent.name for p in images]
+    assert [r["predicted"] for r in json.loads(proc.stdout)] == by_hand
+    found = sum(p == y == "eight" for p, y in zip(by_hand, truth))
+    assert found / truth.count("eight") == pytest.approx(best["final"]["recall"], abs=1e-9)
+    table = tuner("predict", str(saved), *map(str, images[:2]), cwd=root).stdout
+    assert table.splitlines()[0] == "path\tpredicted\tp(eight)"
+
+
+def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):
+    root, _ = screening
+    assert tuner("report", "--out", str(tmp_path / "r"), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "decided when its probability over the largest other one reaches the threshold chosen on validation for recall&gt;=0.9" in page
+    assert "recall of &#x27;eight&#x27;" in page
+
+
+def test_naming_a_class_under_balanced_accuracy_is_a_one_line_error_before_any_study_exists(folder):
+    root, _ = folder
+    proc = tuner("start-study", "study.toml", "--set", "data.positive_class=five", "--storage", "sqlite:///named.db", cwd=root)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: data.positive_class = 'five' names a class to detect, but with 4 classes")
+    assert "no study" in tuner("list", "--storage", "sqlite:///named.db", cwd=root).stderr

@@ -121,14 +121,15 @@ def start_study(
             progress.step("reading the study file and the data")
             quiet_libraries()
             from tuner.search.config import load_config
-            from tuner.learn.data import load_data
+            from tuner.learn.data import class_to_detect, load_data
             from tuner.search.study import counts, create_or_resume, reserve_worker_indices, target
 
             cfg = load_config(study_file, set_ or [])
             _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-            cfg = cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts()))
+            detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point)
+            cfg = cfg.resolved(data.num_classes, detect, min(data.pool_counts()))
             progress.step("opening the study")
             study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints)
             cfg, data = _as_stored(study, cfg, data)
@@ -148,7 +149,10 @@ def start_study(
                      f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
         progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
                      if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "
-                     + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else "argmax decisions"))
+                     + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else
+                        f"class to detect {cfg.data.positive_class!r} ({data.pool_counts()[data.classes.index(cfg.data.positive_class)]:,} "
+                        f"of {sum(data.pool_counts()):,} train images), decided when its probability over the largest other "
+                        f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
         if cfg.data.folds > 1:
             progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
                          "scores each image once, by the fold model that did not train on it")
@@ -234,7 +238,10 @@ def _print_best(s: dict) -> None:
     if s["threshold"] is not None:
         print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
               f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})")
-    if s.get("class_thresholds"):
+    if s.get("class_thresholds") and s["positive_class"]:
+        print(f"  threshold {s['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest other "
+              f"class's probability (chosen on validation for {s['operating_point']}; below it, the most probable other class)")
+    elif s.get("class_thresholds"):
         print("  per-class thresholds (the class with the largest probability / threshold wins; chosen on validation "
               f"for {s['operating_point']}): " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_thresholds"].items()))
     if s["validation"].get("fold_spread") is not None:
@@ -269,13 +276,14 @@ def _params(p: dict) -> str:
 
 
 def _print_test(name: str, t: dict, positive: str | None) -> None:
-    if positive:
+    if "threshold" in t:
         print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
                   f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}")
     else:
+        detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"macro-F1 {t['macro_f1']:.4f}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated")
+                  f"macro-F1 {t['macro_f1']:.4f}{detect}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated")
 
 
 @app.command("worker", short_help="Join a study from any machine and run trials.")
@@ -509,6 +517,11 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
         print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
+    elif payload.get("class_thresholds") and payload.get("class_to_detect"):
+        detect = payload["class_to_detect"]
+        print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
+              f"{payload['class_thresholds'][classes.index(detect)]:.4f} (chosen on validation for {payload.get('operating_point')}), "
+              "else the most probable class", file=sys.stderr)
     elif payload.get("class_thresholds"):
         print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
               f"(chosen on validation for {payload.get('operating_point')}: "
@@ -518,7 +531,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    shown = classes if all_classes else [positive] if positive else None
+    shown = classes if all_classes else [positive] if positive else [payload["class_to_detect"]] if payload.get("class_to_detect") else None
     print("\t".join(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"]))
     for r in rows:
         values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]

@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
-from tuner.learn.data import Splits, decode_image, load_data
+from tuner.learn.data import Splits, class_to_detect, decode_image, load_data, orient
 from tuner.search.config import DataConfig
 from tuner.errors import UserError
 
@@ -462,8 +462,10 @@ def test_positive_class_errors(tmp_path):
     with pytest.raises(UserError, match="'c' is not a class of the data \\(a, b\\)"):
         load_data(folder_cfg(tmp_path / "tie", positive_class="c"), cache_dir=str(tmp_path / "c"))
     make_tree(tmp_path / "three", {"a": 5, "b": 4, "c": 3})
-    with pytest.raises(UserError, match="applies to two classes, but the data has 3"):
-        load_data(folder_cfg(tmp_path / "three", positive_class="c"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="'d' is not a class of the data \\(a, b, c\\)"):
+        load_data(folder_cfg(tmp_path / "three", positive_class="d"), cache_dir=str(tmp_path / "c"))
+    named = load_data(folder_cfg(tmp_path / "three", positive_class="c"), cache_dir=str(tmp_path / "c"))
+    assert named.classes == ["a", "b", "c"] and named.positive_class is None  # a class to detect, not a binary positive
     assert load_data(folder_cfg(tmp_path / "three"), cache_dir=str(tmp_path / "c")).positive_class is None
 
 
@@ -472,3 +474,30 @@ def test_built_in_data_keep_their_rare_class_positive():
     assert d.classes == ["other", "digit 3"] and d.positive_class == "digit 3"
     flipped = load_data(DataConfig(kind="digits", rare_class=3, positive_class="other"), seed=0)
     assert flipped.positive_class == "other" and flipped.pool_counts()[1] > flipped.pool_counts()[0]
+
+
+def test_the_class_to_detect_among_many_is_the_named_or_the_rarest_for_f1_and_recall_rules():
+    classes, counts = ["benign", "malignant", "normal"], [88, 17, 143]
+    assert class_to_detect(classes, counts, "", "recall>=0.95") == "malignant"
+    assert class_to_detect(classes, counts, "benign", "f1") == "benign"
+    assert class_to_detect(classes, counts, "", "balanced_accuracy") is None  # every class weighs the same
+    assert class_to_detect(["no", "yes"], [90, 10], "", "balanced_accuracy") == "yes"  # two classes: the positive one (index 1)
+
+
+def test_naming_a_class_under_balanced_accuracy_with_many_classes_is_an_error_that_says_what_to_do():
+    with pytest.raises(UserError, match=r"data.positive_class = 'benign' names a class to detect, but with 3 classes .*"
+                                        r"remove data.positive_class, or set study.operating_point to \"f1\" or \"recall>=X\""):
+        class_to_detect(["benign", "malignant", "normal"], [88, 17, 143], "benign", "balanced_accuracy")
+
+
+def test_a_tie_for_the_rarest_of_many_classes_asks_for_the_class_to_detect():
+    with pytest.raises(UserError, match=r"classes 'a', 'c' all have 5 training images.*--set data.positive_class=a"):
+        class_to_detect(["a", "b", "c"], [5, 40, 5], "", "recall>=0.9")
+
+
+def test_a_named_class_that_is_not_in_the_data_is_an_error_with_any_number_of_classes():
+    labels = np.array([0, 1, 2, 2])
+    with pytest.raises(UserError, match=r"data.positive_class = 'cancer' is not a class of the data \(a, b, c\)"):
+        orient(labels, ["a", "b", "c"], labels, "cancer")
+    got, classes = orient(labels, ["a", "b", "c"], labels, "b")  # more classes keep their labels
+    assert (got == labels).all() and classes == ["a", "b", "c"]

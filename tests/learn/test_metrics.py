@@ -11,7 +11,8 @@ import sklearn.metrics as skm
 import torch
 
 import tuner.learn.metrics
-from tuner.learn.metrics import check_operating_point, choose_threshold, class_thresholds, confusion, decide, paired_bootstrap, scores
+from tuner.learn.metrics import (check_operating_point, choose_threshold, class_thresholds, confusion, decide, focus_thresholds,
+                                 paired_bootstrap, scores)
 
 TOL = 1e-12
 
@@ -341,3 +342,59 @@ def test_paired_bootstrap_keeps_every_class_in_every_resample():
     y[7] = 1  # one positive: a resample without it would have no AP
     got = paired_bootstrap(y, a, b, resamples=100)
     assert all(np.isfinite(v) for v in got.values())
+
+
+def _focus_case(seed: int, n: int = 200):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    logits = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y]
+    return _softmax(logits), y
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95])
+def test_recall_rule_on_one_of_many_classes_is_the_highest_cut_that_keeps_its_recall(seed, target):
+    p, y = _focus_case(seed)
+    t = focus_thresholds(p, y, f"recall>={target}", 2)
+    assert t[0] == t[1] == 1.0
+    ratio = p[:, 2] / np.delete(p, 2, axis=1).max(axis=1)
+    pred = decide(p, t)
+    assert ((pred == 2) == (ratio >= t[2])).all()  # class 2 exactly when its ratio reaches the cut
+    assert (pred[pred != 2] == p[pred != 2][:, :2].argmax(axis=1)).all()  # else the most probable other class
+    recall = ((pred == 2) & (y == 2)).sum() / (y == 2).sum()
+    assert recall >= target - 1e-12
+    higher = ratio[ratio > t[2]]
+    if len(higher):  # the next cut up loses the target
+        assert ((ratio >= higher.min() + 1e-12) & (y == 2)).sum() / (y == 2).sum() < target
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f1_rule_on_one_of_many_classes_maximises_its_f1(seed):
+    p, y = _focus_case(seed)
+    ratio = p[:, 1] / np.delete(p, 1, axis=1).max(axis=1)
+    t = focus_thresholds(p, y, "f1", 1)
+    best = max(skm.f1_score(y == 1, ratio >= c) for c in np.unique(ratio))
+    assert skm.f1_score(y == 1, decide(p, t) == 1) == pytest.approx(best, abs=TOL)
+
+
+@pytest.mark.parametrize("rule", ["f1", "recall>=0.9", "recall>=0.6"])
+def test_with_a_class_that_never_wins_the_rule_on_one_class_is_the_binary_rule(rule):
+    rng = np.random.default_rng(7)
+    q = rng.uniform(size=150)
+    y = (rng.uniform(size=150) < q).astype(np.int64) + 1  # classes 1 and 2; class 0 has probability 0
+    p = np.c_[np.zeros(150), 1 - q, q]
+    binary = q >= choose_threshold(q, y == 2, rule)
+    assert ((decide(p, focus_thresholds(p, y, rule, 2)) == 2) == binary).all()
+
+
+def test_scores_with_a_class_to_detect_report_its_recall_and_precision_and_keep_the_other_metrics():
+    p, y = _focus_case(1)
+    got = scores(torch.from_numpy(p), torch.from_numpy(y), "recall>=0.9", focus=2)
+    pred = decide(p, got["class_thresholds"])
+    assert got["recall"] == pytest.approx(skm.recall_score(y == 2, pred == 2), abs=TOL) and got["recall"] >= 0.9
+    assert got["precision"] == pytest.approx(skm.precision_score(y == 2, pred == 2), abs=TOL)
+    assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=TOL)
+    plain = scores(torch.from_numpy(p), torch.from_numpy(y), "recall>=0.9")  # no class named: the argmax, as before
+    assert "class_thresholds" not in plain and "recall" not in plain
+    assert scores(torch.from_numpy(p), torch.from_numpy(y), "balanced_accuracy", focus=2)["class_thresholds"] == \
+        pytest.approx(class_thresholds(p, y, "balanced_accuracy"), rel=1e-6)  # balanced accuracy weighs every class alike

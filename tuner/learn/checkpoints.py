@@ -101,6 +101,8 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
         "class_thresholds": final.get(keys.CLASS_THRESHOLDS),
         "operating_point": cfg.study.operating_point,
         "positive_class": data.positive_class,
+        # more than two classes: the class an f1 or recall>=X operating point is for, if any
+        "class_to_detect": cfg.data.positive_class if len(data.classes) > 2 and cfg.data.positive_class else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
                   "image_size": cfg.data.image_size, "class_counts": data.class_counts(),
@@ -124,6 +126,7 @@ def ensemble_payload(members: list[dict], metrics: dict) -> dict:
         "class_thresholds": metrics.get(keys.CLASS_THRESHOLDS),
         "operating_point": first["operating_point"],
         "positive_class": first["positive_class"],
+        "class_to_detect": first.get("class_to_detect"),
         "classes": first["classes"],
         "model": first["model"],
         "trials": [m["trial"] for m in members],

@@ -90,16 +90,13 @@ def load_data(cfg, seed: int = 0, cache_dir: str | None = None) -> Splits:
 def orient(labels: np.ndarray, classes: list[str], train_labels: np.ndarray, positive: str) -> tuple[np.ndarray, list[str]]:
     """Two classes: relabel so that the positive class is index 1 and the other index 0, whatever
     the order of their names. ``positive`` names it; "" picks the class with fewer images in
-    ``train_labels``. More classes keep their labels; naming a positive class is then an error."""
+    ``train_labels``. More classes keep their labels (``class_to_detect`` reads the name)."""
+    if positive and positive not in classes:
+        raise UserError(f"data.positive_class = {positive!r} is not a class of the data ({', '.join(classes)}); "
+                        "set it to one of them.")
     if len(classes) != 2:
-        if positive:
-            raise UserError(f"data.positive_class = {positive!r} applies to two classes, but the data has {len(classes)} "
-                            f"({', '.join(classes)}); remove data.positive_class.")
         return labels, classes
     if positive:
-        if positive not in classes:
-            raise UserError(f"data.positive_class = {positive!r} is not a class of the data ({', '.join(classes)}); "
-                            "set it to one of them.")
         p = classes.index(positive)
     else:
         counts = np.bincount(train_labels, minlength=2)
@@ -108,6 +105,29 @@ def orient(labels: np.ndarray, classes: list[str], train_labels: np.ndarray, pos
                             f"the rare one; set data.positive_class to the class to detect, e.g. --set data.positive_class={classes[1]}")
         p = int(np.argmin(counts))
     return (labels == p).astype(np.int64), [classes[1 - p], classes[p]]
+
+
+def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str) -> str | None:
+    """The class the operating point is for. Two classes: the positive one (index 1 after ``orient``).
+    More: for an ``f1`` or ``recall>=X`` rule, ``named`` (data.positive_class) or else the class with
+    the fewest training images (``counts``); for ``balanced_accuracy``, which weighs every class
+    alike, none, and naming one is an error."""
+    if len(classes) == 2:
+        return classes[1]
+    if rule == "balanced_accuracy":
+        if named:
+            raise UserError(f"data.positive_class = {named!r} names a class to detect, but with {len(classes)} classes "
+                            'study.operating_point = "balanced_accuracy" weighs every class alike; remove data.positive_class, '
+                            f'or set study.operating_point to "f1" or "recall>=X" (e.g. "recall>=0.95") for {named!r}.')
+        return None
+    if named:
+        return named
+    tied = [c for c, n in zip(classes, counts) if n == min(counts)]
+    if len(tied) > 1:
+        raise UserError(f"classes {', '.join(map(repr, tied))} all have {min(counts)} training images, so none is the rare one "
+                        f"that study.operating_point = {rule!r} is for; set data.positive_class to the class to detect, "
+                        f"e.g. --set data.positive_class={tied[0]}")
+    return tied[0]
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

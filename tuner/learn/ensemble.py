@@ -46,10 +46,10 @@ def validation_logits(model: nn.Module, data, folds: int, seed: int) -> tuple[to
 
 
 def combine(members: list[tuple[nn.Module, float, torch.Tensor]], y: torch.Tensor,
-            operating_point: str = "balanced_accuracy") -> tuple[TrialMean, dict[str, float]]:
+            operating_point: str = "balanced_accuracy", focus: int | None = None) -> tuple[TrialMean, dict[str, float]]:
     """(model, temperature, validation logits) of each member -> the mean model and its validation
     metrics, with the temperature and threshold it ships with."""
     mean = torch.stack([logits / t for _, t, logits in members]).mean(dim=0)
-    metrics = logit_metrics(mean, y, 0.0, None, operating_point)
+    metrics = logit_metrics(mean, y, 0.0, None, operating_point, focus)
     metrics.pop(keys.LOSS, None)  # the members trained on their own losses; a loss of the mean says nothing
     return TrialMean([m for m, _, _ in members], [t for _, t, _ in members]).eval(), metrics

@@ -24,7 +24,7 @@ from tuner.learn.data import Splits
 from tuner.learn.fused import FusedCNN, keep_members, score, stack_optimizer_states, take_optimizer_state, train_epoch
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
-from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, probabilities
+from tuner.learn.train import TrialResult, class_weights, focus_class, logit_metrics, make_optimizer, pick_device, probabilities
 
 FOLD_SEED_STEP = 7919  # fold f of a trial with seed s starts from seed s + f * this: k different initial weights
 
@@ -104,7 +104,8 @@ def train_folds(cfg, data: Splits, trials: list[tuple[float, object, int]], repo
         for j, i in enumerate(live):
             r = results[i]
             own = logits[torch.arange(len(x), device=device), j * k + folds]  # each image from the member that did not train on it
-            metrics = logit_metrics(own.squeeze(1) if own.shape[1] == 1 else own, y, *losses[i], cfg.study.operating_point)
+            metrics = logit_metrics(own.squeeze(1) if own.shape[1] == 1 else own, y, *losses[i], cfg.study.operating_point,
+                                    focus_class(cfg, data.classes))
             metrics[keys.TRAIN_LOSS] = (total[j * k:(j + 1) * k].mean() * t.batch_size / len(x)).item()
             if not math.isfinite(metrics[keys.TRAIN_LOSS]) or not math.isfinite(metrics[keys.LOSS]):
                 r.state = "diverged"

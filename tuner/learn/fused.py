@@ -24,7 +24,7 @@ from tuner import keys
 from tuner.learn.data import Splits
 from tuner.learn.losses import focal_loss
 from tuner.learn.models import SimpleCNN, build_model
-from tuner.learn.train import TrialResult, class_weights, logit_metrics, make_optimizer, pick_device, prepare
+from tuner.learn.train import TrialResult, class_weights, focus_class, logit_metrics, make_optimizer, pick_device, prepare
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
 FusedSaver = Callable[[int, dict], None]  # (member index, train_trial's checkpoint state)
@@ -252,7 +252,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
         for j, i in enumerate(live):
             r, logits = results[i], val[:, j]
             metrics = logit_metrics(logits.squeeze(1) if logits.shape[1] == 1 else logits, val_y, *losses[i],
-                                    cfg.study.operating_point)
+                                    cfg.study.operating_point, focus_class(cfg, data.classes))
             metrics[keys.TRAIN_LOSS] = train_loss[j]
             if not math.isfinite(metrics[keys.TRAIN_LOSS]) or not math.isfinite(metrics[keys.LOSS]):
                 r.state = "diverged"

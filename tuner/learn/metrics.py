@@ -10,8 +10,8 @@ Two classes: the positive class is index 1 (``tuner.learn.data`` puts the named 
 and a probability is that of the positive class. Thresholded metrics are computed at an operating
 point chosen on the same scores by a rule (``choose_threshold``) or at a given threshold; the
 values at 0.5 are kept under names ending in ``@0.5``. More classes: the class with the largest
-probability divided by its own threshold (``class_thresholds``; plain argmax for rules other than
-balanced accuracy).
+probability divided by its own threshold (``class_thresholds`` for balanced accuracy,
+``focus_thresholds`` when a class to detect has an ``f1`` or ``recall>=X`` rule; else the argmax).
 
 Plain numpy, so that a worker does not spend a second importing scikit-learn; each function named
 after a scikit-learn one computes what it does, in the same order of floating-point operations
@@ -101,6 +101,20 @@ def class_thresholds(p: np.ndarray, y: np.ndarray, rule: str, steps: int = 200) 
     return (t / t.sum()).tolist()
 
 
+def focus_thresholds(p: np.ndarray, y: np.ndarray, rule: str, focus: int) -> list[float]:
+    """Per-class thresholds for C > 2 classes that put the ``f1`` or ``recall>=X`` rule on one class
+    (``focus``, the class to detect): the others get 1, so the argmax decides among them, and the
+    focus class wins when its probability divided by the largest other one reaches its threshold,
+    chosen by the rule on that ratio as ``choose_threshold`` chooses on a binary score. With two
+    classes the ratio is p / (1 - p), so this is the binary rule."""
+    q = np.asarray(p, dtype=np.float64)
+    rival = np.delete(q, focus, axis=1).max(axis=1)
+    ratio = q[:, focus] / np.clip(rival, 1e-300, None)
+    t = [1.0] * q.shape[1]
+    t[focus] = choose_threshold(ratio, np.asarray(y) == focus, rule)
+    return t
+
+
 def decide(p: np.ndarray, cut) -> np.ndarray:
     """Decisions: two classes (``p`` of shape (N,)), positive when p >= ``cut`` (0.5 when None); more,
     the class with the largest p / cut (per-class thresholds), or the argmax when ``cut`` is not a
@@ -113,7 +127,7 @@ def decide(p: np.ndarray, cut) -> np.ndarray:
 
 
 def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = "balanced_accuracy",
-           calibrated: torch.Tensor | None = None) -> dict[str, float]:
+           calibrated: torch.Tensor | None = None, focus: int | None = None) -> dict[str, float]:
     """Average precision (macro over classes when C > 2), balanced accuracy, macro-F1 and expected
     calibration error; for two classes also the threshold, recall and precision of the positive class.
 
@@ -122,6 +136,8 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
     per-class thresholds or None for the argmax; the chosen ones are returned as ``class_thresholds``).
     ``calibrated``: the same probabilities after temperature scaling; thresholds and decisions then
     refer to them (and ``ece_calibrated`` is theirs); the ranking, hence AP, is the same.
+    ``focus``: with C > 2, the class to detect: the ``f1`` and ``recall>=X`` rules are for it
+    (``focus_thresholds``), and its recall and precision are returned.
     """
     p = probs.detach().float().cpu().numpy()
     y = targets.detach().cpu().numpy()
@@ -141,15 +157,22 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
             keys.MACRO_F1_HALF: macro_f1(y, half),
         }
     else:
-        t = class_thresholds(cal, y, threshold) if isinstance(threshold, str) else threshold
+        t = threshold
+        if isinstance(threshold, str):
+            ruled = focus is not None and threshold != "balanced_accuracy"
+            t = focus_thresholds(cal, y, threshold, focus) if ruled else class_thresholds(cal, y, threshold)
         pred = decide(cal, t)
         out = {
             keys.AVERAGE_PRECISION: _ap(p, y),
             keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
             keys.MACRO_F1: macro_f1(y, pred),
         }
-        if isinstance(t, list):
-            out[keys.CLASS_THRESHOLDS] = t
+        if focus is not None:
+            tp = int(((pred == focus) & (y == focus)).sum())
+            out[keys.RECALL] = tp / max(int((y == focus).sum()), 1)
+            out[keys.PRECISION] = tp / max(int((pred == focus).sum()), 1)
+        if isinstance(t, (list, tuple)):
+            out[keys.CLASS_THRESHOLDS] = list(t)
     out[keys.ECE] = expected_calibration_error(p, y)
     if calibrated is not None:
         out[keys.ECE_CALIBRATED] = expected_calibration_error(cal, y)

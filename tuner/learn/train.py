@@ -97,13 +97,20 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.dim() == 1 else torch.softmax(logits, dim=1)
 
 
+def focus_class(cfg, classes: list[str]) -> int | None:
+    """The index of the class to detect among more than two (``data.positive_class`` of a resolved
+    config, set when an ``f1`` or ``recall>=X`` operating point needs one); None otherwise."""
+    name = cfg.data.positive_class
+    return classes.index(name) if len(classes) > 2 and name in classes else None
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
-             operating_point: str = "balanced_accuracy") -> dict[str, float]:
-    return logit_metrics(predict(model, x).float(), y, gamma, alpha, operating_point)
+             operating_point: str = "balanced_accuracy", focus: int | None = None) -> dict[str, float]:
+    return logit_metrics(predict(model, x).float(), y, gamma, alpha, operating_point, focus)
 
 
 def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
-                  operating_point: str = "balanced_accuracy") -> dict[str, float]:
+                  operating_point: str = "balanced_accuracy", focus: int | None = None) -> dict[str, float]:
     """Validation metrics and focal loss from logits; only a loss entry (NaN) when they are not finite.
 
     The temperature is fitted on these logits, and the threshold chosen by ``operating_point`` on
@@ -115,19 +122,19 @@ def logit_metrics(logits: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
         return {keys.LOSS: float("nan")}
     temperature = fit_temperature(logits, y)
     calibrated = probabilities(logits.double() / temperature).float()
-    return {**scores(probabilities(logits), y, operating_point, calibrated), keys.TEMPERATURE: temperature, keys.LOSS: loss}
+    return {**scores(probabilities(logits), y, operating_point, calibrated, focus), keys.TEMPERATURE: temperature, keys.LOSS: loss}
 
 
 @torch.no_grad()
 def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshold: float | None,
-                 temperature: float, logits: torch.Tensor | None = None) -> dict:
+                 temperature: float, logits: torch.Tensor | None = None, focus: int | None = None) -> dict:
     """Held-out metrics of a finished model at the threshold and temperature chosen on validation,
     with the confusion matrix at that threshold and the ECE before and after the temperature;
     ``logits``: the model's on ``x`` when already computed."""
     logits = predict(model, x).float() if logits is None else logits
     raw, calibrated = probabilities(logits), probabilities(logits.double() / temperature).float()
     cut = 0.5 if threshold is None else threshold
-    return {"n": len(y), **scores(raw, y, cut, calibrated),
+    return {"n": len(y), **scores(raw, y, cut, calibrated, focus),
             "confusion_matrix": confusion(calibrated, y, raw.shape[1] if raw.dim() == 2 else 2, cut)}
 
 
@@ -193,7 +200,8 @@ def train_trial(
             loss.backward()
             opt.step()
             total += loss.detach()
-        metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights, cfg.study.operating_point)
+        metrics = evaluate(model, data.val_x.to(device), data.val_y.to(device), gamma, weights, cfg.study.operating_point,
+                           focus_class(cfg, data.classes))
         metrics[keys.TRAIN_LOSS] = total.item() * t.batch_size / len(x)
         if not math.isfinite(metrics[keys.TRAIN_LOSS]) or not math.isfinite(metrics[keys.LOSS]):
             result.state = "diverged"

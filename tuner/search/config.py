@@ -71,7 +71,7 @@ class DataConfig:
     rare_fraction: float = 0.05  # digits/synthetic
     n_samples: int = 1200  # synthetic only
     max_bad_fraction: float = 0.01  # imagefolder only
-    positive_class: str = ""  # two classes: the class to detect, by name; "" = the one with fewest training images
+    positive_class: str = ""  # the class to detect, by name (with 3+ classes, for an f1 or recall>=X rule); "" = the one with fewest training images
     folds: int | str = "auto"  # k-fold validation on train + val; "auto": 5 when the rare class has < 300 images, else 1
 
 

@@ -26,7 +26,7 @@ from tuner.show.results import (best_trial, final_label, final_members, final_mo
                                 study_data)
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_params, stored_config
-from tuner.learn.train import heldout_metrics, predict, probabilities
+from tuner.learn.train import focus_class, heldout_metrics, predict, probabilities
 
 TOP = 10
 MIN_FOR_CONTOUR = 15  # fewer complete trials leave the interpolation mostly invented
@@ -66,7 +66,8 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
         name = final_label(payload["trials"]).capitalize() if "members" in payload else f"Best trial {best.number}"
         threshold, temperature = decision_cut(payload), payload.get("temperature", 1.0)
         logits = predict(model, data.test_x).float()  # once: the final model may be many members
-        s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature, logits=logits)
+        focus = focus_class(cfg, data.classes)
+        s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature, logits=logits, focus=focus)
         probs = probabilities(logits.double() / temperature).float()
         if data.positive_class:
             test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
@@ -75,16 +76,27 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
                          f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
-            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), "
-                         f"{'decisions at per-class thresholds chosen on validation for balanced accuracy' if s.get('class_thresholds') else 'argmax decisions'}: "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), {decisions_words(cfg, s)}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
-                         f"macro-F1 {s['macro_f1']:.4f}; expected calibration error (top label) {s['ece']:.4f} before and "
+                         f"macro-F1 {s['macro_f1']:.4f}"
+                         + (f", recall of {data.classes[focus]!r} {s['recall']:.4f}, precision {s['precision']:.4f}" if focus is not None else "")
+                         + f"; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(s["confusion_matrix"], data.classes)), ""),
                          ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes, s)), "")]
     page = out / "index.html"
     page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
     return page
+
+
+def decisions_words(cfg, metrics: dict) -> str:
+    """How a model of more than two classes decides, in words."""
+    if not metrics.get("class_thresholds"):
+        return "argmax decisions"
+    if cfg.study.operating_point == "balanced_accuracy":
+        return "decisions at per-class thresholds chosen on validation for balanced accuracy"
+    return (f"{cfg.data.positive_class!r} decided when its probability over the largest other one reaches the threshold "
+            f"chosen on validation for {cfg.study.operating_point}, else the most probable class")
 
 
 def _alpha_note(study, cfg) -> str:

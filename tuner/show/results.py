@@ -19,7 +19,7 @@ from tuner.search.storage import open_storage
 from tuner.search.lifecycle import KEEP_MODELS
 from tuner.search.study import check_same_images, counts, with_data_root
 from tuner.learn.metrics import decide, paired_bootstrap
-from tuner.learn.train import alpha_per_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
+from tuner.learn.train import alpha_per_class, focus_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
 
 
 
@@ -253,7 +253,7 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
     for model, payload, _ in got:
         logits, y = validation_logits(model, data, cfg.data.folds, cfg.study.seed)
         parts.append((model, payload["temperature"], logits))
-    model, metrics = combine(parts, y, cfg.study.operating_point)
+    model, metrics = combine(parts, y, cfg.study.operating_point, focus_class(cfg, data.classes))
     source = "retrained" if any(src == "retrained" for _, _, src in got) else "checkpoint"
     return model, ensemble_payload([p for _, p, _ in got], metrics), source
 
@@ -277,12 +277,13 @@ def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
             "validation predictions")
 
 
-def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Splits) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Splits,
+                  focus: int | None = None) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """Test-split metrics of a model at its own threshold and temperature, and its probabilities and
     decisions on each test image (to compare models image by image)."""
     logits, temperature = predict(model, data.test_x).float(), payload.get("temperature", 1.0)
     cut = decision_cut(payload)
-    out = heldout_metrics(model, data.test_x, data.test_y, cut, temperature, logits=logits)
+    out = heldout_metrics(model, data.test_x, data.test_y, cut, temperature, logits=logits, focus=focus)
     decisions = decide(probabilities(logits.double() / temperature).numpy(), cut)
     return {"source": source, **out}, (probabilities(logits).numpy(), decisions)
 
@@ -299,19 +300,20 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     if data.test_x is None:
         return None
     loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
-    out, final_outputs = check_on_test(*loaded[best.number], data)
+    focus = focus_class(cfg, data.classes)
+    out, final_outputs = check_on_test(*loaded[best.number], data, focus)
     out = {"trial": best.number, **out}
     final = None
     if len(final_members(study, cfg)) > 1:
         model, payload, source = final_model(study, cfg, data, retrain, loaded)
-        final, final_outputs = check_on_test(model, payload, source, data)
+        final, final_outputs = check_on_test(model, payload, source, data, focus)
         final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if keys.REFERENCE in t.user_attrs and t.number != best.number:
             if t.number not in loaded:
                 loaded[t.number] = trial_model(study, cfg, t, data, retrain)
-            ref, outputs = check_on_test(*loaded[t.number], data)
+            ref, outputs = check_on_test(*loaded[t.number], data, focus)
             refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs)})
     study.set_user_attr(keys.BEST_TEST, out)
     study.set_user_attr(keys.FINAL_TEST, final)
