@@ -30,7 +30,8 @@ from quality import TASKS, heldout_files, heldout_scores, out_flag, run_tuner, s
 
 from tuner.learn.calibration import fit_temperature  # noqa: E402
 from tuner.learn.metrics import class_thresholds, decide  # noqa: E402
-from tuner.learn.train import loss_alpha, probabilities  # noqa: E402
+from tuner.learn.train import probabilities  # noqa: E402
+from tuner.learn.weights import loss_alpha  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "calibration.md"
 RULES = ("temperature (shipped)", "Platt scaling", "focal inversion + temperature")

@@ -33,7 +33,7 @@ from tuner.learn.calibration import nll  # noqa: E402
 from tuner.learn.data import load_data  # noqa: E402
 from tuner.learn.ensemble import validation_logits  # noqa: E402
 from tuner.learn.folds import train_folds  # noqa: E402
-from tuner.learn.losses import class_balanced_weights  # noqa: E402
+from tuner.learn.weights import class_balanced_weights  # noqa: E402
 from tuner.learn.metrics import decide  # noqa: E402
 from tuner.learn.train import predict, probabilities  # noqa: E402
 from tuner.search.config import from_dict  # noqa: E402

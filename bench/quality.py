@@ -208,7 +208,8 @@ def refit(url: str, task_dir: Path, files) -> dict:
     from tuner.learn.checkpoints import decision_cut, model_payload
     from tuner.learn.data import Splits, load_data
     from tuner.learn.folds import pool
-    from tuner.learn.train import heldout_metrics, loss_alpha, train_trial
+    from tuner.learn.train import heldout_metrics, train_trial
+    from tuner.learn.weights import loss_alpha
     from tuner.search.study import stored_config
 
     study = optuna.load_study(study_name="q", storage=url)

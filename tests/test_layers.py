@@ -57,6 +57,12 @@ def test_the_study_file_and_the_study_layer_load_no_torch():
     assert fresh(code) == "[]"
 
 
+def test_what_the_read_commands_import_loads_no_torch():
+    code = ("import sys, tuner.show.summary, tuner.show.export, tuner.learn.weights; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    assert fresh(code) == "[]"
+
+
 def test_importing_every_module_changes_no_global_setting():
     modules = sorted(f"tuner.{p.relative_to(PACKAGE).with_suffix('').as_posix().replace('/', '.')}"
                      for p in PACKAGE.rglob("*.py") if p.name not in ("__main__.py",))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import tuner
-from tuner.learn.losses import class_balanced_weights
+from tuner.learn.weights import class_balanced_weights
 
 COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
 

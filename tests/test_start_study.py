@@ -238,3 +238,15 @@ def test_a_finished_study_run_again_starts_no_trial(finished):
     assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
     assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
     assert len(load(folder).trials) == before
+
+
+@pytest.mark.parametrize("cmd", [["best", "--json"], ["best"], ["status", "--json"], ["list"], ["export", "-f", "csv"]],
+                         ids=" ".join)
+def test_the_read_commands_answer_without_loading_torch(finished, cmd):
+    folder, _ = finished
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tuner", *cmd], cwd=folder, capture_output=True,
+                          text=True, env={**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "tuner.show.summary" in loaded and not {m for m in loaded if m.split(".")[0] == "torch"}
+    assert proc.stdout.strip()

@@ -176,10 +176,11 @@ def start_study(
             raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
-    from tuner.show import results
+    from tuner.show.results import evaluate_best_on_test
+    from tuner.show.summary import best_summary
 
-    results.evaluate_best_on_test(study, cfg, data, retrain=True)
-    _print_best(results.best_summary(study, cfg))
+    evaluate_best_on_test(study, cfg, data, retrain=True)
+    _print_best(best_summary(study, cfg))
 
 
 def _as_stored(study, cfg, data):
@@ -256,7 +257,7 @@ def _print_best(s: dict) -> None:
         print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
         if s["final"]:
-            from tuner.show.results import final_label
+            from tuner.show.summary import final_label
 
             _print_test(final_label(s["final"]["trials"]), s["final"], s["positive_class"])
         for r in s["references"]:
@@ -339,7 +340,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
-    from tuner.show.results import status_rows
+    from tuner.show.summary import status_rows
     from tuner.search.study import counts
 
     study = _study(_url(storage), study_name)
@@ -360,7 +361,7 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
 @app.command("list", short_help="The studies in the storage: counts, best value.")
 def list_studies(storage: Storage = None, as_json: Json = False):
     """The studies in the storage, with their trial counts and best value."""
-    from tuner.show.results import study_rows
+    from tuner.show.summary import study_rows
 
     rows = study_rows(_url(storage))
     if as_json:
@@ -412,11 +413,13 @@ def best(storage: Storage = None, study_name: StudyName = None,
          retrain: Annotated[bool, typer.Option("--retrain", help="train the trials of the final model and the reference trials again with their parameters and seeds when their model files are not here, and check them on the test split")] = False,
          data_root: DataRoot = None):
     """The best trial: value, metric, gamma/alpha, threshold, reference trials and test-set check."""
-    from tuner.show.results import best_summary, evaluate_best_on_test
+    from tuner.show.summary import best_summary
 
     study = _study(_url(storage), study_name)
     cfg = _settings(study, data_root)
     if retrain:
+        from tuner.show.results import evaluate_best_on_test
+
         evaluate_best_on_test(study, cfg, retrain=True)
     summary = best_summary(study, cfg)
     if as_json:
@@ -427,7 +430,7 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.export import save_best_model
 
         saved = save_best_model(study, save_model, cfg)
-        from tuner.show.results import final_label
+        from tuner.show.summary import final_label
 
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
         print(f"saved {what} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)

@@ -12,7 +12,8 @@ from tuner.learn.folds import FOLD_SEED_STEP, FoldEnsemble, fold_of, pool, train
 from tuner.learn.losses import focal_loss
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
-from tuner.learn.train import class_weights, logit_metrics, predict, prepare
+from tuner.learn.train import logit_metrics, predict, prepare
+from tuner.learn.weights import class_weights
 from tuner.search.config import from_dict
 
 K = 3

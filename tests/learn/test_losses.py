@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 import tuner.learn.losses
+import tuner.learn.weights
 from tuner.learn.losses import focal_loss
 
 GAMMAS = [0.0, 0.5, 2.0, 5.0]
@@ -251,15 +252,16 @@ def test_mismatched_shapes_raise_value_error_naming_the_shapes(logits, targets, 
         focal_loss(logits, targets, 2.0)
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(tuner.learn.losses)
+@pytest.mark.parametrize("module", [tuner.learn.losses, tuner.learn.weights], ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999])
 def test_class_balanced_weights_follow_the_effective_number_formula(beta):
     counts = [124, 60, 31, 17, 6]
-    got = tuner.learn.losses.class_balanced_weights(counts, beta)
+    got = tuner.learn.weights.class_balanced_weights(counts, beta)
     raw = [(1 - beta) / (1 - beta**n) for n in counts]  # Cui et al. 2019, eq. 5 up to scale
     want = [w / max(raw) for w in raw]
     assert got == pytest.approx(want, rel=1e-9)
@@ -268,12 +270,12 @@ def test_class_balanced_weights_follow_the_effective_number_formula(beta):
 
 def test_class_balanced_weights_span_uniform_to_inverse_frequency():
     counts = [100, 10]
-    assert tuner.learn.losses.class_balanced_weights(counts, 0.0) == [1.0, 1.0]
-    near_one = tuner.learn.losses.class_balanced_weights(counts, 1 - 1e-9)
+    assert tuner.learn.weights.class_balanced_weights(counts, 0.0) == [1.0, 1.0]
+    near_one = tuner.learn.weights.class_balanced_weights(counts, 1 - 1e-9)
     assert near_one == pytest.approx([0.1, 1.0], rel=1e-6)  # beta -> 1: 1 / n_c
 
 
 @pytest.mark.parametrize("beta", [1.0, -0.1, float("nan"), True, "0.9"])
 def test_class_balanced_weights_reject_bad_beta(beta):
     with pytest.raises(ValueError, match="beta"):
-        tuner.learn.losses.class_balanced_weights([10, 5], beta)
+        tuner.learn.weights.class_balanced_weights([10, 5], beta)

@@ -4,7 +4,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 
 from tuner import keys
-from tuner.show.results import notes_on_test
+from tuner.show.summary import notes_on_test
 
 SPACE = {"gamma": FloatDistribution(0.0, 5.0), "alpha": FloatDistribution(0.05, 0.95)}
 

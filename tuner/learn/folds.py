@@ -24,7 +24,8 @@ from tuner.learn.data import Splits
 from tuner.learn.fused import FusedCNN, keep_members, score, stack_optimizer_states, take_optimizer_state, train_epoch
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
-from tuner.learn.train import TrialResult, class_weights, focus_class, logit_metrics, make_optimizer, pick_device, probabilities
+from tuner.learn.train import TrialResult, focus_class, logit_metrics, make_optimizer, pick_device, probabilities
+from tuner.learn.weights import class_weights
 
 FOLD_SEED_STEP = 7919  # fold f of a trial with seed s starts from seed s + f * this: k different initial weights
 

@@ -24,7 +24,8 @@ from tuner import keys
 from tuner.learn.data import Splits
 from tuner.learn.losses import focal_loss
 from tuner.learn.models import SimpleCNN, build_model
-from tuner.learn.train import TrialResult, class_weights, focus_class, logit_metrics, make_optimizer, pick_device, prepare
+from tuner.learn.train import TrialResult, focus_class, logit_metrics, make_optimizer, pick_device, prepare
+from tuner.learn.weights import class_weights
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
 FusedSaver = Callable[[int, dict], None]  # (member index, train_trial's checkpoint state)

@@ -108,20 +108,3 @@ def _class_weights(alpha, num_classes: int, like: torch.Tensor) -> torch.Tensor:
         if bad:
             raise ValueError(f"alpha weights must be in [0, 1], got {bad} in {values}")
     return torch.tensor(values, dtype=like.dtype, device=like.device)
-
-
-def class_balanced_weights(counts, beta: float) -> list[float]:
-    """Per-class weights from the effective number of samples (Cui et al. 2019,
-    https://arxiv.org/abs/1901.05555): w_c proportional to (1 - beta) / (1 - beta**n_c), scaled so
-    that the largest weight is 1. beta -> 0 weights all classes alike; beta -> 1 approaches inverse
-    class frequency. A class with no images gets the largest weight.
-
-    >>> [round(w, 3) for w in class_balanced_weights([100, 10], beta=0.99)]
-    [0.151, 1.0]
-    """
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
-        raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
-    # (1 - beta**n) computed as -expm1(n * log(beta)): beta = 0.9999 and n = 5 would lose digits otherwise
-    effective = [-math.expm1(n * math.log(beta)) if beta > 0 and n > 0 else (1.0 if n > 0 else 0.0) for n in counts]
-    smallest = min(e for e in effective if e > 0)
-    return [smallest / e if e > 0 else 1.0 for e in effective]

@@ -19,9 +19,10 @@ from tuner import keys
 from tuner.errors import UserError
 from tuner.learn.data import Splits
 from tuner.learn.calibration import fit_temperature
-from tuner.learn.losses import class_balanced_weights, focal_loss
+from tuner.learn.losses import focal_loss
 from tuner.learn.metrics import confusion, scores
 from tuner.learn.models import build_model
+from tuner.learn.weights import class_weights
 
 Reporter = Callable[[int, dict[str, float]], bool]
 Saver = Callable[[dict], None]
@@ -50,33 +51,6 @@ def pick_device(name: str = "auto") -> torch.device:
             have = f"CUDA devices here: {count} (cuda:0 to cuda:{count - 1})" if count else "CUDA is not available here"
             raise UserError(f"device {name!r} was asked for but {have}; pass --device cpu or another device")
     return torch.device(name)
-
-
-def class_weights(alpha: float | list[float] | None, counts: list[int]) -> float | list[float] | None:
-    """The trial's alpha as the loss wants it: with two classes, alpha for the positive class
-    (index 1, see ``tuner.learn.data.orient``) and 1 - alpha for the other; with more, alpha for the
-    rarest class and 1 - alpha for the others. A per-class list passes through."""
-    if alpha is None or len(counts) == 2 or not isinstance(alpha, (int, float)):
-        return alpha
-    rarest = counts.index(min(counts))
-    return [alpha if c == rarest else 1.0 - alpha for c in range(len(counts))]
-
-
-def loss_alpha(params: dict, counts: list[int]) -> float | list[float] | None:
-    """A trial's class weighting from its parameters: ``alpha`` (see ``class_weights``), or
-    ``one_minus_beta`` for class-balanced weights from the class counts; None for neither."""
-    if "one_minus_beta" in params:
-        return class_balanced_weights(counts, 1.0 - params["one_minus_beta"])
-    return class_weights(params.get("alpha"), counts)
-
-
-def alpha_per_class(alpha: float | list[float] | None, classes: list[str]) -> dict[str, float]:
-    """The weight of each class by name, as reports show it (None: every class 1)."""
-    if alpha is None:
-        return {c: 1.0 for c in classes}
-    if isinstance(alpha, (int, float)):
-        return {classes[0]: 1.0 - alpha, classes[1]: float(alpha)}
-    return {c: float(w) for c, w in zip(classes, alpha)}
 
 
 def prepare(x: torch.Tensor) -> torch.Tensor:

@@ -37,9 +37,8 @@ from tuner import keys
 from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
 from tuner.search.liveness import DbRetry, Requeue, heartbeat
-from tuner.search.study import describe_params, worker_name
+from tuner.search.study import KEEP_MODELS, describe_params, worker_name
 
-KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
 
 
 class State(enum.Enum):

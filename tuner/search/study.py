@@ -24,6 +24,8 @@ from tuner.errors import UserError
 from tuner.search.liveness import DbRetry, fail_orphans
 from tuner.search.storage import mask, open_storage, study_lock
 
+KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
     "rare": (

@@ -17,7 +17,8 @@ from tuner.errors import UserError
 from tuner.learn.data import load_data
 from tuner.learn.folds import train_folds
 from tuner.learn.fused import choose_k, train_fused
-from tuner.learn.train import loss_alpha, pick_device, train_trial
+from tuner.learn.train import pick_device, train_trial
+from tuner.learn.weights import loss_alpha
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
 from tuner.search.liveness import DbRetry, Waiting, sweeper

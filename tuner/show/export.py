@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import optuna
-import torch
 
 from tuner import keys
 from tuner.errors import UserError
-from tuner.show.results import best_trial, final_model, final_test, shown_params
+from tuner.show.summary import best_trial, final_test, shown_params
 from tuner.search.config import StudyConfig
 from tuner.search.study import stored_config
 
@@ -72,6 +71,10 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
     """Write the final model (``tuner.show.results.final_model``: the mean of the best trials and the
     reference trials, or the best trial's) to ``path`` (``torch.load(path, weights_only=True)``
     reads it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
+    import torch  # here, not at the top: ``tuner export`` writes rows without loading torch
+
+    from tuner.show.results import final_model
+
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--save-model {path} is a folder; pass a file path such as {path / 'best.pt'}")

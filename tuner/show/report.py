@@ -22,8 +22,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 from tuner import keys
 from tuner.learn.checkpoints import decision_cut
 from tuner.errors import UserError
-from tuner.show.results import (best_trial, final_label, final_members, final_model, final_words, margin_notes, notes_on_test,
-                                study_data)
+from tuner.show.results import final_model, study_data
+from tuner.show.summary import best_trial, final_label, final_members, final_words, margin_notes, notes_on_test
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import focus_class, heldout_metrics, predict, probabilities

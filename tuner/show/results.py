@@ -1,5 +1,6 @@
-"""What comes back from a study: the best trial, a status table, the test-set check of the best
-trial and of the reference trials, each at the operating point its trial chose on validation.
+"""What comes back from a study's models: the final model, and the test-set check of the best trial,
+the final model and the reference trials, each at the operating point chosen on validation (what
+needs no model, from the stored attributes, is in ``summary``).
 
 Reading never trains: a model file that is not there is an error that names the path, unless the
 caller (``start-study``'s driver, ``tuner best --retrain``) asks to retrain."""
@@ -15,12 +16,10 @@ from tuner.learn.ensemble import combine, validation_logits
 from tuner.search.config import StudyConfig
 from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
-from tuner.search.storage import open_storage
-from tuner.search.lifecycle import KEEP_MODELS
-from tuner.search.study import check_same_images, counts, with_data_root
+from tuner.search.study import check_same_images, with_data_root
 from tuner.learn.metrics import decide, paired_bootstrap
-from tuner.learn.train import alpha_per_class, focus_class, heldout_metrics, loss_alpha, predict, probabilities, train_trial
-
+from tuner.learn.train import focus_class, heldout_metrics, predict, probabilities, train_trial
+from tuner.show.summary import best_trial, final_members, trial_alpha
 
 
 def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
@@ -29,168 +28,6 @@ def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
     data = load_data(with_data_root(cfg, study.study_name, None).data, seed=cfg.study.seed)
     check_same_images(study, data.fingerprints, cfg.data.root)
     return data
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    try:
-        return study.best_trial
-    except ValueError:
-        c = counts(study)
-        raise UserError(f"study {study.study_name!r} has no completed trial yet "
-                        f"({c['RUNNING']} running, {c['PRUNED']} pruned, {c['FAIL']} failed); run tuner start-study or tuner worker")
-
-
-def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int]):
-    """The class weighting the trial trained with, as the loss took it."""
-    return None if trial.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(trial.params, class_counts)
-
-
-def shown_params(trial: optuna.trial.FrozenTrial) -> dict:
-    """The trial's parameters, with beta next to the searched 1 - beta."""
-    params = dict(trial.params)
-    if "one_minus_beta" in params:
-        params["beta"] = 1.0 - params["one_minus_beta"]
-    return params
-
-
-def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
-    """The contract of ``tuner best --json``."""
-    best = best_trial(study)
-    data = study.user_attrs.get(keys.DATA, {})
-    classes, class_counts = data.get("classes"), data.get("class_counts")
-    test = study.user_attrs.get(keys.BEST_TEST)
-    test = test if test and test.get("trial") == best.number else None
-    ref_tests = {r["trial"]: r for r in study.user_attrs.get(keys.REFERENCES_TEST, [])}
-    refs = [
-        {"trial": t.number, "label": t.user_attrs[keys.REFERENCE], "state": t.state.name, "value": t.value,
-         "params": shown_params(t), "threshold": t.user_attrs.get(keys.THRESHOLD),
-         "test": test if t.number == best.number else ref_tests.get(t.number)}
-        for t in study.get_trials(deepcopy=False) if keys.REFERENCE in t.user_attrs and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    ]
-    return {
-        "study": study.study_name,
-        "metric": cfg.study.metric,
-        "value": best.value,
-        "trial": best.number,
-        "params": shown_params(best),
-        "alpha_mode": cfg.search.alpha_mode,
-        "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts), classes) if classes and class_counts else None,
-        "positive_class": cfg.data.positive_class or None,
-        "operating_point": cfg.study.operating_point,
-        "threshold": best.user_attrs.get(keys.THRESHOLD),
-        "class_thresholds": (dict(zip(classes, best.user_attrs[keys.CLASS_THRESHOLDS]))
-                             if classes and keys.CLASS_THRESHOLDS in best.user_attrs else None),
-        "temperature": best.user_attrs.get(keys.TEMPERATURE),
-        "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
-        "epochs": best.user_attrs.get(keys.EPOCHS),
-        "folds": cfg.data.folds,
-        "final_model": final_words(cfg, [t.number for t in final_members(study, cfg)]),
-        "final": final_test(study),
-        "notes": margin_notes(study, cfg),
-        "seed": best.user_attrs.get(keys.SEED),
-        "test": test,
-        # an image folder without test/ has none: say so rather than leave the test check out unexplained
-        "test_split": study.user_attrs.get(keys.DATA, {}).get("fingerprints", {}).get("test") != "",
-        "test_notes": notes_on_test(study) if test else [],
-        "references": refs,
-        "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
-    }
-
-
-def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
-    """A sentence for each reference trial that the best trial beats by less than its fold spread."""
-    best = best_trial(study)
-    spread = best.user_attrs.get(keys.FOLD_SPREAD)
-    if spread is None:
-        return []
-    notes = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if keys.REFERENCE in t.user_attrs and t.number != best.number and best.value - t.value <= spread:
-            notes.append(f"The best trial's margin over reference trial {t.number} ({t.user_attrs[keys.REFERENCE]}) is "
-                         f"{best.value - t.value:.4f}, within its fold spread of {spread:.4f}: on this data the "
-                         "two cannot be told apart.")
-    return notes
-
-
-def notes_on_test(study: optuna.Study) -> list[str]:
-    """A sentence per reference trial on how it compares on the test split with the model the study
-    hands back (``final_model``), on average precision and balanced accuracy, told apart from the
-    test split's noise: a difference counts only when it exceeds twice its bootstrap standard
-    deviation (``paired_bootstrap``)."""
-    best = study.user_attrs.get(keys.BEST_TEST)
-    if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
-        return []
-    final = final_test(study)
-    if final:
-        ours, short = final_label(final["trials"]), "the final model"
-    else:
-        final, ours, short = best, f"the best trial {best['trial']}", "the best trial"
-    labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
-    notes = []
-    for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
-        gap = ref.get("against_final", {})  # checks stored before the bootstrap have none
-        who = f"reference trial {ref['trial']} ({labels.get(ref['trial'])})"
-        said, real = {}, {}
-        for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
-            std = gap.get(k + "_std")
-            real[k] = std is None or abs(ref[k] - final[k]) > 2 * std
-            said[k] = (f"{name} {ref[k]:.4f} for the reference against {final[k]:.4f} for {short}"
-                       + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
-        higher = [k for k in real if real[k] and ref[k] > final[k]]
-        unclear = [k for k in real if not real[k]]
-        if higher:
-            notes.append(f"On the test split {who} scored higher than {ours}: "
-                         f"{', '.join(said[k] for k in higher)}. The tuned loss did not beat it here; if this holds on "
-                         "more data, train with the reference's settings.")
-        elif unclear:
-            notes.append(f"On the test split {ours} is not shown to beat {who}: "
-                         f"{', '.join(said[k] for k in unclear)}; a difference under twice its bootstrap std is the luck "
-                         "of the test images.")
-        elif gap:
-            notes.append(f"On the test split {ours} beat {who} by more than twice the bootstrap "
-                         f"std of each difference: {', '.join(said.values())}.")
-    return notes
-
-
-def study_rows(url: str) -> list[dict]:
-    """One row per study in the storage (``tuner list``): trial counts and the best value so far."""
-    storage = open_storage(url, existing=True)
-    rows = []
-    for name in optuna.get_all_study_names(storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        c = counts(study)
-        try:
-            best = study.best_trial
-        except (ValueError, RuntimeError):  # none complete yet, or a multi-objective study of another tool
-            best = None
-        metric = (study.user_attrs.get(keys.CONFIG, {}).get("study", {}).get("metric") or
-                  ",".join(study.metric_names or []) or None)
-        rows.append({"study": study.study_name, "metric": metric, "target": study.user_attrs.get(keys.TARGET),
-                     "complete": c["COMPLETE"], "pruned": c["PRUNED"], "running": c["RUNNING"], "waiting": c["WAITING"],
-                     "failed": c["FAIL"], "best_value": None if best is None else best.value,
-                     "best_trial": None if best is None else best.number})
-    return rows
-
-
-def status_rows(study: optuna.Study) -> list[dict]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        end = t.datetime_complete
-        duration = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
-        rows.append({
-            "trial": t.number,
-            "state": t.state.name,
-            "gamma": t.params.get("gamma"),
-            "alpha": t.params.get("alpha"),
-            "beta": shown_params(t).get("beta"),
-            "value": t.value,
-            "threshold": t.user_attrs.get(keys.THRESHOLD),
-            "epochs": t.user_attrs.get(keys.EPOCHS, 0),
-            "duration_s": duration,
-            "note": "; ".join(str(t.user_attrs[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
-                              if k in t.user_attrs),
-        })
-    return rows
 
 
 def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.FrozenTrial, data=None,
@@ -222,18 +59,6 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
 
 
-def final_members(study: optuna.Study, cfg: StudyConfig) -> list[optuna.trial.FrozenTrial]:
-    """The trials whose models the final model averages: with ``study.final_model = "ensemble"``
-    the best KEEP_MODELS complete trials and the complete reference trials (the models a study
-    keeps), best first; else the best trial alone."""
-    best = best_trial(study)
-    if cfg.study.final_model != "ensemble":
-        return [best]
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
-    top = [t for t in done if keys.REFERENCE not in t.user_attrs][:KEEP_MODELS]
-    return sorted(top + [t for t in done if keys.REFERENCE in t.user_attrs], key=lambda t: (t.number != best.number, -t.value))
-
-
 def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False,
                 loaded: dict | None = None) -> tuple[torch.nn.Module, dict, str]:
     """The model the study hands back (``best --save-model``, ``predict``, the report): the best
@@ -256,25 +81,6 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
     model, metrics = combine(parts, y, cfg.study.operating_point, focus_class(cfg, data.classes))
     source = "retrained" if any(src == "retrained" for _, _, src in got) else "checkpoint"
     return model, ensemble_payload([p for _, p, _ in got], metrics), source
-
-
-def final_label(trials: list[int]) -> str:
-    """How tuner names a final model that is a mean of trials."""
-    return f"the final model (the mean of trials {', '.join(map(str, trials))})"
-
-
-def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
-    """What the final model is, in words."""
-    if cfg.data.folds > 1:
-        one = (f"an ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
-               f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
-    else:
-        one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
-    if trials is None or len(trials) < 2:
-        return f"the best trial's model, {one}"
-    return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} trials and "
-            f"the reference trials), each {one}; one temperature and threshold chosen on their averaged "
-            "validation predictions")
 
 
 def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Splits,
@@ -321,7 +127,3 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     return out
 
 
-def final_test(study: optuna.Study) -> dict | None:
-    """The stored test check of the final model when it is a mean of trials and of the current best."""
-    final = study.user_attrs.get(keys.FINAL_TEST)
-    return final if final and final.get("best_trial") == best_trial(study).number else None
