@@ -1,3 +1,4 @@
+import fcntl
 import os
 import re
 import select
@@ -95,7 +96,12 @@ def url_from_env(var: str, missing: str) -> str:
 
 @pytest.fixture
 def postgres_url():
-    return url_from_env("TUNER_TEST_POSTGRES_URL", "PostgreSQL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    url = url_from_env("TUNER_TEST_POSTGRES_URL", "PostgreSQL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    # One PostgreSQL test at a time, also across pytest-xdist's processes (-n 2 in pyproject.toml):
+    # one of them restarts the server, and others count the connections or workers they see.
+    with open(Path(tempfile.gettempdir()) / "tuner-tests-postgres.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield url
 
 
 class Dashboard:
