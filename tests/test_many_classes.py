@@ -181,3 +181,17 @@ def test_naming_a_class_under_balanced_accuracy_is_a_one_line_error_before_any_s
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: data.positive_class = 'five' names a class to detect, but with 4 classes")
     assert "no study" in tuner("list", "--storage", "sqlite:///named.db", cwd=root).stderr
+
+
+def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_before_any_study_exists(folder, tmp_path):
+    root, _ = folder
+    for name, n in (("a", 4), ("b", 4), ("c", 10)):
+        (tmp_path / "data" / "train" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 20 * i + 40 * len(name), np.uint8)).save(tmp_path / "data" / "train" / name / f"{i}.png")
+    study = (root / "study.toml").read_text().replace(str(root / "data"), str(tmp_path / "data"))
+    (tmp_path / "tie.toml").write_text(study.replace('name = "tail"', 'name = "tie"\noperating_point = "recall>=0.9"'))
+    proc = tuner("start-study", "tie.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: classes 'a', 'b' all have 4 training images") and "data.positive_class=a" in proc.stderr
+    assert not (tmp_path / "tuner.db").exists()
