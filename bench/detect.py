@@ -49,13 +49,14 @@ def write_three(root: Path) -> None:
 
 def decisions(task_dir: Path, env: dict, files) -> tuple[dict, str]:
     """The final model's held-out scores by its rule and by the argmax of the same probabilities."""
+    from tuner.learn.checkpoints import detected_class
     from tuner.show.predict import classify, load_model
 
     path = task_dir / "final.pt"
     tuner(["best", "--save-model", str(path)], task_dir, env)
     model, payload = load_model(path)
     rows = classify(model, payload, [str(f) for f, _, _ in files])
-    classes, detect = payload["classes"], payload["class_to_detect"]
+    classes, detect = payload["classes"], detected_class(payload)
     k = classes.index(detect)
     y = np.array([classes.index(c) for _, c, _ in files])
     w = np.array([w for _, _, w in files])

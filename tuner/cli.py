@@ -509,6 +509,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     """Classify image files (for a folder, every image under it): per image its path, predicted class
     and calibrated probability of the positive class (two classes) or of the predicted class (more;
     the class with the largest probability divided by its threshold, chosen on validation)."""
+    from tuner.learn.checkpoints import detected_class
     from tuner.show.predict import classify, image_files, load_model, operating_threshold
 
     if threshold is not None and not 0 <= threshold <= 1:
@@ -520,8 +521,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
         print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
-    elif payload.get("class_thresholds") and payload.get("class_to_detect"):
-        detect = payload["class_to_detect"]
+    elif payload.get("class_thresholds") and (detect := detected_class(payload)):
         print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
               f"{payload['class_thresholds'][classes.index(detect)]:.4f} (chosen on validation for {payload.get('operating_point')}), "
               "else the most probable class", file=sys.stderr)
@@ -534,7 +534,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    shown = classes if all_classes else [positive] if positive else [payload["class_to_detect"]] if payload.get("class_to_detect") else None
+    shown = classes if all_classes else [positive] if positive else [detect] if (detect := detected_class(payload)) else None
     print("\t".join(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"]))
     for r in rows:
         values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]

@@ -101,8 +101,6 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
         "class_thresholds": final.get(keys.CLASS_THRESHOLDS),
         "operating_point": cfg.study.operating_point,
         "positive_class": data.positive_class,
-        # more than two classes: the class an f1 or recall>=X operating point is for, if any
-        "class_to_detect": cfg.data.positive_class if len(data.classes) > 2 and cfg.data.positive_class else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": {"kind": cfg.model.kind, "width": cfg.model.width, "channels": data.channels,
                   "image_size": cfg.data.image_size, "class_counts": data.class_counts(),
@@ -126,7 +124,6 @@ def ensemble_payload(members: list[dict], metrics: dict) -> dict:
         "class_thresholds": metrics.get(keys.CLASS_THRESHOLDS),
         "operating_point": first["operating_point"],
         "positive_class": first["positive_class"],
-        "class_to_detect": first.get("class_to_detect"),
         "classes": first["classes"],
         "model": first["model"],
         "trials": [m["trial"] for m in members],
@@ -134,6 +131,13 @@ def ensemble_payload(members: list[dict], metrics: dict) -> dict:
         "members": members,
         "config": first["config"],
     }
+
+
+def detected_class(payload: dict) -> str | None:
+    """With more than two classes, the class the file's f1 or recall>=X operating point is for (its
+    stored config's data.positive_class); None with two classes or under balanced accuracy."""
+    name = payload.get("config", {}).get("data", {}).get("positive_class")
+    return name if len(payload["classes"]) > 2 and name else None
 
 
 def decision_cut(payload: dict):

@@ -145,14 +145,12 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
     if p.ndim == 1:
         t = choose_threshold(cal, y == 1, threshold) if isinstance(threshold, str) else float(threshold)
         pred, half = (cal >= t).astype(np.int64), (p >= 0.5).astype(np.int64)
-        tp = int(((pred == 1) & (y == 1)).sum())
         out = {
             keys.AVERAGE_PRECISION: float(average_precision(y == 1, p)) if y.any() else 0.0,
             keys.THRESHOLD: t,
             keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
             keys.MACRO_F1: macro_f1(y, pred),
-            keys.RECALL: tp / max(int((y == 1).sum()), 1),
-            keys.PRECISION: tp / max(int((pred == 1).sum()), 1),
+            **recall_precision(y, pred, 1),
             keys.BALANCED_ACCURACY_HALF: balanced_accuracy(y, half),
             keys.MACRO_F1_HALF: macro_f1(y, half),
         }
@@ -168,15 +166,19 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
             keys.MACRO_F1: macro_f1(y, pred),
         }
         if focus is not None:
-            tp = int(((pred == focus) & (y == focus)).sum())
-            out[keys.RECALL] = tp / max(int((y == focus).sum()), 1)
-            out[keys.PRECISION] = tp / max(int((pred == focus).sum()), 1)
+            out.update(recall_precision(y, pred, focus))
         if isinstance(t, (list, tuple)):
             out[keys.CLASS_THRESHOLDS] = list(t)
     out[keys.ECE] = expected_calibration_error(p, y)
     if calibrated is not None:
         out[keys.ECE_CALIBRATED] = expected_calibration_error(cal, y)
     return out
+
+
+def recall_precision(y: np.ndarray, pred: np.ndarray, c: int) -> dict[str, float]:
+    """Recall and precision of class ``c`` (0 where nothing is true or nothing predicted)."""
+    tp = int(((pred == c) & (y == c)).sum())
+    return {keys.RECALL: tp / max(int((y == c).sum()), 1), keys.PRECISION: tp / max(int((pred == c).sum()), 1)}
 
 
 def paired_bootstrap(y: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
