@@ -28,25 +28,38 @@ def pg_study(postgres_url):
 
 
 def test_driver_and_separate_worker_finish_a_study(pg_study, tmp_path):
+    from tuner.learn.data import load_data
+    from tuner.search.config import load_config
+    from tuner.search.study import create_or_resume
+
     url, name = pg_study
+    sets = ["data.n_samples=800", "data.image_size=24"]
     study_file = write_study(tmp_path, n_trials=12, epochs=4)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TUNER_STORAGE": ""}
-    # Enough trials that the third worker, started once the study exists, joins before the end even on
-    # a loaded machine (its imports take seconds while the driver's pre-started workers train).
-    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
-                               "--storage", url, "--study-name", name, "--set", "data.n_samples=800",
-                               "--set", "data.image_size=24"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for _ in range(120):
-        if name in optuna.get_all_study_names(url):
-            break
-        time.sleep(0.5)
+    # The study exists before any process joins, as a first start-study leaves it; the worker from
+    # elsewhere claims a trial before the driver starts, so all three workers run trials however
+    # loaded the machine is (a race to join before the end would not say so every time).
+    cfg = load_config(study_file, sets)
+    data = load_data(cfg.data, seed=cfg.study.seed)
+    create_or_resume(cfg.resolved(data.num_classes, data.positive_class, min(data.pool_counts())), url, name, None,
+                     data.classes, data.class_counts(), data.fingerprints)
     elsewhere = tmp_path / "other-host"
     elsewhere.mkdir()  # no study file here: the worker reads the settings from the storage
-    worker = tuner("worker", "--storage", url, "--study-name", name, cwd=elsewhere, timeout=300)
+    worker = subprocess.Popen([sys.executable, "-m", "tuner", "worker", "--storage", url, "--study-name", name,
+                               "--max-trials", "3"], cwd=elsewhere, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    study = optuna.load_study(study_name=name, storage=url)
+    for _ in range(240):
+        if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+            break
+        time.sleep(0.5)
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
+                               "--storage", url, "--study-name", name, *(f"--set={s}" for s in sets)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = driver.communicate(timeout=300)
+    worker_out, _ = worker.communicate(timeout=300)
     assert driver.returncode == 0, out
-    assert worker.returncode == 0, worker.stdout + worker.stderr
+    assert worker.returncode == 0, worker_out
     trials = optuna.load_study(study_name=name, storage=url).trials
     states = [t.state for t in trials]
     assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 12
