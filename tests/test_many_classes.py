@@ -195,3 +195,20 @@ def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_befo
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: classes 'a', 'b' all have 4 training images") and "data.positive_class=a" in proc.stderr
     assert not (tmp_path / "tuner.db").exists()
+
+
+def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(folder):
+    import torch
+
+    root, _ = folder
+    text = (root / "study.toml").read_text().replace('name = "tail"', 'name = "named"\noperating_point = "recall>=0.9"')
+    text = text.replace("n_trials = 4", "n_trials = 2") + '\n[search]\nalpha_mode = "rare"\n'
+    (root / "named.toml").write_text(text.replace("[data]", '[data]\npositive_class = "five"'))
+    proc = tuner("start-study", "named.toml", "--workers", "1", "--storage", "sqlite:///named-alpha.db", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    focal = torch.load(root / "tuner-artifacts" / "named" / "trial-1.pt", weights_only=True)
+    assert focal["params"] == {"gamma": 2.0, "alpha": [0.75, 0.25, 0.75, 0.75]}  # eight, five, one, zero: five is weighted
+    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///named-alpha.db", cwd=root).stdout)
+    assert best["positive_class"] == "five"
+    shown = best["alpha_per_class"]
+    assert shown["five"] == best["params"]["alpha"] and {shown[c] for c in ("eight", "one", "zero")} == {1 - shown["five"]}

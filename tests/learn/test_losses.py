@@ -279,3 +279,11 @@ def test_class_balanced_weights_span_uniform_to_inverse_frequency():
 def test_class_balanced_weights_reject_bad_beta(beta):
     with pytest.raises(ValueError, match="beta"):
         tuner.learn.weights.class_balanced_weights([10, 5], beta)
+
+
+def test_scalar_alpha_with_many_classes_weights_the_class_to_detect_else_the_rarest():
+    counts = [30, 5, 8]
+    assert tuner.learn.weights.class_weights(0.8, counts) == [pytest.approx(0.2), 0.8, pytest.approx(0.2)]
+    assert tuner.learn.weights.class_weights(0.8, counts, focus=2) == [pytest.approx(0.2), pytest.approx(0.2), 0.8]
+    assert tuner.learn.weights.loss_alpha({"alpha": 0.8}, counts, focus=0) == [0.8, pytest.approx(0.2), pytest.approx(0.2)]
+    assert tuner.learn.weights.class_weights(0.8, [30, 5], focus=0) == 0.8  # two classes: alpha is the positive's

@@ -24,8 +24,8 @@ from tuner.learn.data import Splits
 from tuner.learn.fused import FusedCNN, keep_members, score, stack_optimizer_states, take_optimizer_state, train_epoch
 from tuner.learn.metrics import scores
 from tuner.learn.models import build_model
-from tuner.learn.train import TrialResult, focus_class, logit_metrics, make_optimizer, pick_device, probabilities
-from tuner.learn.weights import class_weights
+from tuner.learn.train import TrialResult, logit_metrics, make_optimizer, pick_device, probabilities
+from tuner.learn.weights import class_weights, focus_class
 
 FOLD_SEED_STEP = 7919  # fold f of a trial with seed s starts from seed s + f * this: k different initial weights
 
@@ -71,7 +71,8 @@ def train_folds(cfg, data: Splits, trials: list[tuple[float, object, int]], repo
     x, y = (v.to(device) for v in pool(data))
     folds = torch.from_numpy(fold_of(y.cpu().numpy(), k, cfg.study.seed)).to(device)
     counts = data.class_counts()
-    losses = [(gamma, class_weights(alpha, counts)) for gamma, alpha, _ in trials]
+    focus = focus_class(cfg, data.classes)
+    losses = [(gamma, class_weights(alpha, counts, focus)) for gamma, alpha, _ in trials]
     models = []
     for i, (_, _, seed) in enumerate(trials):
         for f in range(k):

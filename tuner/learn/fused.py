@@ -24,8 +24,8 @@ from tuner import keys
 from tuner.learn.data import Splits
 from tuner.learn.losses import focal_loss
 from tuner.learn.models import SimpleCNN, build_model
-from tuner.learn.train import TrialResult, focus_class, logit_metrics, make_optimizer, pick_device, prepare
-from tuner.learn.weights import class_weights
+from tuner.learn.train import TrialResult, logit_metrics, make_optimizer, pick_device, prepare
+from tuner.learn.weights import class_weights, focus_class
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
 FusedSaver = Callable[[int, dict], None]  # (member index, train_trial's checkpoint state)
@@ -223,7 +223,7 @@ def _train_loop(cfg, data, model: FusedCNN, losses: list[tuple[float, float | No
                 resume=None, save=None, stop=None):
     """The epochs of ``train_fused`` for a built model; losses[i] = (gamma, alpha) of member i."""
     t, counts, cuda = cfg.train, data.class_counts(), device.type == "cuda"
-    losses = [(gamma, class_weights(alpha, counts)) for gamma, alpha in losses]
+    losses = [(gamma, class_weights(alpha, counts, focus_class(cfg, data.classes))) for gamma, alpha in losses]
     torch.backends.cudnn.benchmark |= cuda
     fmt = torch.channels_last if cuda else torch.contiguous_format
     x, y, val_x, val_y = (v.to(device) for v in (data.train_x, data.train_y, data.val_x, data.val_y))

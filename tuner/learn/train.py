@@ -22,7 +22,7 @@ from tuner.learn.calibration import fit_temperature
 from tuner.learn.losses import focal_loss
 from tuner.learn.metrics import confusion, scores
 from tuner.learn.models import build_model
-from tuner.learn.weights import class_weights
+from tuner.learn.weights import class_weights, focus_class
 
 Reporter = Callable[[int, dict[str, float]], bool]
 Saver = Callable[[dict], None]
@@ -69,13 +69,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.dim() == 1 else torch.softmax(logits, dim=1)
-
-
-def focus_class(cfg, classes: list[str]) -> int | None:
-    """The index of the class to detect among more than two (``data.positive_class`` of a resolved
-    config, set when an ``f1`` or ``recall>=X`` operating point needs one); None otherwise."""
-    name = cfg.data.positive_class
-    return classes.index(name) if len(classes) > 2 and name in classes else None
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float, alpha,
@@ -143,7 +136,7 @@ def train_trial(
     t = cfg.train
     torch.manual_seed(seed)
     counts = data.class_counts()
-    weights = class_weights(alpha, counts)
+    weights = class_weights(alpha, counts, focus_class(cfg, data.classes))
     model = build_model(cfg.model.kind, data.channels, cfg.data.image_size, counts, cfg.model.width).to(device)
     opt = make_optimizer(cfg, model.parameters())
     x, y = data.train_x.to(device), data.train_y.to(device)

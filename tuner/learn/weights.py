@@ -24,22 +24,30 @@ def class_balanced_weights(counts, beta: float) -> list[float]:
     return [smallest / e if e > 0 else 1.0 for e in effective]
 
 
-def class_weights(alpha: float | list[float] | None, counts: list[int]) -> float | list[float] | None:
+def focus_class(cfg, classes: list[str]) -> int | None:
+    """The index of the class to detect among more than two (``data.positive_class`` of a resolved
+    config, set when an ``f1`` or ``recall>=X`` operating point needs one); None otherwise."""
+    name = cfg.data.positive_class
+    return classes.index(name) if len(classes) > 2 and name in classes else None
+
+
+def class_weights(alpha: float | list[float] | None, counts: list[int], focus: int | None = None) -> float | list[float] | None:
     """The trial's alpha as the loss wants it: with two classes, alpha for the positive class
     (index 1, see ``tuner.learn.data.orient``) and 1 - alpha for the other; with more, alpha for the
-    rarest class and 1 - alpha for the others. A per-class list passes through."""
+    class to detect (``focus``, see ``focus_class``), else the rarest, and 1 - alpha for the others.
+    A per-class list passes through."""
     if alpha is None or len(counts) == 2 or not isinstance(alpha, (int, float)):
         return alpha
-    rarest = counts.index(min(counts))
-    return [alpha if c == rarest else 1.0 - alpha for c in range(len(counts))]
+    weighted = counts.index(min(counts)) if focus is None else focus
+    return [alpha if c == weighted else 1.0 - alpha for c in range(len(counts))]
 
 
-def loss_alpha(params: dict, counts: list[int]) -> float | list[float] | None:
+def loss_alpha(params: dict, counts: list[int], focus: int | None = None) -> float | list[float] | None:
     """A trial's class weighting from its parameters: ``alpha`` (see ``class_weights``), or
     ``one_minus_beta`` for class-balanced weights from the class counts; None for neither."""
     if "one_minus_beta" in params:
         return class_balanced_weights(counts, 1.0 - params["one_minus_beta"])
-    return class_weights(params.get("alpha"), counts)
+    return class_weights(params.get("alpha"), counts, focus)
 
 
 def alpha_per_class(alpha: float | list[float] | None, classes: list[str]) -> dict[str, float]:

@@ -42,7 +42,7 @@ REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
 
 
 def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
-    """gamma, and alpha (the positive or rarest class's weight) or 1 - beta (class-balanced weights,
+    """gamma, and alpha (the weight of the positive class, or of the class to detect or the rarest) or 1 - beta (class-balanced weights,
     log scale: beta = 0.9, 0.99, 0.999 are equally far apart)."""
     if cfg.search.alpha_mode == "class_balanced":
         lo, hi = cfg.search.beta

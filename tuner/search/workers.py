@@ -18,7 +18,7 @@ from tuner.learn.data import load_data
 from tuner.learn.folds import train_folds
 from tuner.learn.fused import choose_k, train_fused
 from tuner.learn.train import pick_device, train_trial
-from tuner.learn.weights import loss_alpha
+from tuner.learn.weights import focus_class, loss_alpha
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
 from tuner.search.liveness import DbRetry, Waiting, sweeper
@@ -102,7 +102,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                     w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                     continue
                 break
-            runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts()))
+            runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts(), focus_class(cfg, data.classes)))
                     for t in trials]
             states = run_trials(w, runs, lambda group: _train(cfg, data, group, dev, w.stop.is_set), data)
             ran += len(trials)

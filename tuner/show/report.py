@@ -26,7 +26,8 @@ from tuner.show.results import final_model, study_data
 from tuner.show.summary import best_trial, final_label, final_members, final_words, margin_notes, notes_on_test
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_params, stored_config
-from tuner.learn.train import focus_class, heldout_metrics, predict, probabilities
+from tuner.learn.train import heldout_metrics, predict, probabilities
+from tuner.learn.weights import focus_class
 
 TOP = 10
 MIN_FOR_CONTOUR = 15  # fewer complete trials leave the interpolation mostly invented
@@ -113,6 +114,9 @@ def _alpha_note(study, cfg) -> str:
         other = next(c for c in classes if c != positive)
         return (f"alpha is the weight of the positive class {positive!r} in the loss; the other class, {other!r}, "
                 "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the rare, hard images." + shading)
+    if cfg.data.positive_class in classes:
+        return (f"alpha is the weight of the class to detect, {cfg.data.positive_class!r}, in the loss; "
+                "the other classes get 1 - alpha." + shading)
     return "alpha is the weight of the rarest class in the loss; the other classes get 1 - alpha." + shading
 
 

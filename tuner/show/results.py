@@ -18,7 +18,8 @@ from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
 from tuner.search.study import check_same_images, with_data_root
 from tuner.learn.metrics import decide, paired_bootstrap
-from tuner.learn.train import focus_class, heldout_metrics, predict, probabilities, train_trial
+from tuner.learn.train import heldout_metrics, predict, probabilities, train_trial
+from tuner.learn.weights import focus_class
 from tuner.show.summary import best_trial, final_members, trial_alpha
 
 
@@ -52,7 +53,7 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
         raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; "
                         "run this from the folder the study ran in")
     data = data or study_data(study, cfg)
-    gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts())
+    gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts(), focus_class(cfg, data.classes))
     result = train_trial(cfg, data, gamma, alpha, seed, device=None)
     model = result.model.cpu()
     save_trial_model(cfg, study.study_name, trial.number, model, data, gamma, alpha, seed, result.history[-1])

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from tuner import keys
 from tuner.errors import UserError
-from tuner.learn.weights import alpha_per_class, loss_alpha
+from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
 from tuner.search.study import KEEP_MODELS, counts
@@ -22,9 +22,9 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
                         f"({c['RUNNING']} running, {c['PRUNED']} pruned, {c['FAIL']} failed); run tuner start-study or tuner worker")
 
 
-def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int]):
-    """The class weighting the trial trained with, as the loss took it."""
-    return None if trial.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(trial.params, class_counts)
+def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int], focus: int | None = None):
+    """The class weighting the trial trained with, as the loss took it (``focus``: see ``focus_class``)."""
+    return None if trial.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(trial.params, class_counts, focus)
 
 
 def shown_params(trial: optuna.trial.FrozenTrial) -> dict:
@@ -56,7 +56,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "trial": best.number,
         "params": shown_params(best),
         "alpha_mode": cfg.search.alpha_mode,
-        "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts), classes) if classes and class_counts else None,
+        "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts, focus_class(cfg, classes)), classes) if classes and class_counts else None,
         "positive_class": cfg.data.positive_class or None,
         "operating_point": cfg.study.operating_point,
         "threshold": best.user_attrs.get(keys.THRESHOLD),
