@@ -1,7 +1,8 @@
 """Chaos run: a study with several workers on PostgreSQL while random faults from a fixed seed hit
 it, then a count of what survived, next to the same study run without faults.
 
-    sudo PYTHONPATH=. .venv/bin/python bench/chaos.py --seed 0 --faults 24 --workers 3 --n-trials 120
+    sudo PYTHONPATH=. .venv/bin/python bench/chaos.py --seed 0 --faults 24 --workers 3 --n-trials 200
+    sudo PYTHONPATH=. .venv/bin/python bench/chaos.py --folds 5 --n-trials 40 --out bench/results/chaos-folds-5.md
 
 Root, because it mounts the artifacts folder on a small tmpfs (to fill it), runs its own
 PostgreSQL cluster as user postgres (so restarting it disturbs no other user of the machine's
@@ -213,7 +214,7 @@ def run(args, name: str, faults: int, pg: Postgres, link: Link | None, folder: P
     artifacts.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(artifacts)], check=True)
     study_file = folder / "chaos.toml"
-    study_file.write_text(SMOKE.format(n_trials=args.n_trials, epochs=6, pruner="none", folds=1))
+    study_file.write_text(SMOKE.format(n_trials=args.n_trials, epochs=6, pruner="none", folds=args.folds))
     overrides = [s for s in STUDY if s != "--set"] + [f"study.artifacts={str(artifacts)!r}", f"study.seed={args.seed}"]
     cfg = load_config(study_file, overrides)
     data = load_data(cfg.data, seed=cfg.study.seed)
@@ -282,7 +283,8 @@ def report(args, calm: dict, chaos: dict, netns: str | None) -> str:
     lines = [
         "# Chaos run", "",
         f"`sudo PYTHONPATH=. .venv/bin/python bench/chaos.py --seed {args.seed} --faults {args.faults} --workers {args.workers} "
-        f"--n-trials {args.n_trials}`, on a private PostgreSQL cluster; {args.workers} workers, 6 epochs a trial, "
+        f"--n-trials {args.n_trials}" + (f" --folds {args.folds}" if args.folds > 1 else "") + f"`, on a private PostgreSQL cluster; "
+        f"{args.workers} workers, 6 epochs a trial" + (f" of {args.folds} fold models" if args.folds > 1 else "") + ", "
         f"heartbeat 1 s, grace period {GRACE} s. " + (f"Link cuts left out: {netns}." if netns else "Worker 0 runs in a network namespace."), "",
         f"{sum(kinds.values())} faults injected ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}).", "",
         "| | fault-free | chaos |", "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in rows), "",
@@ -299,7 +301,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--faults", type=int, default=24)
     ap.add_argument("--workers", type=int, default=3)
-    ap.add_argument("--n-trials", type=int, default=120)
+    ap.add_argument("--n-trials", type=int, default=200, help="enough that the study outlives the faults")
+    ap.add_argument("--folds", type=int, default=1, help="data.folds of the study (its trials resume per trial either way)")
     ap.add_argument("--port", type=int, default=5499)
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the study after the last fault")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "chaos.md")
