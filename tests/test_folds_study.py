@@ -24,6 +24,9 @@ def folder(tmp_path_factory):
 def test_the_driver_names_the_folds_and_the_final_model(folder):
     _, out = folder
     assert "3-fold validation on all" in out and "fold spread of average_precision" in out
+    # every training image trains and validates, so no split into train and val images is claimed
+    assert " train images in 3 folds, 2 classes" in out and " val images" not in out
+    assert "[worker 0] joined study" in out and "train images in 3 folds, classes" in out
     assert "final model: the mean of the calibrated logits of trials" in out and "each an ensemble of the 3 fold models" in out
 
 

@@ -145,7 +145,7 @@ def start_study(
         for note in notes:
             progress.say(f"note: {note}")
         progress.say(f"study {name!r} in {mask(url)}: target {goal} finished trials, {c['FINISHED']} already; "
-                     f"{len(data.train_y)} train / {len(data.val_y)} val images, {data.num_classes} classes, "
+                     f"{data.describe_images(cfg.data.folds)}, {data.num_classes} classes, "
                      f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
         progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
                      if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "

@@ -59,6 +59,13 @@ class Splits:
         """Images per class in train + validation (the training images before the split)."""
         return torch.bincount(torch.cat([self.train_y, self.val_y]).cpu(), minlength=self.num_classes).tolist()
 
+    def describe_images(self, folds: int) -> str:
+        """E.g. "50 train / 13 val images", or with k-fold validation, which trains and validates on
+        both, "63 train images in 5 folds"."""
+        if folds > 1:
+            return f"{len(self.train_y) + len(self.val_y):,} train images in {folds} folds"
+        return f"{len(self.train_y):,} train / {len(self.val_y):,} val images"
+
     def describe_positive(self) -> str:
         """E.g. "positive class 'nine': 63 of 1,275 train images"; "" with more than two classes."""
         if self.positive_class is None:
