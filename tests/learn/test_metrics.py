@@ -11,7 +11,7 @@ import sklearn.metrics as skm
 import torch
 
 import tuner.learn.metrics
-from tuner.learn.metrics import (check_operating_point, choose_threshold, class_thresholds, confusion, decide, focus_thresholds,
+from tuner.learn.metrics import (check_operating_point, choose_threshold, misses_allowed, class_thresholds, confusion, decide, focus_thresholds,
                                  paired_bootstrap, scores)
 
 TOL = 1e-12
@@ -398,3 +398,13 @@ def test_scores_with_a_class_to_detect_report_its_recall_and_precision_and_keep_
     assert "class_thresholds" not in plain and "recall" not in plain
     assert scores(torch.from_numpy(p), torch.from_numpy(y), "balanced_accuracy", focus=2)["class_thresholds"] == \
         pytest.approx(class_thresholds(p, y, "balanced_accuracy"), rel=1e-6)  # balanced accuracy weighs every class alike
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 0.99])
+def test_misses_allowed_is_what_the_recall_rule_misses_on_validation(target):
+    rng = np.random.default_rng(0)
+    for n in range(1, 45):
+        positive = np.r_[np.ones(n, bool), np.zeros(3 * n, bool)]
+        score = rng.permutation(len(positive)) / len(positive)  # distinct scores, classes interleaved
+        missed = int((score[positive] < choose_threshold(score, positive, f"recall>={target}")).sum())
+        assert missed == misses_allowed(n, target), (n, target)

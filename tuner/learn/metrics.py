@@ -39,6 +39,17 @@ def check_operating_point(rule: str) -> float | None:
     return float(m.group(1))
 
 
+def misses_allowed(n: int, target: float) -> int:
+    """How many of ``n`` validation images of a class a ``recall>=target`` rule may miss (as
+    ``choose_threshold`` counts). With fewer than 1 / (1 - target) images it is none: the threshold then
+    falls below the class's hardest image, wherever the target lies.
+
+    >>> misses_allowed(10, 0.9), misses_allowed(9, 0.9), misses_allowed(40, 0.95)
+    (1, 0, 2)
+    """
+    return int(n * (1 - target) + 1e-9)  # 10 * (1 - 0.9) is 0.99999... in floating point
+
+
 def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> float:
     """The decision threshold (predict positive when score >= it) that the rule picks on these scores.
 
