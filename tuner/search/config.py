@@ -115,7 +115,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     gamma: tuple[float, float] = (0.0, 5.0)
-    alpha: tuple[float, float] = (0.05, 0.95)  # alpha_mode "rare": the weight of the positive class (the class to detect, else the rarest)
+    alpha: tuple[float, float] = (0.05, 0.95)  # alpha_mode "rare": the weight of the positive class or class to detect
     alpha_mode: str = "auto"  # "rare", "class_balanced" or "auto": class_balanced with more than two classes
     beta: tuple[float, float] = (0.9, 0.9999)  # class_balanced: searched on a log scale of 1 - beta
 

@@ -42,8 +42,8 @@ REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
 
 
 def distributions(cfg: StudyConfig) -> dict[str, FloatDistribution]:
-    """gamma, and alpha (the weight of the positive class, or of the class to detect or the rarest) or 1 - beta (class-balanced weights,
-    log scale: beta = 0.9, 0.99, 0.999 are equally far apart)."""
+    """gamma, and alpha (the weight of the positive class, or of the class to detect or the rarest) or
+    1 - beta (class-balanced weights, log scale: beta = 0.9, 0.99, 0.999 are equally far apart)."""
     if cfg.search.alpha_mode == "class_balanced":
         lo, hi = cfg.search.beta
         return {"gamma": FloatDistribution(*cfg.search.gamma), "one_minus_beta": FloatDistribution(1 - hi, 1 - lo, log=True)}

@@ -102,7 +102,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                     w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                     continue
                 break
-            runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts(), focus_class(cfg, data.classes)))
+            focus = focus_class(cfg, data.classes)
+            runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts(), focus))
                     for t in trials]
             states = run_trials(w, runs, lambda group: _train(cfg, data, group, dev, w.stop.is_set), data)
             ran += len(trials)
