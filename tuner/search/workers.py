@@ -79,7 +79,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     dev = pick_device(device or cfg.train.device)
     if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
         dev = torch.device("cuda", index % torch.cuda.device_count())
-    say(f"joined study {name!r} on {dev} ({torch.get_num_threads()} threads), {data.describe_images(cfg.data.folds)}, "
+    n = torch.get_num_threads()
+    say(f"joined study {name!r} on {dev} ({n} thread{'s' * (n != 1)}), {data.describe_images(cfg.data.folds)}, "
         f"classes {data.classes}" + (f"; {data.describe_positive()}" if data.positive_class else ""))
     k = fuse_k(cfg, data, dev)
     if k > 1:
