@@ -175,6 +175,7 @@ def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):
     page = (tmp_path / "r" / "index.html").read_text()
     assert "decided when its probability over the largest other one reaches the threshold chosen on validation for recall&gt;=0.9" in page
     assert "recall of &#x27;eight&#x27;" in page
+    assert "Note: Only 6 validation images of &#x27;eight&#x27;: recall&gt;=0.9 must find every one" in page
 
 
 def test_naming_a_class_under_balanced_accuracy_is_a_one_line_error_before_any_study_exists(folder):

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -142,6 +141,7 @@ def start_study(
             launch.discard(procs)
             raise
         from tuner.search.storage import mask
+        from tuner.show.summary import few_to_find
 
         for note in notes:
             progress.say(f"note: {note}")
@@ -157,7 +157,7 @@ def start_study(
         if cfg.data.folds > 1:
             progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
                          "scores each image once, by the fold model that did not train on it")
-        if note := _few_to_find(cfg, data):
+        if note := few_to_find(cfg, data):
             progress.say(f"note: {note}")
         progress.epochs = cfg.train.epochs
         try:
@@ -184,22 +184,6 @@ def start_study(
 
     evaluate_best_on_test(study, cfg, data, retrain=True)
     _print_best(best_summary(study, cfg))
-
-
-def _few_to_find(cfg, data) -> str | None:
-    """A sentence when a recall>=X rule has too few validation images of its class to miss even one."""
-    from tuner.learn.metrics import check_operating_point, misses_allowed
-
-    target, name = check_operating_point(cfg.study.operating_point), data.positive_class or cfg.data.positive_class
-    if target is None or target == 1 or not name:
-        return None
-    k = data.classes.index(name)
-    n = data.pool_counts()[k] if cfg.data.folds > 1 else int((data.val_y == k).sum())
-    if misses_allowed(n, target):
-        return None
-    return (f"only {n} validation image{'s' * (n != 1)} of {name!r}: {cfg.study.operating_point} must find every one "
-            f"(missing one is recall {(n - 1) / n:.2f}), so the threshold falls below the hardest one and precision pays; "
-            f"from {math.ceil(1 / (1 - target) - 1e-9)} such images on, it may miss one.")
 
 
 def _as_stored(study, cfg, data):

@@ -23,7 +23,8 @@ from tuner import keys
 from tuner.learn.checkpoints import decision_cut
 from tuner.errors import UserError
 from tuner.show.results import final_model, study_data
-from tuner.show.summary import best_trial, final_label, final_members, final_words, margin_notes, notes_on_test
+from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
+                                notes_on_test)
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_params, stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
@@ -58,6 +59,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     sections.append(("Parameter importance", _save(out, "importance.png", fig) if fig else None, note))
 
     data = study_data(study, cfg)
+    few = few_to_find(cfg, data)
     if data.test_x is None:
         test_note = ("The data has no test split (no test/ folder under data.root), so the final model's "
                      "confusion matrix and precision-recall curve are not shown.")
@@ -85,6 +87,8 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(s["confusion_matrix"], data.classes)), ""),
                          ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes, s)), "")]
+    if few:
+        test_note += f" Note: {few[0].upper()}{few[1:]}"
     page = out / "index.html"
     page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
     return page

@@ -2,6 +2,8 @@
 studies, the notes on margins and the test check. Stored attributes only, so ``status``, ``list``,
 ``best`` and ``export`` start without importing torch; what needs the models is in ``results``."""
 
+import math
+
 import optuna
 from optuna.trial import TrialState
 
@@ -210,3 +212,20 @@ def final_test(study: optuna.Study) -> dict | None:
     """The stored test check of the final model when it is a mean of trials and of the current best."""
     final = study.user_attrs.get(keys.FINAL_TEST)
     return final if final and final.get("best_trial") == best_trial(study).number else None
+
+
+def few_to_find(cfg, data) -> str | None:
+    """A sentence when a recall>=X rule has too few validation images of its class to miss even one
+    (``data``: the study's loaded images)."""
+    from tuner.learn.metrics import check_operating_point, misses_allowed
+
+    target, name = check_operating_point(cfg.study.operating_point), data.positive_class or cfg.data.positive_class
+    if target is None or target == 1 or not name:
+        return None
+    k = data.classes.index(name)
+    n = data.pool_counts()[k] if cfg.data.folds > 1 else int((data.val_y == k).sum())
+    if misses_allowed(n, target):
+        return None
+    return (f"only {n} validation image{'s' * (n != 1)} of {name!r}: {cfg.study.operating_point} must find every one "
+            f"(missing one is recall {(n - 1) / n:.2f}), so the threshold falls below the hardest one and precision pays; "
+            f"from {math.ceil(1 / (1 - target) - 1e-9)} such images on, it may miss one.")
