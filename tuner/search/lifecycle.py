@@ -40,7 +40,6 @@ from tuner.search.liveness import DbRetry, Requeue, heartbeat
 from tuner.search.study import KEEP_MODELS, describe_params, worker_name
 
 
-
 class State(enum.Enum):
     CLAIMED = "claimed"
     RUNNING = "running"

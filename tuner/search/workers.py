@@ -82,7 +82,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     n = torch.get_num_threads()
     say(f"joined study {name!r} on {dev} ({n} thread{'s' * (n != 1)}), {data.describe_images(cfg.data.folds)}, "
         f"classes {data.classes}" + (f"; {data.describe_positive()}" if data.positive_class else ""))
-    k = fuse_k(cfg, data, dev)
+    k, focus = fuse_k(cfg, data, dev), focus_class(cfg, data.classes)
     if k > 1:
         say(f"trains {k} trials at once as one fused model")
     ran = failures = 0
@@ -103,7 +103,6 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                     w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                     continue
                 break
-            focus = focus_class(cfg, data.classes)
             runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts(), focus))
                     for t in trials]
             states = run_trials(w, runs, lambda group: _train(cfg, data, group, dev, w.stop.is_set), data)

@@ -1,6 +1,7 @@
 """What a study has stored, as the read commands show it: the best trial, a status table, the list of
 studies, the notes on margins and the test check. Stored attributes only, so ``status``, ``list``,
-``best`` and ``export`` start without importing torch; what needs the models is in ``results``."""
+``best`` and ``export`` start without importing torch; what needs the models is in ``results``.
+``few_to_find`` alone reads loaded images: a sentence that start-study and the report share."""
 
 import math
 
