@@ -4,13 +4,16 @@ the fold ensemble that report, export, best and predict read."""
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import optuna
 import pytest
+import torch
 from PIL import Image
 
 from conftest import tuner, write_study
+from tuner.keys import BEST_TEST, CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,21 @@ def test_the_ensemble_file_is_what_best_report_and_predict_read(folder, tmp_path
     assert report.returncode == 0, report.stderr
     text = (path / "report" / "index.html").read_text()
     assert "fold spread" in text and "ensemble of the 3 fold models" in text
+
+
+def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path):
+    path, _ = folder
+    shutil.copy(path / "tuner.db", tmp_path / "tuner.db")  # a copy: its stored test check is rewritten below
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'tuner.db'}")
+    config = study.user_attrs[CONFIG]
+    study.set_user_attr(CONFIG, {**config, "study": {**config["study"], "artifacts": str(tmp_path / "elsewhere")}})
+    before = study.user_attrs[BEST_TEST]
+    proc = tuner("best", "--retrain", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads(proc.stdout)["test"]
+    assert after["source"] == "retrained" and after["trial"] == before["trial"]
+    payload = torch.load(tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt", weights_only=True)
+    assert payload["model"]["folds"] == 3
+    # trials train alone (train.fuse = 1), so the same seed and batch order give the same fold models
+    assert after["average_precision"] == pytest.approx(before["average_precision"], abs=1e-6)
+    assert after["balanced_accuracy"] == pytest.approx(before["balanced_accuracy"], abs=1e-6)

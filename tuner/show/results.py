@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from tuner import keys
 from tuner.learn.checkpoints import decision_cut, ensemble_payload, load_trial_model, model_payload, save_trial_model, trial_path
 from tuner.learn.ensemble import combine, validation_logits
+from tuner.learn.folds import train_folds
 from tuner.search.config import StudyConfig
 from tuner.learn.data import Splits, load_data
 from tuner.errors import UserError
@@ -54,7 +55,10 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
                         "run this from the folder the study ran in")
     data = data or study_data(study, cfg)
     gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts(), focus_class(cfg, data.classes))
-    result = train_trial(cfg, data, gamma, alpha, seed, device=None)
+    if cfg.data.folds > 1:  # the trial's model is the ensemble of its k fold models
+        result = train_folds(cfg, data, [(gamma, alpha, seed)])[0]
+    else:
+        result = train_trial(cfg, data, gamma, alpha, seed, device=None)
     model = result.model.cpu()
     save_trial_model(cfg, study.study_name, trial.number, model, data, gamma, alpha, seed, result.history[-1])
     return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
