@@ -1,6 +1,7 @@
-"""An image-folder study joined from other folders and other copies of the images: the root is
-stored as an absolute path, a worker (or a resumed start-study) may point at its own copy, and a copy
-that is not the same images is refused before any trial runs."""
+"""An image-folder study joined from other folders and other copies of the images: the root and the
+artifacts folder are stored as absolute paths, a worker (or a resumed start-study) may point at its
+own copy of the images and its own artifacts folder, and a copy that is not the same images is
+refused before any trial runs."""
 
 import shutil
 
@@ -45,6 +46,7 @@ def test_the_root_is_stored_absolute_with_the_images_fingerprint(created):
     home, _ = created
     study = load(home / "tuner.db")
     assert study.user_attrs[keys.CONFIG]["data"]["root"] == str(home / "images")
+    assert study.user_attrs[keys.CONFIG]["study"]["artifacts"] == str(home / "tuner-artifacts")
     fingerprints = study.user_attrs[keys.DATA]["fingerprints"]
     assert fingerprints["train"].startswith("52 files, sha256 ") and fingerprints["test"].startswith("13 files, sha256 ")
 
@@ -63,18 +65,34 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
                      "--set", f"data.root={copy}", "--set", "data.image_size=12", "--set", "data.val_fraction=0.5",
                      "--n-trials", "3", "--workers", "1", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "ignoring changed data.image_size, data.val_fraction" in proc.stderr
+        assert "ignoring changed study.artifacts, data.image_size, data.val_fraction" in proc.stderr
         assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
         assert len(finished(db)) == 3
         load(db).set_user_attr(keys.TARGET, 4)
-        joined = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "copy", "--max-trials", "1", cwd=tmp_path)
+        joined = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "copy", "--max-trials", "1",
+                       "--artifacts", "own", cwd=tmp_path)
         assert joined.returncode == 0, joined.stderr
+        assert f"checkpoints in {tmp_path / 'own' / 'smoke'}" in joined.stderr
     finally:
         (home / "away").rename(home / "images")
     load(db).set_user_attr(keys.TARGET, 5)
     plain = tuner("worker", "--storage", f"sqlite:///{db}", "--max-trials", "1", cwd=tmp_path)  # the stored root
     assert plain.returncode == 0, plain.stderr
     assert len(finished(db)) == 5
+    # the stored artifacts folder, whatever folder the driver or the worker ran in; --artifacts: its own
+    assert f"checkpoints in {home / 'tuner-artifacts' / 'smoke'}" in plain.stderr
+    assert sorted(p.name for p in (home / "tuner-artifacts" / "smoke").glob("trial-*.pt")) == ["trial-0.pt", "trial-1.pt",
+                                                                                                 "trial-2.pt", "trial-4.pt"]
+    assert [p.name for p in (tmp_path / "own" / "smoke").glob("*.pt")] == ["trial-3.pt"]
+    assert not (tmp_path / "tuner-artifacts").exists()
+
+    # readers anywhere read the stored folder; --artifacts names another copy of the model files
+    elsewhere = tuner("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", "--artifacts", "own", cwd=tmp_path)
+    assert_user_error(elsewhere, f"no model file at {tmp_path / 'own' / 'smoke'}/trial-", "pass --artifacts PATH")
+    shutil.copy(tmp_path / "own" / "smoke" / "trial-3.pt", home / "tuner-artifacts" / "smoke")  # the files in one place
+    saved = tuner("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    assert "(checkpoint) to m.pt" in saved.stderr and (tmp_path / "m.pt").is_file()
 
 
 def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):

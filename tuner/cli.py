@@ -50,6 +50,9 @@ Device = Annotated[Optional[str], typer.Option(
 DataRoot = Annotated[Optional[Path], typer.Option("--data-root", metavar="PATH", show_default=False,
                                                  help="this machine's copy of the study's image folder [default: the "
                                                       "data.root stored with the study]")]
+Artifacts = Annotated[Optional[Path], typer.Option("--artifacts", metavar="PATH", show_default=False,
+                                                   help="this machine's folder for the study's checkpoints and model files "
+                                                        "[default: the study.artifacts stored with the study]")]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
@@ -199,11 +202,12 @@ def _as_stored(study, cfg, data):
     return stored, data
 
 
-def _settings(study, data_root: Path | None):
-    """The study's stored settings, with this machine's copy of its images when ``--data-root`` names one."""
-    from tuner.search.study import stored_config, with_data_root
+def _settings(study, data_root: Path | None, artifacts: Path | None = None):
+    """The study's stored settings, with this machine's copy of its images when ``--data-root`` names
+    one, and of its model files when ``--artifacts`` does."""
+    from tuner.search.study import stored_config, with_artifacts, with_data_root
 
-    cfg = stored_config(study)
+    cfg = with_artifacts(stored_config(study), None if artifacts is None else str(artifacts))
     return cfg if data_root is None else with_data_root(cfg, study.study_name, str(data_root))
 
 
@@ -257,7 +261,7 @@ def _print_best(s: dict) -> None:
     for note in s["notes"]:
         print(f"  note: {note}")
     if s["test"]:
-        print(f"test set, {s['test']['n']} images ({s['test']['source']} model of each trial):")
+        print(f"test set, {s['test']['n']} images ({_sources(s)}):")
         _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
         if s["final"]:
             from tuner.show.summary import final_label
@@ -271,6 +275,18 @@ def _print_best(s: dict) -> None:
     elif not s["test_split"]:
         print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
               "add data.root/test/<class>/ images to check the models on images no trial chose on")
+
+
+def _sources(s: dict) -> str:
+    """Where the test check's models came from; the final model's "retrained" means one of its members was."""
+    found = {s["test"]["source"]} | {r["test"]["source"] for r in s["references"] if r["test"]}
+    if s["final"]:
+        found.add(s["final"]["source"])
+    if found == {"checkpoint"}:
+        return "checkpoint model of each trial"
+    if found == {"retrained"}:
+        return "each trial's model retrained with its parameters and seed"
+    return "checkpoint models; those whose files were not here retrained with their parameters and seed"
 
 
 def _params(p: dict) -> str:
@@ -300,6 +316,7 @@ def worker(
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", hidden=True)] = None,
     device: Device = None,
     data_root: DataRoot = None,
+    artifacts: Artifacts = None,
     worker_index: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     threads: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ):
@@ -319,7 +336,7 @@ def worker(
 
     url = _url(storage)
     run_worker(url, study_name or only_study(url), worker_index, device, threads, max_trials,
-               None if data_root is None else str(data_root))
+               None if data_root is None else str(data_root), None if artifacts is None else str(artifacts))
 
 
 @app.command("spawned-worker", hidden=True)
@@ -414,12 +431,12 @@ def best(storage: Storage = None, study_name: StudyName = None,
                                                             help="write the final model (study.final_model) to PATH (+ PATH.json), e.g. best.pt, "
                                                                  "and print only where (with --json, the JSON too)")] = None,
          retrain: Annotated[bool, typer.Option("--retrain", help="train the trials of the final model and the reference trials again with their parameters and seeds when their model files are not here, and check them on the test split")] = False,
-         data_root: DataRoot = None):
+         data_root: DataRoot = None, artifacts: Artifacts = None):
     """The best trial: value, metric, gamma/alpha, threshold, reference trials and test-set check."""
     from tuner.show.summary import best_summary
 
     study = _study(_url(storage), study_name)
-    cfg = _settings(study, data_root)
+    cfg = _settings(study, data_root, artifacts)
     if retrain:
         from tuner.show.results import evaluate_best_on_test
 
@@ -481,12 +498,12 @@ def dashboard(storage: Storage = None,
 @app.command("report", short_help="An offline HTML report with plots.")
 def report(storage: Storage = None, study_name: StudyName = None,
            out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for index.html and the PNGs")] = Path("tuner-report"),
-           data_root: DataRoot = None):
+           data_root: DataRoot = None, artifacts: Artifacts = None):
     """An offline HTML report with plots, top trials and the best trial's test-set results."""
     from tuner.show.report import build_report
 
     study = _study(_url(storage), study_name)
-    page = build_report(study, out_dir, _settings(study, data_root))
+    page = build_report(study, out_dir, _settings(study, data_root, artifacts))
     print(f"report written to {page}")
 
 

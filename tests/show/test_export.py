@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import optuna
@@ -129,12 +130,17 @@ def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folde
 
 
 def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path, cli):
-    url = f"sqlite:///{folder / 'tuner.db'}"  # study.artifacts is relative: no model files seen from tmp_path
-    study = load(folder)
+    shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")  # a copy: the retrain below rewrites its test check
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    study = load(tmp_path)
     best = study.best_trial.number
+    # as in a study stored before its artifacts folder was made absolute: no model files seen from tmp_path
+    config = study.user_attrs[CONFIG]
+    study.set_user_attr(CONFIG, {**config, "study": {**config["study"], "artifacts": "tuner-artifacts"}})
     for args in (["best", "--save-model", "best.pt"], ["report", "--out", "report"]):
         proc = cli(*args, "--storage", url, cwd=tmp_path)
-        assert_user_error(proc, f"trial {best}", f"no model file at tuner-artifacts/smoke/trial-{best}.pt", "tuner best --retrain")
+        assert_user_error(proc, f"trial {best}", f"no model file at tuner-artifacts/smoke/trial-{best}.pt",
+                          "run this from the folder the study ran in", "tuner best --retrain")
     assert not (tmp_path / "tuner-artifacts").exists() and not (tmp_path / "best.pt").exists()
 
     proc = cli("best", "--retrain", "--json", "--save-model", "retrained.pt", "--storage", url, cwd=tmp_path)
@@ -142,7 +148,7 @@ def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path,
     assert json.loads((tmp_path / "retrained.pt.json").read_text())["source"] == "checkpoint"  # the retrained file
     assert (tmp_path / "tuner-artifacts" / "smoke" / f"trial-{best}.pt").is_file()
     payload = torch.load(tmp_path / "retrained.pt", weights_only=True)
-    got, stored = _test_metrics(ByHand(payload).eval(), stored_config(study), payload), load(folder).user_attrs[FINAL_TEST]
+    got, stored = _test_metrics(ByHand(payload).eval(), stored_config(study), payload), load(tmp_path).user_attrs[FINAL_TEST]
     assert stored["source"] == "retrained" and json.loads(proc.stdout)["test"]["source"] == "retrained"
     assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=1e-6)  # this very file
 

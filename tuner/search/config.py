@@ -148,8 +148,8 @@ class StudyConfig:
     def resolved(self, num_classes: int, positive_class: str | None, rare_count: int) -> "StudyConfig":
         """The config as stored with a study, every "auto" made concrete for data of ``num_classes``
         whose rarest (or positive) class has ``rare_count`` training images, the positive class
-        named, so that every worker agrees on them, and an image folder's root an absolute path, so
-        that a worker started from another folder finds it."""
+        named, so that every worker agrees on them, and an image folder's root and the artifacts
+        folder absolute paths, so that a worker or a reader started from another folder finds them."""
         mode = self.search.alpha_mode
         if mode == "auto":
             mode = "class_balanced" if num_classes > 2 else "rare"
@@ -157,6 +157,7 @@ class StudyConfig:
         if folds == "auto":  # bench/results/quality.md: folds halve the spread over seeds where rare images are few
             folds = AUTO_FOLDS if rare_count < FEW_RARE else 1
         return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
+                                   study=dataclasses.replace(self.study, artifacts=absolute(self.study.artifacts)),
                                    data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds,
                                                             root=absolute(self.data.root)))
 

@@ -185,6 +185,14 @@ def with_data_root(cfg: StudyConfig, name: str, data_root: str | None) -> StudyC
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
+def with_artifacts(cfg: StudyConfig, artifacts: str | None) -> StudyConfig:
+    """The stored settings with this machine's artifacts folder: ``artifacts`` (``--artifacts``) or
+    the stored one."""
+    if not artifacts:
+        return cfg
+    return dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, artifacts=config_mod.absolute(artifacts)))
+
+
 def check_references_fit(cfg: StudyConfig, n_trials: int) -> None:
     """The reference trials always run and count towards n_trials, so n_trials must hold them all:
     an error rather than a study that quietly drops a baseline or runs past its target."""

@@ -14,6 +14,7 @@ import zlib
 import torch
 
 from tuner.errors import UserError
+from tuner.learn.checkpoints import study_folder
 from tuner.learn.data import load_data
 from tuner.learn.folds import train_folds
 from tuner.learn.fused import choose_k, train_fused
@@ -22,7 +23,8 @@ from tuner.learn.weights import focus_class, loss_alpha
 from tuner import keys
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
 from tuner.search.liveness import DbRetry, Waiting, sweeper
-from tuner.search.study import check_same_images, claim_trial, counts, open_for_worker, sweep, target, with_data_root
+from tuner.search.study import (check_same_images, claim_trial, counts, open_for_worker, sweep, target, with_artifacts,
+                                 with_data_root)
 
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -64,14 +66,16 @@ def default_index() -> int:
 
 
 def run_worker(url: str, name: str, index: int | None = None, device: str | None = None,
-               threads: int | None = None, max_trials: int | None = None, data_root: str | None = None) -> int:
+               threads: int | None = None, max_trials: int | None = None, data_root: str | None = None,
+               artifacts: str | None = None) -> int:
     """Run trials of study ``name`` until it is full (or ``max_trials`` ran); returns trials run.
-    ``data_root``: this machine's copy of an image-folder study's images, if not at the stored root."""
+    ``data_root``: this machine's copy of an image-folder study's images, if not at the stored root;
+    ``artifacts``: this machine's folder for checkpoints and model files, if not the stored one."""
     index = default_index() if index is None else index
     if threads:
         torch.set_num_threads(threads)
     study, cfg, storage = open_for_worker(url, name, index)
-    cfg = with_data_root(cfg, name, data_root)
+    cfg = with_artifacts(with_data_root(cfg, name, data_root), artifacts)
     say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
     w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals())
     data = load_data(cfg.data, seed=cfg.study.seed)
@@ -81,7 +85,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
         dev = torch.device("cuda", index % torch.cuda.device_count())
     n = torch.get_num_threads()
     say(f"joined study {name!r} on {dev} ({n} thread{'s' * (n != 1)}), {data.describe_images(cfg.data.folds)}, "
-        f"classes {data.classes}" + (f"; {data.describe_positive()}" if data.positive_class else ""))
+        f"classes {data.classes}" + (f"; {data.describe_positive()}" if data.positive_class else "")
+        + f"; checkpoints in {study_folder(cfg, name)}")
     k, focus = fuse_k(cfg, data, dev), focus_class(cfg, data.classes)
     if k > 1:
         say(f"trains {k} trials at once as one fused model")

@@ -5,6 +5,8 @@ needs no model, from the stored attributes, is in ``summary``).
 Reading never trains: a model file that is not there is an error that names the path, unless the
 caller (``start-study``'s driver, ``tuner best --retrain``) asks to retrain."""
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import torch
@@ -35,8 +37,8 @@ def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
 def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.FrozenTrial, data=None,
                 retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
     """A finished trial's model, its payload and where it came from: "checkpoint" (its file under
-    ``study.artifacts``, seen from the current folder) or, only with ``retrain``, "retrained" with
-    the trial's parameters and seed (and written there, so later reads find it)."""
+    ``study.artifacts``) or, only with ``retrain``, "retrained" with the trial's parameters and seed
+    (and written there, so later reads find it)."""
     path = trial_path(cfg, study.study_name, trial.number)
     try:
         model, payload = load_trial_model(path)
@@ -45,14 +47,14 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
         problem = f"has no model file at {path}"
     except Exception as e:  # torch raises many types on a torn or foreign file
         problem = f"has an unreadable model file at {path} ({type(e).__name__})"
+    where = ("pass --artifacts PATH, the folder holding a copy of its model files" if Path(cfg.study.artifacts).is_absolute()
+             else "run this from the folder the study ran in (its study.artifacts is relative to it)")
     if not retrain:
-        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem}; run this from the folder the "
-                        "study ran in (study.artifacts is relative to it), or run tuner best --retrain to train it again "
-                        "with its parameters and seed")
+        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem}; {where}, or run tuner best --retrain "
+                        "to train it again with its parameters and seed")
     seed = trial.user_attrs.get(keys.SEED)
     if seed is None:
-        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; "
-                        "run this from the folder the study ran in")
+        raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; {where}")
     data = data or study_data(study, cfg)
     gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts(), focus_class(cfg, data.classes))
     if cfg.data.folds > 1:  # the trial's model is the ensemble of its k fold models
