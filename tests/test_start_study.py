@@ -250,3 +250,11 @@ def test_the_read_commands_answer_without_loading_torch(finished, cmd):
     loaded = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "tuner.show.summary" in loaded and not {m for m in loaded if m.split(".")[0] == "torch"}
     assert proc.stdout.strip()
+
+
+def test_a_resnet_study_runs_on_one_split_and_says_why(tmp_path):
+    proc = tuner("start-study", str(write_study(tmp_path, n_trials=2, epochs=1, pruner="none", folds="\"auto\"")),
+                 "--set", "model.kind=resnet", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.kind = 'resnet' has no fused form for k folds, so its trials are scored on one validation split" in proc.stderr
+    assert " train / " in proc.stderr and " val images" in proc.stderr and "2 complete" in proc.stdout

@@ -143,6 +143,7 @@ def start_study(
         except BaseException:
             launch.discard(procs)
             raise
+        from tuner.search.config import FEW_RARE
         from tuner.search.storage import mask
         from tuner.show.summary import few_to_find
 
@@ -157,6 +158,10 @@ def start_study(
                         f"class to detect {cfg.data.positive_class!r} ({data.pool_counts()[data.classes.index(cfg.data.positive_class)]:,} "
                         f"of {sum(data.pool_counts()):,} train images), decided when its probability over the largest other "
                         f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
+        if cfg.model.kind != "simple_cnn" and min(data.pool_counts()) < FEW_RARE:
+            progress.say(f"note: model.kind = {cfg.model.kind!r} has no fused form for k folds, so its trials are scored on one "
+                         f"validation split holding {min(data.val_counts())} images of the rarest class, too few to rank trials "
+                         "reliably; model.kind = \"simple_cnn\" with data.folds = \"auto\" scores every training image")
         if cfg.data.folds > 1:
             progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
                          "scores each image once, by the fold model that did not train on it")

@@ -151,3 +151,9 @@ def test_folds_need_the_fused_model():
     with pytest.raises(UserError, match="data.folds"):
         from_dict({"data": {"kind": "synthetic", "folds": 3}, "model": {"kind": "resnet"}})
     assert from_dict({"data": {"kind": "synthetic", "folds": 1}, "model": {"kind": "resnet"}}).data.folds == 1
+
+
+def test_auto_folds_are_one_split_for_a_model_without_the_fused_form():
+    auto = {"data": {"kind": "synthetic", "folds": "auto"}}
+    assert from_dict(auto).resolved(2, "rare", 13).data.folds == 5
+    assert from_dict({**auto, "model": {"kind": "resnet"}}).resolved(2, "rare", 13).data.folds == 1

@@ -59,6 +59,9 @@ class Splits:
         """Images per class in train + validation (the training images before the split)."""
         return torch.bincount(torch.cat([self.train_y, self.val_y]).cpu(), minlength=self.num_classes).tolist()
 
+    def val_counts(self) -> list[int]:
+        return torch.bincount(self.val_y.cpu(), minlength=self.num_classes).tolist()
+
     def describe_images(self, folds: int) -> str:
         """E.g. "50 train / 13 val images", or with k-fold validation, which trains and validates on
         both, "63 train images in 5 folds"."""

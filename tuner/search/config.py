@@ -155,7 +155,7 @@ class StudyConfig:
             mode = "class_balanced" if num_classes > 2 else "rare"
         folds = self.data.folds
         if folds == "auto":  # bench/results/quality.md: folds halve the spread over seeds where rare images are few
-            folds = AUTO_FOLDS if rare_count < FEW_RARE else 1
+            folds = AUTO_FOLDS if rare_count < FEW_RARE and self.model.kind == "simple_cnn" else 1  # folds need its fused form
         return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
                                    study=dataclasses.replace(self.study, artifacts=absolute(self.study.artifacts)),
                                    data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds,
