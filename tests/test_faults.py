@@ -171,6 +171,7 @@ def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr
     assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1
     assert f"cannot write to {small_filesystem / 'smoke' / 'running'}: ENOSPC (No space left on device)" in lines[-1]
+    assert "tuner worker --artifacts PATH" in lines[-1]
     study = optuna.load_study(study_name="smoke", storage=url)
     (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]  # one trial, not one after another
     assert failed.user_attrs["stop_reason"].startswith("artifacts not writable")

@@ -62,7 +62,8 @@ def _write(path: Path, payload: dict) -> None:
             tmp.unlink(missing_ok=True)
         code = errno.errorcode.get(e.errno, str(e.errno))
         raise DiskError(f"cannot write to {path.parent}: {code} ({e.strerror}); free space or make the folder "
-                        "writable, then start the worker again (its trials are queued to resume)") from e
+                        "writable (or give the worker another one: tuner worker --artifacts PATH), then start the worker "
+                        "again (its trials are queued to resume)") from e
 
 
 def save_running(path: Path, state: dict, params: dict) -> None:
