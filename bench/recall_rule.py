@@ -66,7 +66,7 @@ def out_of_fold(task_dir: Path, env: dict) -> tuple[np.ndarray, np.ndarray, floa
     from tuner.show.summary import final_members
 
     cwd = os.getcwd()
-    os.chdir(task_dir)  # study.artifacts is relative to the folder the study ran in
+    os.chdir(task_dir)  # where the study ran: its study.artifacts, if stored relative by an older tuner
     try:
         study = optuna.load_study(study_name="q", storage=env["TUNER_STORAGE"])
         cfg = stored_config(study)
