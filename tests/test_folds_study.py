@@ -69,10 +69,16 @@ def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path
     config = study.user_attrs[CONFIG]
     study.set_user_attr(CONFIG, {**config, "study": {**config["study"], "artifacts": str(tmp_path / "elsewhere")}})
     before = study.user_attrs[BEST_TEST]
+    for other in (path / "tuner-artifacts" / "smoke").glob("trial-*.pt"):  # every model file but the best trial's
+        if other.name != f"trial-{before['trial']}.pt":
+            (tmp_path / "elsewhere" / "smoke").mkdir(parents=True, exist_ok=True)
+            shutil.copy(other, tmp_path / "elsewhere" / "smoke")
     proc = tuner("best", "--retrain", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     after = json.loads(proc.stdout)["test"]
     assert after["source"] == "retrained" and after["trial"] == before["trial"]
+    said = tuner("best", cwd=tmp_path).stdout
+    assert "(checkpoint models; those whose files were not here retrained with their parameters and seed)" in said
     payload = torch.load(tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt", weights_only=True)
     assert payload["model"]["folds"] == 3
     # trials train alone (train.fuse = 1), so the same seed and batch order give the same fold models
