@@ -77,6 +77,9 @@ def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path
     assert proc.returncode == 0, proc.stderr
     after = json.loads(proc.stdout)["test"]
     assert after["source"] == "retrained" and after["trial"] == before["trial"]
+    missing = tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt"
+    assert (f"note: trial {before['trial']} has no model file at {missing}; training it again with its parameters and seed "
+            "(2 epochs x 3 folds)") in proc.stderr
     said = tuner("best", cwd=tmp_path).stdout
     assert "(checkpoint models; those whose files were not here retrained with their parameters and seed)" in said
     payload = torch.load(tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt", weights_only=True)

@@ -5,6 +5,7 @@ needs no model, from the stored attributes, is in ``summary``).
 Reading never trains: a model file that is not there is an error that names the path, unless the
 caller (``start-study``'s driver, ``tuner best --retrain``) asks to retrain."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,9 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
         raise UserError(f"trial {trial.number} of study {study.study_name!r} {problem} and no stored seed to retrain it; {where}")
     data = data or study_data(study, cfg)
     gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts(), focus_class(cfg, data.classes))
+    folds = f" x {cfg.data.folds} folds" if cfg.data.folds > 1 else ""
+    print(f"note: trial {trial.number} {problem}; training it again with its parameters and seed "
+          f"({cfg.train.epochs} epochs{folds})", file=sys.stderr, flush=True)  # minutes, where it said nothing
     if cfg.data.folds > 1:  # the trial's model is the ensemble of its k fold models
         result = train_folds(cfg, data, [(gamma, alpha, seed)])[0]
     else:
