@@ -65,7 +65,9 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
                      "--set", f"data.root={copy}", "--set", "data.image_size=12", "--set", "data.val_fraction=0.5",
                      "--n-trials", "3", "--workers", "1", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "ignoring changed study.artifacts, data.image_size, data.val_fraction" in proc.stderr
+        assert "ignoring changed data.image_size, data.val_fraction)" in proc.stderr
+        assert (f"study 'smoke' keeps its checkpoints and model files in {home / 'tuner-artifacts'}, "
+                f"not {tmp_path / 'tuner-artifacts'}") in proc.stderr
         assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
         assert len(finished(db)) == 3
         load(db).set_user_attr(keys.TARGET, 4)

@@ -147,9 +147,12 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                 f"({stored.search_space()} vs {cfg.search_space()}); pass a new --study-name or use the stored settings"
             )
         changed = [f"{sec}.{k}" for sec, vals in cfg.to_dict().items() for k, v in vals.items()
-                   if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in ("study.n_trials", "data.root")]
+                   if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in ("study.n_trials", "data.root", "study.artifacts")]
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
+        if stored.study.artifacts != cfg.study.artifacts:  # e.g. the same study file run from another folder
+            notes.append(f"study {name!r} keeps its checkpoints and model files in {stored.study.artifacts}, "
+                         f"not {cfg.study.artifacts}")
         study = existing
     study.set_user_attr(keys.TARGET, n_trials or cfg.study.n_trials)
     if classes is not None and keys.DATA not in study.user_attrs:  # a resumed study keeps what it was created with
