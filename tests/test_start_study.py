@@ -258,3 +258,18 @@ def test_a_resnet_study_runs_on_one_split_and_says_why(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "model.kind = 'resnet' has no fused form for k folds, so its trials are scored on one validation split" in proc.stderr
     assert " train / " in proc.stderr and " val images" in proc.stderr and "2 complete" in proc.stdout
+
+
+def test_a_run_with_its_own_artifacts_folder_keeps_its_checkpoints_there_and_stores_nothing_new(tmp_path):
+    study_file = write_study(tmp_path, n_trials=2, epochs=1, pruner="none")
+    assert tuner("start-study", str(study_file), "--workers", "1", cwd=tmp_path).returncode == 0
+    own = tmp_path / "host-b"  # a host that cannot reach the stored folder
+    proc = tuner("start-study", str(study_file), "--n-trials", "3", "--workers", "1", "--artifacts", str(own), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"checkpoints in {own / 'smoke'}" in proc.stderr
+    assert [p.name for p in (own / "smoke").glob("trial-2.pt")] == ["trial-2.pt"]
+    assert not (tmp_path / "tuner-artifacts" / "smoke" / "trial-2.pt").exists()
+    # its test check reads this folder too: the trials of the first run are trained again here, and it says so
+    assert f"note: trial 0 has no model file at {own / 'smoke' / 'trial-0.pt'}; training it again" in proc.stderr
+    stored = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'tuner.db'}").user_attrs["tuner_config"]
+    assert stored["study"]["artifacts"] == str(tmp_path / "tuner-artifacts")

@@ -100,6 +100,10 @@ def start_study(
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", show_default=False,
                                                       help="override a key of the study file, e.g. --set train.epochs=3 (repeatable)")] = None,
     device: Device = None,
+    artifacts: Annotated[Optional[Path], typer.Option(
+        "--artifacts", metavar="PATH", show_default=False,
+        help="this run's folder for checkpoints and model files (its workers' and its test check's) [default: the "
+             "study.artifacts stored with the study, for a new one the study file's]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress; worker output goes to log files")] = False,
 ):
     """Create (or resume) a study and run workers until it has n_trials finished trials; then print
@@ -125,7 +129,7 @@ def start_study(
             quiet_libraries()
             from tuner.search.config import load_config
             from tuner.learn.data import class_to_detect, load_data
-            from tuner.search.study import counts, create_or_resume, reserve_worker_indices, target
+            from tuner.search.study import counts, create_or_resume, reserve_worker_indices, target, with_artifacts
 
             cfg = load_config(study_file, set_ or [])
             _check_device(device or cfg.train.device)
@@ -136,6 +140,7 @@ def start_study(
             progress.step("opening the study")
             study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints)
             cfg, data = _as_stored(study, cfg, data)
+            cfg = with_artifacts(cfg, None if artifacts is None else str(artifacts))
             c, goal = counts(study), target(study, cfg)
             if c["FINISHED"] >= goal:
                 launch.discard(procs)  # nothing left to run
@@ -172,7 +177,7 @@ def start_study(
             if procs:
                 progress.first_worker = reserve_worker_indices(url, name, len(procs))
                 launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs",
-                          progress.first_worker, cfg.data.root)
+                          progress.first_worker, cfg.data.root, cfg.study.artifacts)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
             elif workers:
                 progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
@@ -359,7 +364,8 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
         log = os.open(go["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    run_worker(_url(None), go["study_name"], go["index"], device, threads, data_root=go["data_root"] or None)
+    run_worker(_url(None), go["study_name"], go["index"], device, threads, data_root=go["data_root"] or None,
+               artifacts=go["artifacts"] or None)
 
 
 @app.command("status", short_help="The study's trials as a table (or --json).")

@@ -40,15 +40,18 @@ def discard(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None, first: int = 0, data_root: str = "") -> None:
+def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None, first: int = 0, data_root: str = "",
+       artifacts: str = "") -> None:
     """Let the waiting workers join study ``study_name`` as workers ``first``, ``first + 1``, ...;
-    with ``logs``, each writes worker-INDEX.log there; ``data_root``: where this run found the images."""
+    with ``logs``, each writes worker-INDEX.log there; ``data_root``: where this run found the images,
+    ``artifacts``: the folder this run keeps checkpoints in."""
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
     for index, p in enumerate(procs, start=first):
         log = None if logs is None else str((logs / f"worker-{index}.log").resolve())
         try:
-            p.stdin.write(json.dumps({"study_name": study_name, "index": index, "log": log, "data_root": data_root}) + "\n")
+            p.stdin.write(json.dumps({"study_name": study_name, "index": index, "log": log, "data_root": data_root,
+                                      "artifacts": artifacts}) + "\n")
             p.stdin.close()
         except OSError:  # it died already; supervise() reports its exit code
             pass
