@@ -536,6 +536,8 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
                 images: Annotated[list[Path], typer.Argument(help="image files, or folders of them, to classify")],
                 threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
                 all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
+                skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="leave out images that cannot be read, "
+                                                              "naming each on stderr, instead of stopping at the first")] = False,
                 as_json: Json = False):
     """Classify image files (for a folder, every image under it): per image its path, predicted class
     and calibrated probability of the positive class (two classes) or of the predicted class (more;
@@ -547,7 +549,14 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
     net, payload = load_model(model)
     classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
-    rows = classify(net, payload, image_files([str(p) for p in images]), threshold)
+    files, skipped = image_files([str(p) for p in images]), [] if skip_unreadable else None
+    rows = classify(net, payload, files, threshold, skipped)
+    if skipped:
+        if not rows:
+            raise UserError(f"none of the {len(files)} images could be read ({skipped[0]}); pass image files PIL can open")
+        for reason in skipped:
+            print(f"skipped: {reason}", file=sys.stderr)
+        print(f"skipped {len(skipped)} of {len(files)} images that could not be read", file=sys.stderr)
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"

@@ -234,8 +234,15 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(good)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     broken = cli("predict", str(saved_model), str(good), str(tmp_path / "broken.png"), cwd=folder)
-    assert_user_error(broken, "broken.png", "cannot read image")
+    assert_user_error(broken, "broken.png", "cannot read image", "--skip-unreadable")
     assert broken.stdout == ""
+    skipping = cli("predict", str(saved_model), str(good), str(tmp_path / "broken.png"), "--skip-unreadable", cwd=folder)
+    assert skipping.returncode == 0, skipping.stderr
+    assert [line.split("\t")[0] for line in skipping.stdout.splitlines()[1:]] == [str(good)]
+    assert f"skipped: cannot read image {tmp_path / 'broken.png'}: " in skipping.stderr
+    assert "skipped 1 of 2 images that could not be read" in skipping.stderr
+    nothing = cli("predict", str(saved_model), str(tmp_path / "broken.png"), "--skip-unreadable", cwd=folder)
+    assert_user_error(nothing, "none of the 1 images could be read", "broken.png")
     assert_user_error(cli("predict", str(saved_model), str(tmp_path / "gone.png"), cwd=folder), "gone.png")
     (tmp_path / "empty" / ".ipynb_checkpoints").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no image here")

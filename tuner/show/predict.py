@@ -42,25 +42,47 @@ def image_files(paths: list[str]) -> list[str]:
     return files
 
 
+class Unreadable(UserError):
+    """An image file that cannot be decoded."""
+
+
 def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
     """uint8 (channels, size, size), as ``tuner.learn.data`` decodes an image folder."""
     try:
         a = decode_image(path, channels, size)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise UserError(f"cannot read image {path}: {reason}; pass image files PIL can open (png, jpg, ...)")
+        raise Unreadable(f"cannot read image {path}: {reason}")
     return torch.from_numpy(a)
 
 
-def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None) -> list[dict]:
+def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None,
+             skipped: list[str] | None = None) -> list[dict]:
     """One dict per image: ``path``, ``predicted`` class name and ``probabilities`` of every class
     by name, calibrated by the model's temperature. Two classes: the positive class is predicted
     when its probability is at least ``threshold`` (default: the model's, chosen on validation); more:
     the class with the largest probability divided by its threshold, chosen on validation.
-    Reads every image before predicting."""
+    Reads every image before predicting. An image that cannot be read is an error, or, when
+    ``skipped`` is a list, left out with its reason appended there."""
     m, classes = payload["model"], payload["classes"]
+
+    def read(path):
+        try:
+            return read_image(path, m["channels"], m["image_size"])
+        except Unreadable as e:
+            if skipped is None:
+                raise UserError(f"{e}; pass image files PIL can open (png, jpg, ...), or --skip-unreadable")
+            return e
+
     with decode_pool() as pool:
-        x = torch.stack(list(pool.map(lambda p: read_image(p, m["channels"], m["image_size"]), paths)))
+        got = list(pool.map(read, paths))
+    if skipped is not None:
+        skipped += [str(g) for g in got if isinstance(g, Unreadable)]
+        paths = [p for p, g in zip(paths, got) if not isinstance(g, Unreadable)]
+        got = [g for g in got if not isinstance(g, Unreadable)]
+        if not got:
+            return []
+    x = torch.stack(got)
     probs = probabilities(predict(model, x).double() / payload.get("temperature", 1.0)).float()
     label = decide(probs.double().numpy(), threshold if threshold is not None and probs.dim() == 1 else decision_cut(payload))
     # two classes: one sigmoid output, the probability of the positive class (index 1)
