@@ -1,6 +1,7 @@
 """More than two classes: class-balanced alpha searched through beta, named per class in the output."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -49,12 +50,16 @@ def test_the_driver_says_how_classes_are_weighted(folder):
     _, proc = folder
     assert "classes eight, five, one, zero: class_balanced class weights, per-class thresholds for balanced accuracy" in proc.stderr
     assert "class weights: eight 1.000" in proc.stdout and "macro AP" in proc.stdout
+    # The cross-entropy reference stores a beta Optuna needs but trains without it: no line shows one.
+    assert re.search(r"trial 0 gamma=0\.000 no class weights \(cross-entropy", proc.stderr), proc.stderr
+    assert not re.search(r"trial 0 gamma=\S+ beta", proc.stderr)
 
 
 def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder):
     root, _ = folder
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
     assert best["alpha_mode"] == "class_balanced" and best["positive_class"] is None and best["threshold"] is None
+    assert best["unweighted"] == (best["trial"] == 0)
     params = best["params"]
     assert set(params) == {"gamma", "one_minus_beta", "beta"} and 0.9 <= params["beta"] <= 0.9999
     alpha = best["alpha_per_class"]

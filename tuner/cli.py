@@ -250,7 +250,7 @@ def _check_device(device: str | None) -> None:
 def _print_best(s: dict) -> None:
     c = s["counts"]
     print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
-    print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'])}")
+    print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
     if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
     if s["threshold"] is not None:
@@ -299,10 +299,10 @@ def _sources(s: dict) -> str:
     return "checkpoint models; those whose files were not here retrained with their parameters and seed"
 
 
-def _params(p: dict) -> str:
+def _params(p: dict, unweighted: bool) -> str:
     from tuner.search.study import describe_params
 
-    return describe_params(p).replace("=", " ")
+    return describe_params(p, unweighted).replace("=", " ")
 
 
 def _print_test(name: str, t: dict, positive: str | None) -> None:

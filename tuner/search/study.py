@@ -66,9 +66,12 @@ def worker_name(index: int) -> str:
     return f"{socket.gethostname()}:{index}"
 
 
-def describe_params(params: dict) -> str:
-    """E.g. "gamma=2.000 alpha=0.250" or "gamma=2.000 beta=0.9990"."""
+def describe_params(params: dict, unweighted: bool = False) -> str:
+    """E.g. "gamma=2.000 alpha=0.250" or "gamma=2.000 beta=0.9990"; an unweighted trial's alpha or beta
+    is stored (Optuna needs a value) but unused, so it is not shown."""
     parts = [f"gamma={params['gamma']:.3f}"] if "gamma" in params else []
+    if unweighted:
+        return " ".join(parts + ["no class weights"])
     if "alpha" in params:
         parts.append(f"alpha={params['alpha']:.3f}")
     if "one_minus_beta" in params:

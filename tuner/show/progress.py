@@ -28,9 +28,9 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(done, key=lambda t: t.value, default=None)
-    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params))
+    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)))
                      for t in trials if t.state == TrialState.RUNNING)
-    ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params),
+    ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)),
               "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t), "worker": t.user_attrs.get(keys.WORKER),
               "note": t.user_attrs.get(keys.REFERENCE) or t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR)}
              for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
@@ -42,7 +42,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
         "running": count[TrialState.RUNNING],
         "waiting": count[TrialState.WAITING],
         "failed": count[TrialState.FAIL],
-        "best": None if best is None else (best.number, best.value, describe_params(best.params)),
+        "best": None if best is None else (best.number, best.value, describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False))),
         "workers": running,
         "ended": ended,
     }

@@ -325,7 +325,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{states[TrialState.FAIL]} failed. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
-        f"{e(describe_params(best.params).replace('=', ' '))}.</p>",
+        f"{e(describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False)).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
         "<p>" + e(f"The final model: {final_words(cfg, [t.number for t in final_members(study, cfg)])}. " + (
             "The fold spread is the standard deviation of the objective over the folds: differences between trials "

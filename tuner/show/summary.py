@@ -58,6 +58,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "value": best.value,
         "trial": best.number,
         "params": shown_params(best),
+        "unweighted": bool(best.user_attrs.get(keys.UNWEIGHTED)),
         "alpha_mode": cfg.search.alpha_mode,
         "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts, focus_class(cfg, classes)), classes) if classes and class_counts else None,
         "positive_class": cfg.data.positive_class or None,
