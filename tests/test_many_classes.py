@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tuner
+from conftest import assert_user_error, tuner
 from tuner.learn.weights import class_balanced_weights
 
 COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
@@ -113,6 +113,9 @@ def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(fo
     truth = [p.parent.name for p in images]
     recall = np.mean([np.mean([p == c for p, y in zip(by_hand, truth) if y == c]) for c in names])
     assert recall == pytest.approx(best["final"]["balanced_accuracy"], abs=1e-6)
+    # per-class thresholds have no one cut for --threshold to move
+    assert_user_error(tuner("predict", str(saved), str(images[0]), "--threshold", "0.5", cwd=root),
+                      "--threshold is a cut for one class to detect", "leave out --threshold")
 
 
 def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_path):
@@ -172,6 +175,28 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     assert found / truth.count("eight") == pytest.approx(best["final"]["recall"], abs=1e-9)
     table = tuner("predict", str(saved), *map(str, images[:2]), cwd=root).stdout
     assert table.splitlines()[0] == "path\tpredicted\tp(eight)"
+
+
+def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(screening, tmp_path):
+    root, _ = screening
+    saved = tmp_path / "screen.pt"
+    assert tuner("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    images = [str(p) for p in sorted((root / "data" / "test").glob("*/*.png"))]
+    names, found = list(COUNTS), []
+    for cut in (0.001, 1000.0):
+        proc = tuner("predict", str(saved), *images, "--threshold", str(cut), "--json", cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        assert f"p(eight) / the largest other probability is at least {cut:.4f} (from --threshold)" in proc.stderr
+        rows = json.loads(proc.stdout)
+        for r in rows:
+            p = r["probabilities"]
+            rival = max(p[c] for c in names if c != "eight")
+            assert r["predicted"] == ("eight" if p["eight"] >= cut * rival else max((c for c in names if c != "eight"), key=p.get))
+        found.append(sum(r["predicted"] == "eight" for r in rows))
+    assert found[0] > found[1]
+    for bad in ("0", "-1", "nan"):
+        assert_user_error(tuner("predict", str(saved), images[0], "--threshold", bad, cwd=root),
+                          f"--threshold {float(bad)} is not a cut on p(eight) / the largest other probability")
 
 
 def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):

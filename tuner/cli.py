@@ -534,19 +534,18 @@ def export(storage: Storage = None, study_name: StudyName = None,
 @app.command("predict", short_help="Classify images with a saved best model.")
 def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner best --save-model")],
                 images: Annotated[list[Path], typer.Argument(help="image files, or folders of them, to classify")],
-                threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability [default: the model's, chosen on validation]")] = None,
+                threshold: Annotated[Optional[float], typer.Option(metavar="P", show_default=False, help="cut on the positive class's probability; with more classes and a class to detect, on its probability divided by the largest other one [default: the model's, chosen on validation]")] = None,
                 all_classes: Annotated[bool, typer.Option("--all", help="print the probability of every class")] = False,
                 skip_unreadable: Annotated[bool, typer.Option("--skip-unreadable", help="leave out images that cannot be read, "
                                                               "naming each on stderr, instead of stopping at the first")] = False,
                 as_json: Json = False):
     """Classify image files (for a folder, every image under it): per image its path, predicted class
-    and calibrated probability of the positive class (two classes) or of the predicted class (more;
-    the class with the largest probability divided by its threshold, chosen on validation)."""
+    and calibrated probability of the positive class (two classes), of the class to detect (more, with
+    an f1 or recall>=X model), or else of the predicted class (the class with the largest probability
+    divided by its threshold, chosen on validation)."""
     from tuner.learn.checkpoints import detected_class
     from tuner.show.predict import classify, image_files, load_model, operating_threshold
 
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
     net, payload = load_model(model)
     classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
     files, skipped = image_files([str(p) for p in images]), [] if skip_unreadable else None
@@ -562,9 +561,10 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
         print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
     elif payload.get("class_thresholds") and (detect := detected_class(payload)):
+        cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
+        how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point')}"
         print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
-              f"{payload['class_thresholds'][classes.index(detect)]:.4f} (chosen on validation for {payload.get('operating_point')}), "
-              "else the most probable class", file=sys.stderr)
+              f"{cut:.4f} ({how}), else the most probable class", file=sys.stderr)
     elif payload.get("class_thresholds"):
         print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
               f"(chosen on validation for {payload.get('operating_point')}: "

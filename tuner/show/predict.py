@@ -8,11 +8,12 @@ to its image size like the image-folder loader does, then ``tuner.learn.train.pr
 [{'path': 'a.png', 'predicted': 'nine', 'probabilities': {'other': 0.07, 'nine': 0.93}}]
 """
 
+import math
 from pathlib import Path
 
 import torch
 
-from tuner.learn.checkpoints import decision_cut, load_trial_model
+from tuner.learn.checkpoints import decision_cut, detected_class, load_trial_model
 from tuner.learn.data import IMAGE_EXTENSIONS, decode_image, decode_pool, find_images
 from tuner.learn.metrics import decide
 from tuner.errors import UserError
@@ -59,12 +60,11 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold: float | None = None,
              skipped: list[str] | None = None) -> list[dict]:
     """One dict per image: ``path``, ``predicted`` class name and ``probabilities`` of every class
-    by name, calibrated by the model's temperature. Two classes: the positive class is predicted
-    when its probability is at least ``threshold`` (default: the model's, chosen on validation); more:
-    the class with the largest probability divided by its threshold, chosen on validation.
+    by name, calibrated by the model's temperature, decided at ``cut_with(payload, threshold)``.
     Reads every image before predicting. An image that cannot be read is an error, or, when
     ``skipped`` is a list, left out with its reason appended there."""
     m, classes = payload["model"], payload["classes"]
+    cut = cut_with(payload, threshold)
 
     def read(path):
         try:
@@ -84,11 +84,36 @@ def classify(model: torch.nn.Module, payload: dict, paths: list[str], threshold:
             return []
     x = torch.stack(got)
     probs = probabilities(predict(model, x).double() / payload.get("temperature", 1.0)).float()
-    label = decide(probs.double().numpy(), threshold if threshold is not None and probs.dim() == 1 else decision_cut(payload))
+    label = decide(probs.double().numpy(), cut)
     # two classes: one sigmoid output, the probability of the positive class (index 1)
     per_class = torch.stack([1 - probs, probs], dim=1) if probs.dim() == 1 else probs
     return [{"path": str(p), "predicted": classes[int(c)], "probabilities": dict(zip(classes, map(float, q)))}
             for p, c, q in zip(paths, label, per_class)]
+
+
+def cut_with(payload: dict, threshold: float | None):
+    """What to decide at (``tuner.learn.metrics.decide``): the model's cut, or ``threshold`` in its
+    place. Two classes: a cut on the positive class's probability. More, with a class to detect (an
+    f1 or recall>=X model): a cut on its probability divided by the largest other one. A model that
+    picks among more classes by per-class thresholds has no one cut to replace."""
+    classes, cut = payload["classes"], decision_cut(payload)
+    if threshold is None:
+        return cut
+    if len(classes) == 2:
+        if not 0 <= threshold <= 1:
+            raise UserError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
+        return threshold
+    detect = detected_class(payload)
+    if detect is None or not cut:
+        raise UserError(f"--threshold is a cut for one class to detect, and this model picks among its {len(classes)} "
+                        "classes by per-class thresholds chosen on validation; leave out --threshold, or start a study with "
+                        "an f1 or recall>=X operating point and data.positive_class for a model that has one")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise UserError(f"--threshold {threshold} is not a cut on p({detect}) / the largest other probability; "
+                        f"pass a number above 0 (1: {detect!r} whenever it is the most probable class)")
+    cut = list(cut)
+    cut[classes.index(detect)] = threshold
+    return cut
 
 
 def operating_threshold(payload: dict) -> float:
