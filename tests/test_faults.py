@@ -184,3 +184,33 @@ def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_
     trials = study.trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert retry_of(trials, failed.number)[0].state == TrialState.COMPLETE
+
+
+def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path):
+    # The old study's reference trials had the same number, seed and parameters as the new one's.
+    watcher, study, doomed, _ = watched_study_with_a_worker(tmp_path, epochs_before=1)
+    deadline = time.time() + 120  # one trial finished (its model file kept), the next two epochs in
+    while time.time() < deadline and not any(t.state == TrialState.COMPLETE for t in study.trials):
+        time.sleep(0.1)
+    number = running_trial_after(study, epochs=2)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    watcher.send_signal(signal.SIGINT)
+    watcher.communicate(timeout=60)
+    folder = tmp_path / "tuner-artifacts" / "smoke"
+    assert (folder / "running" / f"trial-{number}.pt").exists()
+    old_models = {p.name: p.read_bytes() for p in folder.glob("trial-*.pt")}
+    assert tuner("delete", "smoke", "--yes", "--force", cwd=tmp_path).returncode == 0
+
+    proc = tuner("start-study", "smoke.toml", "--workers", "1", *SLOWER, "--set", "data.rare_fraction=0.3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resumes" not in proc.stderr
+    trials = study_of(tmp_path).trials
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6] and "resumed_from_epoch" not in t.user_attrs for t in trials)
+
+    # A model file the old study left where the new one's trial has none (its worker wrote elsewhere).
+    name, old = next(iter(old_models.items()))
+    (folder / name).write_bytes(old)
+    got = tuner("best", "--save-model", "best.pt", cwd=tmp_path)
+    assert got.returncode == 2 and "a model file of another study named 'smoke' (one deleted, or in another storage)" in got.stderr
+    assert "Traceback" not in got.stderr

@@ -43,6 +43,7 @@ DURATION_S = "duration_s"
 
 # Study user attributes.
 CONFIG = "tuner_config"
+STUDY_KEY = "study_key"  # random, given at creation: files left by a deleted or another study of the name are not its own
 TARGET = "n_trials"
 DATA = "data"  # the classes by name and their training-split counts
 WORKER_SLOTS = "worker_slots"  # worker indices that start-study runs have handed out

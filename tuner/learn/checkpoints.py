@@ -85,17 +85,19 @@ def load_running(path: Path, params: dict) -> dict | None:
     return state if isinstance(state, dict) and state.get("params") == params else None
 
 
-def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed, final: dict) -> Path:
+def save_trial_model(cfg, study_name, number, model, data, gamma, alpha, seed, final: dict,
+                     study_key: str | None = None) -> Path:
     path = trial_path(cfg, study_name, number)
-    _write(path, model_payload(cfg, number, model, data, gamma, alpha, seed, final))
+    _write(path, model_payload(cfg, number, model, data, gamma, alpha, seed, final, study_key))
     return path
 
 
-def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> dict:
+def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict, study_key: str | None = None) -> dict:
     """A trained model with what is needed to rebuild and use it: shape, classes, settings, and
     the operating point chosen on validation (``final``: its last epoch's metrics): the temperature
     that calibrates its probabilities and, with two classes, the threshold on the calibrated
-    probability of the positive class (classes[1]), with more, the per-class thresholds."""
+    probability of the positive class (classes[1]), with more, the per-class thresholds.
+    ``study_key`` tells the file from one a deleted study of the same name left at its path."""
     return {
         "temperature": float(final.get(keys.TEMPERATURE, 1.0)),
         "threshold": final.get(keys.THRESHOLD),
@@ -110,6 +112,7 @@ def model_payload(cfg, number, model, data, gamma, alpha, seed, final: dict) -> 
         "params": {"gamma": gamma, "alpha": alpha},
         "seed": seed,
         "trial": number,
+        "study_key": study_key,
         "config": cfg.to_dict(),
     }
 

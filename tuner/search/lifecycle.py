@@ -74,6 +74,7 @@ class Worker:
     db: DbRetry
     log: object  # log(message)
     stop: threading.Event
+    key: str | None = None  # the study's STUDY_KEY (None for studies created before it was given)
 
 
 class TrialRun:
@@ -96,7 +97,9 @@ class TrialRun:
         self.origin = trial.number if retried is None else retried  # the first trial of its retry lineage
         self.seed = frozen.user_attrs.get(keys.SEED, w.cfg.study.seed * 100_003 + self.origin)
         self.ckpt = checkpoints.running_path(w.cfg, w.study.study_name, self.origin)
-        self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed}
+        # The study key: a checkpoint left by a deleted study of this name, or by one in another
+        # storage, has the same path, seed and parameters (a reference trial's always), not the same key.
+        self.params = {"gamma": self.gamma, "alpha": self.alpha, "seed": self.seed, **({"study": w.key} if w.key else {})}
         self.inherited = set(frozen.intermediate_values)
         self.reference = frozen.user_attrs.get(keys.REFERENCE)
         try:
@@ -218,7 +221,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
         state = State.RETRIED
     if state == State.COMPLETE:
         checkpoints.save_trial_model(w.cfg, w.study.study_name, trial.number, result.model, data,
-                                     r.gamma, r.alpha, r.seed, result.history[-1])
+                                     r.gamma, r.alpha, r.seed, result.history[-1], study_key=w.key)
 
     def tell() -> bool:
         """False when the trial was finished by someone else: a sweep while we were cut off."""

@@ -9,6 +9,7 @@
 import dataclasses
 import itertools
 import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     if existing is None:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         study.set_user_attr(keys.CONFIG, cfg.to_dict())
+        study.set_user_attr(keys.STUDY_KEY, uuid.uuid4().hex)
         study.set_metric_names([cfg.study.metric])
         if cfg.study.sampler == "grid":
             # Queued rather than Optuna's GridSampler, which stops the study from inside tell().

@@ -77,7 +77,8 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     study, cfg, storage = open_for_worker(url, name, index)
     cfg = with_artifacts(with_data_root(cfg, name, data_root), artifacts)
     say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
-    w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals())
+    w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals(),
+               study.user_attrs.get(keys.STUDY_KEY))
     data = load_data(cfg.data, seed=cfg.study.seed)
     check_same_images(study, data.fingerprints, cfg.data.root, parts=("train",))
     dev = pick_device(device or cfg.train.device)

@@ -41,9 +41,12 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     ``study.artifacts``) or, only with ``retrain``, "retrained" with the trial's parameters and seed
     (and written there, so later reads find it)."""
     path = trial_path(cfg, study.study_name, trial.number)
+    key = study.user_attrs.get(keys.STUDY_KEY)
     try:
         model, payload = load_trial_model(path)
-        return model, payload, "checkpoint"
+        if payload.get("study_key") == key:
+            return model, payload, "checkpoint"
+        problem = f"has at {path} a model file of another study named {study.study_name!r} (one deleted, or in another storage)"
     except FileNotFoundError:
         problem = f"has no model file at {path}"
     except Exception as e:  # torch raises many types on a torn or foreign file
@@ -66,8 +69,8 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     else:
         result = train_trial(cfg, data, gamma, alpha, seed, device=None)
     model = result.model.cpu()
-    save_trial_model(cfg, study.study_name, trial.number, model, data, gamma, alpha, seed, result.history[-1])
-    return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1]), "retrained"
+    save_trial_model(cfg, study.study_name, trial.number, model, data, gamma, alpha, seed, result.history[-1], key)
+    return model, model_payload(cfg, trial.number, model, data, gamma, alpha, seed, result.history[-1], key), "retrained"
 
 
 def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False,
