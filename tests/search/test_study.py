@@ -73,8 +73,10 @@ def test_another_search_space_under_the_same_name_is_refused(tmp_path):
 
 
 def test_pruning_waits_for_a_third_of_the_epochs_by_default():
-    median = make_pruner(cfg_with(train={"epochs": 6}))
-    assert median._n_warmup_steps == 2  # optuna 5.0 keeps the setting here; no public accessor
+    # the first epoch a trial may be pruned at (optuna: step == n_warmup_steps), epochs from 1
+    for epochs, first in ((1, 1), (2, 1), (3, 2), (5, 2), (6, 3), (9, 4), (10, 4), (12, 5)):
+        median = make_pruner(cfg_with(train={"epochs": epochs}))
+        assert median._n_warmup_steps == first > epochs / 3  # optuna 5.0 keeps the setting here; no public accessor
     halving = make_pruner(cfg_with(train={"epochs": 10}, pruner={"kind": "successive_halving"}))
     assert halving._min_resource == 4
     assert make_pruner(cfg_with(train={"epochs": 6}, pruner={"n_warmup_steps": 0}))._n_warmup_steps == 0

@@ -8,7 +8,6 @@ Example::
 """
 
 import dataclasses
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -125,7 +124,7 @@ class PrunerConfig:
     kind: str = "median"
     n_startup_trials: int = 4  # median: trials finished before any pruning
     n_warmup_steps: int | str = "auto"  # median: epochs never pruned; "auto": the first third of train.epochs
-    min_resource: int | str = "auto"  # hyperband / successive_halving: first rung; "auto": a third of train.epochs
+    min_resource: int | str = "auto"  # hyperband / successive_halving: first rung; "auto": after a third of train.epochs
     reduction_factor: int = 3  # hyperband / successive_halving
 
 
@@ -163,8 +162,10 @@ class StudyConfig:
 
     def pruner_resolved(self) -> "PrunerConfig":
         """The pruner settings with "auto" made concrete: no pruning in the first third of the epochs
-        (every trial's first epochs look alike; high-alpha trials start slower and catch up)."""
-        third = max(1, math.ceil(self.train.epochs / 3))
+        (every trial's first epochs look alike; high-alpha trials start slower and catch up). Optuna
+        may prune at step == n_warmup_steps (and judges at step == min_resource), and epochs count
+        from 1: so the first epoch after that third."""
+        third = self.train.epochs // 3 + 1
         p = self.pruner
         return dataclasses.replace(p, n_warmup_steps=third if p.n_warmup_steps == "auto" else p.n_warmup_steps,
                                    min_resource=third if p.min_resource == "auto" else p.min_resource)
