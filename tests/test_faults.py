@@ -1,6 +1,7 @@
 """Workers that die or are stopped: nothing is lost, nothing hangs, retried trials resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def test_sigterm_stops_a_worker_within_seconds_and_its_trial_resumes(tmp_path):
     assert time.time() - sent < 5, out
     assert study.trials[number].state == TrialState.FAIL
     assert study.trials[number].user_attrs["stop_reason"] == "interrupted"
+    assert re.search(r"done after (\d+) trials?: \1 queued again to resume \(stopped by signal\)", out), out
 
     rescuer = tuner("worker", "--study-name", "smoke", cwd=tmp_path)
     assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr

@@ -3,6 +3,7 @@ until the study is full. ``tuner.search.launch`` starts N of them on one machine
 starts one anywhere. This is where the search service meets torch.
 """
 
+import collections
 import os
 import signal
 import socket
@@ -92,6 +93,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     if k > 1:
         say(f"trains {k} trials at once as one fused model")
     ran = failures = 0
+    ended = collections.Counter()
     waiting = Waiting(max(10 * cfg.study.grace_period, 600), say)
     with sweeper(storage, cfg.study.grace_period, lambda: sweep(study, cfg, storage), say):
         while not w.stop.is_set() and (max_trials is None or ran < max_trials):
@@ -113,12 +115,22 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                     for t in trials]
             states = run_trials(w, runs, lambda group: _train(cfg, data, group, dev, w.stop.is_set), data)
             ran += len(trials)
+            ended.update(s.value for s in states)
             failures = failures + 1 if State.FAILED in states else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the "
                                 "last trials (tuner status)")
-    say(f"done after {ran} trial{'s' * (ran != 1)}" + (" (stopped by signal)" if w.stop.is_set() else ""))
+    say(f"done after {ran} trial{'s' * (ran != 1)}" + _ended(ended) + (" (stopped by signal)" if w.stop.is_set() else ""))
     return ran
+
+
+def _ended(count: collections.Counter) -> str:
+    """How the trials ended, when not all finished: "" or e.g. ": 1 complete, 1 queued again to resume"."""
+    words = {"complete": "complete", "pruned": "pruned", "requeued": "queued again to resume",
+             "retried": "queued again to retry", "failed": "failed", "taken over": "taken over by a retry"}
+    if set(count) <= {"complete", "pruned"}:
+        return ""
+    return ": " + ", ".join(f"{count[k]} {w}" for k, w in words.items() if count[k])
 
 
 def _train(cfg, data, group: list[TrialRun], dev, stop):
