@@ -272,14 +272,14 @@ def _print_best(s: dict) -> None:
         print(f"  note: {note}")
     if s["test"]:
         print(f"test set, {s['test']['n']} images ({_sources(s)}):")
-        _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"])
+        _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"], s["classes"])
         if s["final"]:
             from tuner.show.summary import final_label
 
-            _print_test(final_label(s["final"]["trials"]), s["final"], s["positive_class"])
+            _print_test(final_label(s["final"]["trials"]), s["final"], s["positive_class"], s["classes"])
         for r in s["references"]:
             if r["test"] and r["trial"] != s["trial"]:
-                _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"])
+                _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"], s["classes"])
         for note in s["test_notes"]:
             print(f"  note: {note}")
     elif not s["test_split"]:
@@ -305,11 +305,12 @@ def _params(p: dict, unweighted: bool) -> str:
     return describe_params(p, unweighted).replace("=", " ")
 
 
-def _print_test(name: str, t: dict, positive: str | None) -> None:
+def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | None) -> None:
     if "threshold" in t:
         print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
-                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}")
+                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}"
+                  + (f" (rows true, columns predicted: {', '.join(classes)})" if classes else ""))
     else:
         detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "

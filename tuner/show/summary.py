@@ -62,6 +62,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "alpha_mode": cfg.search.alpha_mode,
         "alpha_per_class": alpha_per_class(trial_alpha(best, class_counts, focus_class(cfg, classes)), classes) if classes and class_counts else None,
         "positive_class": cfg.data.positive_class or None,
+        "classes": classes,  # in label order: the rows and columns of each confusion matrix
         "operating_point": cfg.study.operating_point,
         "threshold": best.user_attrs.get(keys.THRESHOLD),
         "class_thresholds": (dict(zip(classes, best.user_attrs[keys.CLASS_THRESHOLDS]))
