@@ -126,6 +126,9 @@ def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_p
     assert "decisions at per-class thresholds chosen on validation for balanced accuracy" in page
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
     assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page
+    # beta is searched here, not alpha, and the cross-entropy reference (trial 0) has no class weights
+    assert "Objective over gamma x 1 - beta" in page and "<th>beta</th>" in page and "<th>alpha</th>" not in page
+    assert re.search(r"<tr class=\"(ref|best)\"><td>\d+</td><td>0</td><td>\w+</td><td>0\.000</td><td>none</td>", page)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     trials = study.get_trials(deepcopy=False)
     metric = cfg.study.metric
     sections = [
-        ("Objective over gamma x alpha", _save(out, "plane.png", plane(trials, cfg, best)), _alpha_note(study, cfg)),
+        (f"Objective over gamma x {'alpha' if _second(cfg) == 'alpha' else '1 - beta'}", _save(out, "plane.png", plane(trials, cfg, best)), _alpha_note(study, cfg)),
         ("Optimization history", _save(out, "history.png", history(trials, metric)), ""),
         ("Intermediate values per epoch", _save(out, "intermediate.png", intermediate(trials, metric)),
          "Pruned trials are dashed red lines ending in a cross."),
@@ -170,7 +170,8 @@ def plane(trials, cfg, best) -> Figure:
         ax.scatter([best.params["gamma"]], [best.params[y_name]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
     for t in trials:
         if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params:
-            ax.annotate(f"ref {t.number}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
+            unused = " (no class weights)" if t.user_attrs.get(keys.UNWEIGHTED) else ""  # its stored value is a placeholder
+            ax.annotate(f"ref {t.number}{unused}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
     if y_name == "alpha":
         ax.set(ylabel="alpha", ylim=_pad(cfg.search.alpha))
     else:
@@ -298,18 +299,27 @@ def _fmt(v, f=".4f") -> str:
     return "-" if v is None else format(v, f)
 
 
-def _table(trials, best, metric) -> str:
+def _weights(t) -> str:
+    """The trial's class weighting as the table shows it: alpha, beta, or none."""
+    if t.user_attrs.get(keys.UNWEIGHTED):
+        return "none"
+    if "one_minus_beta" in t.params:
+        return format(1 - t.params["one_minus_beta"], ".4f")
+    return _fmt(t.params.get("alpha"), ".3f")
+
+
+def _table(trials, best, metric, second) -> str:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.value, reverse=True)
     rows = done[:TOP] + [t for t in trials if keys.REFERENCE in t.user_attrs and t not in done[:TOP]]
     rank = {t.number: i + 1 for i, t in enumerate(done)}
-    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha", metric, "fold spread", "balanced acc.",
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha" if second == "alpha" else "beta", metric, "fold spread", "balanced acc.",
                                               "macro-F1", "epochs", "note"))
     body = []
     for t in rows:
         ref = t.user_attrs.get(keys.REFERENCE)
         note = " ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
         cls = "best" if t.number == best.number else "ref" if ref else ""
-        cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _fmt(t.params.get("alpha"), ".3f"),
+        cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _weights(t),
                  _fmt(t.value), "± " + _fmt(t.user_attrs.get(keys.FOLD_SPREAD)), _fmt(t.user_attrs.get(keys.BALANCED_ACCURACY)),
                  _fmt(t.user_attrs.get(keys.MACRO_F1)),
                  t.user_attrs.get(keys.EPOCHS, 0), note)
@@ -326,7 +336,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"{states[TrialState.FAIL]} failed. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
         f"{e(describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False)).replace('=', ' '))}.</p>",
-        f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric)}",
+        f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric, _second(cfg))}",
         "<p>" + e(f"The final model: {final_words(cfg, [t.number for t in final_members(study, cfg)])}. " + (
             "The fold spread is the standard deviation of the objective over the folds: differences between trials "
             "smaller than it are within the noise of the data." if cfg.data.folds > 1 else
