@@ -192,6 +192,11 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")
                and t.state == TrialState.COMPLETE}
     assert {t.number for t in interrupted} <= retried
+    # nothing was lost: the interrupted trials are not counted as failed, wherever counts are shown
+    assert proc.stdout.splitlines()[0] == f"6 complete, 0 pruned, 0 failed, {len(interrupted)} queued again to resume"
+    status = json.loads(tuner("status", "--json", cwd=tmp_path).stdout)
+    assert status["counts"]["QUEUED_AGAIN"] == status["counts"]["FAIL"] == len(interrupted)
+    assert json.loads(tuner("list", "--json", cwd=tmp_path).stdout)[0]["queued_again"] == len(interrupted)
     # The second run's workers are 2 and 3 (new sampler seeds and names), so its log lines say so.
     host = socket.gethostname()
     assert {t.user_attrs.get("worker") for t in trials if t.number not in {s.number for s in stopped}} <= {f"{host}:2", f"{host}:3"}

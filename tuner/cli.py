@@ -248,8 +248,10 @@ def _check_device(device: str | None) -> None:
 
 
 def _print_best(s: dict) -> None:
+    from tuner.show.progress import failed_words
+
     c = s["counts"]
-    print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed")
+    print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {failed_words(c)}")
     print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
     if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
@@ -372,6 +374,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
+    from tuner.show.progress import failed_words
     from tuner.show.summary import status_rows
     from tuner.search.study import counts
 
@@ -387,7 +390,7 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
         table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
                       fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
     out().print(table)
-    out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {c['FAIL']} failed")
+    out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
 
 
 @app.command("list", short_help="The studies in the storage: counts, best value.")
@@ -399,10 +402,10 @@ def list_studies(storage: Storage = None, as_json: Json = False):
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("study", "metric", "target", "complete", "pruned", "running", "failed", "best value", "best trial")
+    table = Table("study", "metric", "target", "complete", "pruned", "running", "waiting", "failed", "queued again", "best value", "best trial")
     for r in rows:
         table.add_row(r["study"], r["metric"] or "-", "-" if r["target"] is None else str(r["target"]), str(r["complete"]),
-                      str(r["pruned"]), str(r["running"]), str(r["failed"]),
+                      str(r["pruned"]), str(r["running"]), str(r["waiting"]), str(r["failed"] - r["queued_again"]), str(r["queued_again"]),
                       "-" if r["best_value"] is None else f"{r['best_value']:.4f}", "-" if r["best_trial"] is None else str(r["best_trial"]))
     out().print(table)
 

@@ -1,7 +1,7 @@
 """The arithmetic of the progress view: trials per minute in this run, and the ETA from the
 durations of the finished trials shared by the workers."""
 
-from tuner.show.progress import clock, pace, trial_line
+from tuner.show.progress import clock, failed_words, pace, trial_line
 
 
 def snapshot(finished, target, durations, failed=()):
@@ -28,3 +28,11 @@ def test_clock_and_trial_line():
     line = trial_line({"trial": 7, "state": "PRUNED", "value": 0.5, "params": "gamma=1.000 alpha=0.250", "epochs": 1,
                        "duration_s": 2.04, "note": "pruner at epoch 1"})
     assert line == "trial 7 pruned 0.5000: gamma=1.000 alpha=0.250, 1 epoch, 2.0 s (pruner at epoch 1)"
+    stopped = trial_line({"trial": 1, "state": "FAIL", "value": None, "params": "gamma=2.000 alpha=0.250", "epochs": 3,
+                          "duration_s": 7.91, "queued_as": 4, "note": "interrupted"})
+    assert stopped == "trial 1 stopped, queued again as trial 4: gamma=2.000 alpha=0.250, 3 epochs, 7.9 s (interrupted)"
+
+
+def test_failed_trials_that_another_carries_on_are_not_counted_as_failed():
+    assert failed_words({"FAIL": 3, "QUEUED_AGAIN": 2}) == "1 failed, 2 queued again to resume"
+    assert failed_words({"FAIL": 1, "QUEUED_AGAIN": 0}) == "1 failed"

@@ -269,11 +269,21 @@ def delete(url: str, name: str, force: bool = False) -> int:
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state; FINISHED (complete or pruned) and QUEUED_AGAIN (failed trials another carries on)."""
+    trials = study.get_trials(deepcopy=False)
     out = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         out[t.state.name] += 1
     out["FINISHED"] = out["COMPLETE"] + out["PRUNED"]
+    again = queued_again(trials)
+    out["QUEUED_AGAIN"] = sum(t.state == TrialState.FAIL and t.number in again for t in trials)
     return out
+
+
+def queued_again(trials) -> dict[int, int]:
+    """Failed trial number -> the trial queued again to carry it on from its checkpoint (after a stop,
+    a transient error or a dead worker): such a failure lost nothing."""
+    return {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
 
 
 def target(study: optuna.Study, cfg: StudyConfig) -> int:

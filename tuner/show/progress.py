@@ -22,17 +22,20 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
     from optuna.trial import TrialState
 
-    from tuner.search.study import describe_params
+    from tuner.search.study import describe_params, queued_again
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    again = queued_again(trials)
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(done, key=lambda t: t.value, default=None)
     running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)))
                      for t in trials if t.state == TrialState.RUNNING)
     ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)),
               "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t), "worker": t.user_attrs.get(keys.WORKER),
-              "note": t.user_attrs.get(keys.REFERENCE) or t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR)}
+              "queued_as": again.get(t.number) if t.state == TrialState.FAIL else None,
+              "note": "; ".join(t.user_attrs[k] for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
+                                if t.user_attrs.get(k)) or None}
              for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     return {
         "target": target,
@@ -42,6 +45,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
         "running": count[TrialState.RUNNING],
         "waiting": count[TrialState.WAITING],
         "failed": count[TrialState.FAIL],
+        "queued_again": sum(t.state == TrialState.FAIL and t.number in again for t in trials),
         "best": None if best is None else (best.number, best.value, describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False))),
         "workers": running,
         "ended": ended,
@@ -57,14 +61,22 @@ def _duration(t) -> float | None:
 def summary_line(s: dict) -> str:
     best = "-" if s["best"] is None else "trial {} = {:.4f} ({})".format(*s["best"])
     return (f"{s['finished']}/{s['target']} finished ({s['complete']} complete, {s['pruned']} pruned), "
-            f"{s['running']} running, {s['failed']} failed; best {best}")
+            f"{s['running']} running, {failed_words({'FAIL': s['failed'], 'QUEUED_AGAIN': s['queued_again']})}; best {best}")
+
+
+def failed_words(c: dict[str, int]) -> str:
+    """E.g. "0 failed, 2 queued again to resume" from ``tuner.search.study.counts``: a failed trial
+    that another carries on from its checkpoint lost nothing."""
+    again = c.get("QUEUED_AGAIN", 0)
+    return f"{c['FAIL'] - again} failed" + (f", {again} queued again to resume" if again else "")
 
 
 def trial_line(t: dict) -> str:
     value = "" if t["value"] is None else f" {t['value']:.4f}"
     took = "" if t["duration_s"] is None else f", {t['duration_s']:.1f} s"
     note = f" ({t['note']})" if t["note"] else ""
-    return (f"trial {t['trial']} {t['state'].lower()}{value}: {t['params']}, "
+    how = t["state"].lower() if t.get("queued_as") is None else f"stopped, queued again as trial {t['queued_as']}"
+    return (f"trial {t['trial']} {how}{value}: {t['params']}, "
             f"{t['epochs']} epoch{'s' * (t['epochs'] != 1)}{took}{note}")
 
 
@@ -130,7 +142,8 @@ class Progress:
             self.shown = {t["trial"] for t in s["ended"]}
             self.before = s["finished"]
             if self.shown:
-                self.say(f"{s['finished']} trials finished before this run, {s['failed']} failed")
+                self.say(f"{s['finished']} trials finished before this run, "
+                         + failed_words({"FAIL": s["failed"], "QUEUED_AGAIN": s["queued_again"]}))
         for t in s["ended"]:
             if t["trial"] not in self.shown:
                 self.shown.add(t["trial"])

@@ -26,7 +26,8 @@ from tuner.show.results import final_model, study_data
 from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
-from tuner.search.study import describe_params, stored_config
+from tuner.search.study import describe_params, queued_again, stored_config
+from tuner.show.progress import failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
 
@@ -330,10 +331,12 @@ def _table(trials, best, metric, second) -> str:
 def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
     e = html.escape
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    again = queued_again(trials)
+    failed = failed_words({"FAIL": states[TrialState.FAIL], "QUEUED_AGAIN": sum(t.state == TrialState.FAIL and t.number in again for t in trials)})
     parts = [
         f"<h1>Study {e(study.study_name)}</h1>",
         f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-        f"{states[TrialState.FAIL]} failed. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
+        f"{failed}. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
         f"{e(describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False)).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric, _second(cfg))}",

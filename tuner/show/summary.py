@@ -14,6 +14,7 @@ from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
 from tuner.search.study import KEEP_MODELS, counts
+from tuner.show.progress import failed_words
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -22,7 +23,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     except ValueError:
         c = counts(study)
         raise UserError(f"study {study.study_name!r} has no completed trial yet "
-                        f"({c['RUNNING']} running, {c['PRUNED']} pruned, {c['FAIL']} failed); run tuner start-study or tuner worker")
+                        f"({c['RUNNING']} running, {c['WAITING']} waiting, {c['PRUNED']} pruned, {failed_words(c)}); run tuner start-study or tuner worker")
 
 
 def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int], focus: int | None = None):
@@ -80,7 +81,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "test_split": study.user_attrs.get(keys.DATA, {}).get("fingerprints", {}).get("test") != "",
         "test_notes": notes_on_test(study) if test else [],
         "references": refs,
-        "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
+        "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "QUEUED_AGAIN", "RUNNING", "WAITING")},
     }
 
 
@@ -154,7 +155,7 @@ def study_rows(url: str) -> list[dict]:
                   ",".join(study.metric_names or []) or None)
         rows.append({"study": study.study_name, "metric": metric, "target": study.user_attrs.get(keys.TARGET),
                      "complete": c["COMPLETE"], "pruned": c["PRUNED"], "running": c["RUNNING"], "waiting": c["WAITING"],
-                     "failed": c["FAIL"], "best_value": None if best is None else best.value,
+                     "failed": c["FAIL"], "queued_again": c["QUEUED_AGAIN"], "best_value": None if best is None else best.value,
                      "best_trial": None if best is None else best.number})
     return rows
 
