@@ -68,7 +68,11 @@ def test_non_integer_workers_is_a_one_line_error(study_file, cli):
 @pytest.mark.parametrize("url, words", [
     ("sqlite:////no/such/folder/x.db", ["/no/such/folder"]),
     ("postgresql+psycopg://tuner:s3cret@127.0.0.1:1/db", ["cannot open storage", "***"]),
-    ("not a url", ["not a database URL"]),
+    ("not a url", ["'not a url' is not a database URL: it has no scheme"]),
+    ("postgresql+psycopg://tuner:s3cret@127.0.0.1:port/db", ["'postgresql+psycopg://tuner:***@127.0.0.1:port/db'",
+                                                            "port that is not a number"]),
+    ("postgres://tuner:s3cret@127.0.0.1/db", ["does not know ('postgres')", "postgresql+psycopg://"]),
+    ("tuner:s3cret@host/db", ["'tuner:***@host/db' is not a database URL: it has no scheme"]),
 ])
 def test_unreachable_storage(study_file, url, words, cli):
     proc = cli("start-study", str(study_file), "--storage", url, cwd=study_file.parent)

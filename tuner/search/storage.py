@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import os
 import random
+import re
 import sqlite3
 import time
 import zlib
@@ -58,8 +59,8 @@ def mask(url: str) -> str:
     """The URL with its password hidden, for every line we print."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
+    except Exception:  # not a URL SQLAlchemy reads: hide what would be a password in one
+        return re.sub(r"(^|://)([^/@:]*:)[^/]*@", r"\1\2***@", url)
 
 
 def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
@@ -67,10 +68,14 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
     """An RDBStorage set up for many concurrent worker processes, or a UserError saying why not.
     ``existing``: for commands that only read (or join) studies: a storage that holds none yet is
     an error, and nothing is created, neither an SQLite file nor tables."""
+    example = "use e.g. sqlite:///tuner.db or postgresql+psycopg://user@host/db"
     try:
         parsed = make_url(url)
+    except ValueError:  # SQLAlchemy reads the port as a number
+        raise UserError(f"storage URL {mask(url)!r} has a port that is not a number; {example}")
     except Exception:
-        raise UserError(f"storage URL {mask(url)!r} is not a database URL; use e.g. sqlite:///tuner.db or postgresql+psycopg://user@host/db")
+        why = "it has no scheme (such as sqlite:/// or postgresql+psycopg://)" if "://" not in url else "it cannot be read as one"
+        raise UserError(f"storage URL {mask(url)!r} is not a database URL: {why}; {example}")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         # Workers write at the same time: wait for the lock instead of failing at once, and let
@@ -115,6 +120,9 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
     except ImportError as e:
         raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); PostgreSQL needs postgresql+psycopg://")
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UserError(f"storage URL {mask(url)!r} names a kind of database SQLAlchemy does not know "
+                        f"({parsed.drivername!r}); {example}")
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UserError(f"cannot open storage {mask(url)}: {_strip_password(reason, parsed)}; check the URL and that the database is running")
