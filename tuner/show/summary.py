@@ -207,9 +207,9 @@ def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
         one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
     if trials is None or len(trials) < 2:
         return f"the best trial's model, {one}"
-    return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} trials and "
-            f"the reference trials), each {one}; one temperature and threshold chosen on their averaged "
-            "validation predictions")
+    return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} searched "
+            f"trials, whatever their rank against the references, and the reference trials), each {one}; one "
+            "temperature and threshold chosen on their averaged validation predictions")
 
 
 def final_test(study: optuna.Study) -> dict | None:
