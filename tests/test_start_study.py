@@ -32,6 +32,13 @@ def finished(tmp_path_factory):
     return folder, proc
 
 
+def test_a_worker_joining_a_finished_study_says_why_it_ran_nothing(finished):
+    folder, _ = finished
+    proc = tuner("worker", "--study-name", "smoke", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"\] done after 0 trials; the study has its 8 finished trials$", proc.stderr, re.M), proc.stderr
+
+
 def test_study_ends_with_exactly_n_trials_finished(finished):
     folder, _ = finished
     states = [t.state for t in load(folder).trials]

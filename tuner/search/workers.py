@@ -93,7 +93,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     if k > 1:
         say(f"trains {k} trials at once as one fused model")
     ran = failures = 0
-    ended = collections.Counter()
+    ended, why = collections.Counter(), ""
     waiting = Waiting(max(10 * cfg.study.grace_period, 600), say)
     with sweeper(storage, cfg.study.grace_period, lambda: sweep(study, cfg, storage), say):
         while not w.stop.is_set() and (max_trials is None or ran < max_trials):
@@ -110,6 +110,9 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
                         and w.db("looking at running trials", lambda: waiting.more(study))):
                     w.stop.wait(min(2, storage.get_heartbeat_interval()))  # a running trial may die and come back to us
                     continue
+                goal = target(study, cfg)
+                why = (f"; the study has its {goal} finished trials" if c["FINISHED"] >= goal else
+                       f"; no trial left to claim ({c['RUNNING']} running elsewhere)" if c["RUNNING"] else "")
                 break
             runs = [TrialRun(w, t, None if t.user_attrs.get(keys.UNWEIGHTED) else loss_alpha(t.params, data.class_counts(), focus))
                     for t in trials]
@@ -120,7 +123,7 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise UserError(f"{failures} trials in a row failed on worker {index}; see the 'error' attribute of the "
                                 "last trials (tuner status)")
-    say(f"done after {ran} trial{'s' * (ran != 1)}" + _ended(ended) + (" (stopped by signal)" if w.stop.is_set() else ""))
+    say(f"done after {ran} trial{'s' * (ran != 1)}" + _ended(ended) + why + (" (stopped by signal)" if w.stop.is_set() else ""))
     return ran
 
 
