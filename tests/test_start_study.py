@@ -204,6 +204,10 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     status = json.loads(tuner("status", "--json", cwd=tmp_path).stdout)
     assert status["counts"]["QUEUED_AGAIN"] == status["counts"]["FAIL"] == len(interrupted)
     assert json.loads(tuner("list", "--json", cwd=tmp_path).stdout)[0]["queued_again"] == len(interrupted)
+    rows = {r["trial"]: r for r in json.loads(tuner("export", "-f", "json", cwd=tmp_path).stdout)}
+    for t in interrupted:  # the export links each stopped trial and the one that carried it on
+        row = rows[t.number]
+        assert row["stop_reason"] == "interrupted" and rows[row["queued_again_as"]]["retry_of"] == t.number
     # The second run's workers are 2 and 3 (new sampler seeds and names), so its log lines say so.
     host = socket.gethostname()
     assert {t.user_attrs.get("worker") for t in trials if t.number not in {s.number for s in stopped}} <= {f"{host}:2", f"{host}:3"}
