@@ -123,8 +123,9 @@ def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_p
     proc = tuner("report", "--out", str(tmp_path / "report"), cwd=root)
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "decisions at per-class thresholds chosen on validation for balanced accuracy" in page
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    cuts = ", ".join(f"{c} {v:.3f}" for c, v in zip(COUNTS, best["final"]["class_thresholds"]))
+    assert f"decisions at per-class thresholds chosen on validation for balanced accuracy ({cuts})" in page
     assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page
     # beta is searched here, not alpha, and the cross-entropy reference (trial 0) has no class weights
     assert "Objective over gamma x 1 - beta" in page and "<th>beta</th>" in page and "<th>alpha</th>" not in page
@@ -206,7 +207,9 @@ def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):
     root, _ = screening
     assert tuner("report", "--out", str(tmp_path / "r"), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     page = (tmp_path / "r" / "index.html").read_text()
-    assert "decided when its probability over the largest other one reaches the threshold chosen on validation for recall&gt;=0.9" in page
+    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert (f"decided when its probability over the largest other one reaches the threshold "
+            f"{best['final']['class_thresholds'][0]:.4f} chosen on validation for recall&gt;=0.9") in page
     assert "recall of &#x27;eight&#x27;" in page
     assert "Note: Only 6 validation images of &#x27;eight&#x27;: recall&gt;=0.9 must find every one" in page
 

@@ -80,7 +80,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
                          f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
-            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), {decisions_words(cfg, s)}: "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), {decisions_words(cfg, s, data.classes)}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}"
                          + (f", recall of {data.classes[focus]!r} {s['recall']:.4f}, precision {s['precision']:.4f}" if focus is not None else "")
@@ -95,14 +95,17 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     return page
 
 
-def decisions_words(cfg, metrics: dict) -> str:
-    """How a model of more than two classes decides, in words."""
-    if not metrics.get("class_thresholds"):
+def decisions_words(cfg, metrics: dict, classes: list[str]) -> str:
+    """How a model of more than two classes decides, in words, with its thresholds."""
+    t = metrics.get("class_thresholds")
+    if not t:
         return "argmax decisions"
     if cfg.study.operating_point == "balanced_accuracy":
-        return "decisions at per-class thresholds chosen on validation for balanced accuracy"
-    return (f"{cfg.data.positive_class!r} decided when its probability over the largest other one reaches the threshold "
-            f"chosen on validation for {cfg.study.operating_point}, else the most probable class")
+        return ("decisions at per-class thresholds chosen on validation for balanced accuracy ("
+                + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, t)) + ")")
+    positive = cfg.data.positive_class
+    return (f"{positive!r} decided when its probability over the largest other one reaches the threshold "
+            f"{t[classes.index(positive)]:.4f} chosen on validation for {cfg.study.operating_point}, else the most probable class")
 
 
 def _alpha_note(study, cfg) -> str:
