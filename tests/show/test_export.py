@@ -80,12 +80,18 @@ def test_json_export_to_a_file(folder, cli):
     trials = load(folder).trials
     assert [(r["trial"], r["state"], r["value"], r["epochs"]) for r in rows] == \
            [(t.number, t.state.name, t.value, t.user_attrs["epochs"]) for t in trials]
+    # a folder that is not there yet is made, as best --save-model and report --out make theirs
+    assert cli("export", "--study-name", "smoke", "--format", "json", "--out", "new/folder/t.json", cwd=folder).returncode == 0
+    assert json.loads((folder / "new" / "folder" / "t.json").read_text()) == rows
+    # one duration per trial: the worker's own clock, in the export and in status
+    status = json.loads(tuner("status", "--study-name", "smoke", "--json", cwd=folder).stdout)["trials"]
+    assert [r["duration_s"] for r in status] == [r["duration_s"] for r in rows]
 
 
 def test_export_user_errors(folder, cli):
     assert_user_error(cli("export", "--study-name", "smoke", "--format", "xml", cwd=folder), "--format", "xml", "csv")
-    assert_user_error(cli("export", "--study-name", "smoke", "--out", "no/such/folder/trials.csv", cwd=folder),
-                      "no/such/folder/trials.csv", "--out")
+    (folder / "a-file").write_text("")
+    assert_user_error(cli("export", "--study-name", "smoke", "--out", "a-file/trials.csv", cwd=folder), "a-file/trials.csv", "--out")
     assert_user_error(cli("best", "--study-name", "smoke", "--save-model", ".", cwd=folder), "--save-model", "is a folder")
 
 
@@ -248,5 +254,7 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     (tmp_path / "empty" / "notes.txt").write_text("no image here")
     assert_user_error(cli("predict", str(saved_model), str(tmp_path / "empty"), cwd=folder), "empty", "holds no images")
     assert_user_error(cli("predict", "models/nope.pt", str(good), cwd=folder), "models/nope.pt", "does not exist")
+    assert_user_error(cli("predict", f"{saved_model}.json", str(good), cwd=folder), "is the settings file written beside the model",
+                      f"pass the model, {saved_model}")
     assert_user_error(cli("predict", str(good), str(good), cwd=folder), "good.png", "not a model")
     assert_user_error(cli("predict", str(saved_model), str(good), "--threshold", "1.5", cwd=folder), "--threshold 1.5", "probability")

@@ -68,6 +68,7 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
         sys.stdout.write(text)
         return
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)  # as best --save-model and report --out do
         Path(out).write_text(text)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")

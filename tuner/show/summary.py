@@ -164,7 +164,9 @@ def status_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         end = t.datetime_complete
-        duration = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
+        duration = t.user_attrs.get(keys.DURATION_S)  # the worker's own clock, as its log line and export give it
+        if duration is None and end and t.datetime_start:
+            duration = round((end - t.datetime_start).total_seconds(), 2)
         rows.append({
             "trial": t.number,
             "state": t.state.name,
