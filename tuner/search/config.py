@@ -37,7 +37,7 @@ def check_study_name(name: str, where: str = "--study-name") -> None:
     """A study name becomes a folder under study.artifacts, so it must be one plain folder name:
     1 to 100 letters, digits, '_', '-', '.', not starting with '.' or '-', and no '..'."""
     if not STUDY_NAME.fullmatch(name) or ".." in name:
-        raise UserError(f"{where} {name!r} is not a valid study name: use 1 to 100 letters, digits, '_', '-' and '.', "
+        raise UserError(f"{where} {name!r} is not a valid study name: use 1 to 100 ASCII letters, digits, '_', '-' and '.', "
                         "starting with a letter, digit or '_' (no '/', '..', spaces or control characters)")
 
 

@@ -22,6 +22,8 @@ from tuner.learn.train import predict, probabilities
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
+    if path.suffix == ".json" and Path(path.stem).suffix:  # best.pt.json: the settings written beside best.pt
+        raise UserError(f"{path} is the settings file written beside the model; pass the model, {path.with_suffix('')}")
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; write one with tuner best --save-model {path}")
     try:
