@@ -136,9 +136,11 @@ def start_study(
             name = study_name or cfg.study.name
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point)
+            derived = cfg.derived()
             cfg = cfg.resolved(data.num_classes, detect, min(data.pool_counts()))
             progress.step("opening the study")
-            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints)
+            study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints,
+                                            derived)
             cfg, data = _as_stored(study, cfg, data)
             cfg = with_artifacts(cfg, None if artifacts is None else str(artifacts))
             c, goal = counts(study), target(study, cfg)

@@ -142,3 +142,12 @@ def test_sweeps_at_once_queue_one_retry_per_dead_trial(tmp_path, request, backen
         assert [t.state for t in trials[6:]] == [TrialState.WAITING] * 6
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_a_resumed_study_names_only_the_settings_the_user_changed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    create_or_resume(cfg_with(train={"epochs": 6}).resolved(2, "rare", 50), url, "s")
+    again = cfg_with(train={"epochs": 9})  # so "auto" works out another pruner warm-up: not the user's change
+    assert {"pruner.n_warmup_steps", "pruner.min_resource", "data.folds"} <= again.derived()
+    _, notes = create_or_resume(again.resolved(2, "rare", 50), url, "s", derived=again.derived())
+    assert notes == ["study 's' exists; resuming with its stored settings (ignoring changed train.epochs)"]

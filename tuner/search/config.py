@@ -160,6 +160,13 @@ class StudyConfig:
                                    data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds,
                                                             root=absolute(self.data.root)))
 
+    def derived(self) -> set[str]:
+        """The keys ``resolved`` works out (from "auto", or an unnamed positive class): where a resumed
+        study keeps another value, the user did not ask for this one, so no note names them."""
+        d = self.to_dict()
+        auto = {f"{section}.{k}" for section, values in d.items() for k, v in values.items() if v == "auto"}
+        return auto | ({"data.positive_class"} if not self.data.positive_class else set())
+
     def pruner_resolved(self) -> "PrunerConfig":
         """The pruner settings with "auto" made concrete: no pruning in the first third of the epochs
         (every trial's first epochs look alike; high-alpha trials start slower and catch up). Optuna

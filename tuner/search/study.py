@@ -112,11 +112,12 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None,
                      classes: list[str] | None = None, class_counts: list[int] | None = None,
-                     fingerprints: dict[str, str] | None = None) -> tuple[optuna.Study, list[str]]:
+                     fingerprints: dict[str, str] | None = None,
+                     derived: set[str] = frozenset()) -> tuple[optuna.Study, list[str]]:
     """Create the study, or resume it when it exists with the same search space and images.
     ``classes`` and ``class_counts`` (of the training split) are stored for reports, ``fingerprints``
     (of an image folder's train and test files) so that every later run, worker and report checks its
-    images against them.
+    images against them. ``derived``: keys of ``cfg`` worked out, not given (``StudyConfig.derived``).
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
@@ -152,7 +153,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                 f"({stored.search_space()} vs {cfg.search_space()}); pass a new --study-name or use the stored settings"
             )
         changed = [f"{sec}.{k}" for sec, vals in cfg.to_dict().items() for k, v in vals.items()
-                   if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in ("study.n_trials", "data.root", "study.artifacts")]
+                   if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in {"study.n_trials", "data.root", "study.artifacts", *derived}]
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
         if stored.study.artifacts != cfg.study.artifacts:  # e.g. the same study file run from another folder
