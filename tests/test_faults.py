@@ -204,7 +204,7 @@ def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path):
     old_models = {p.name: p.read_bytes() for p in folder.glob("trial-*.pt")}
     assert tuner("delete", "smoke", "--yes", "--force", cwd=tmp_path).returncode == 0
 
-    proc = tuner("start-study", "smoke.toml", "--workers", "1", *SLOWER, "--set", "data.rare_fraction=0.3",
+    proc = tuner("start-study", "smoke.toml", "--workers", "1", "--n-trials", "2", *SLOWER, "--set", "data.rare_fraction=0.3",
                  "--set", "data.n_samples=400", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumes" not in proc.stderr

@@ -5,10 +5,13 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import assert_user_error, tuner
+from tuner.errors import UserError
 from tuner.learn.weights import class_balanced_weights
+from tuner.show.predict import cut_with
 
 COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
 
@@ -92,8 +95,6 @@ def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
 
 
 def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(folder, tmp_path):
-    import torch
-
     root, _ = folder
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
     assert list(best["class_thresholds"]) == list(COUNTS) and sum(best["class_thresholds"].values()) == pytest.approx(1.0)
@@ -198,9 +199,12 @@ def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(scr
             assert r["predicted"] == ("eight" if p["eight"] >= cut * rival else max((c for c in names if c != "eight"), key=p.get))
         found.append(sum(r["predicted"] == "eight" for r in rows))
     assert found[0] > found[1]
-    for bad in ("0", "-1", "nan"):
-        assert_user_error(tuner("predict", str(saved), images[0], "--threshold", bad, cwd=root),
-                          f"--threshold {float(bad)} is not a cut on p(eight) / the largest other probability")
+    assert_user_error(tuner("predict", str(saved), images[0], "--threshold", "0", cwd=root),
+                      "--threshold 0.0 is not a cut on p(eight) / the largest other probability")
+    payload = torch.load(saved, weights_only=True)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="is not a cut on p\\(eight\\)"):
+            cut_with(payload, bad)
 
 
 def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):
@@ -237,8 +241,6 @@ def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_befo
 
 
 def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(folder):
-    import torch
-
     root, _ = folder
     text = (root / "study.toml").read_text().replace('name = "tail"', 'name = "named"\noperating_point = "recall>=0.9"')
     text = text.replace("n_trials = 4", "n_trials = 2") + '\n[search]\nalpha_mode = "rare"\n'
