@@ -268,7 +268,8 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     value = "-" if result.value is None else f"{result.value:.4f}"
     label = f" ({r.reference})" if r.reference else ""
     how = f"{state.value} ({reason})" if state == State.PRUNED else state.value
-    w.log(f"trial {trial.number} {describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))}{label} -> {how} {w.cfg.study.metric}={value} "
+    params = describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))
+    w.log(f"trial {trial.number} {params}{label} -> {how} {w.cfg.study.metric}={value} "
           f"after {result.epochs} epoch{'s' * (result.epochs != 1)} ({time.time() - r.started:.1f} s)")
 
 

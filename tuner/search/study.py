@@ -131,8 +131,8 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     check_references_fit(stored_config(existing) if existing else cfg, n_trials or cfg.study.n_trials)
     if existing is None:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        study.set_user_attr(keys.STUDY_KEY, uuid.uuid4().hex)  # first: a worker that finds the config finds the key
         study.set_user_attr(keys.CONFIG, cfg.to_dict())
-        study.set_user_attr(keys.STUDY_KEY, uuid.uuid4().hex)
         study.set_metric_names([cfg.study.metric])
         if cfg.study.sampler == "grid":
             # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
