@@ -37,7 +37,7 @@ from tuner import keys
 from tuner.errors import DiskError, UserError
 from tuner.learn import checkpoints
 from tuner.search.liveness import DbRetry, Requeue, heartbeat
-from tuner.search.study import KEEP_MODELS, describe_params, worker_name
+from tuner.search.study import KEEP_MODELS, describe_trial, worker_name
 
 
 class State(enum.Enum):
@@ -268,8 +268,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     value = "-" if result.value is None else f"{result.value:.4f}"
     label = f" ({r.reference})" if r.reference else ""
     how = f"{state.value} ({reason})" if state == State.PRUNED else state.value
-    params = describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))
-    w.log(f"trial {trial.number} {params}{label} -> {how} {w.cfg.study.metric}={value} "
+    w.log(f"trial {trial.number} {describe_trial(trial)}{label} -> {how} {w.cfg.study.metric}={value} "
           f"after {result.epochs} epoch{'s' * (result.epochs != 1)} ({time.time() - r.started:.1f} s)")
 
 

@@ -80,6 +80,11 @@ def describe_params(params: dict, unweighted: bool = False) -> str:
     return " ".join(parts)
 
 
+def describe_trial(trial) -> str:
+    """``describe_params`` of a trial (an ``optuna.Trial`` or a frozen one)."""
+    return describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))
+
+
 def reference_trials(cfg: StudyConfig) -> list[tuple[dict, str, dict]]:
     """The reference trials that fit the search space: (params, label, trial attributes)."""
     space = distributions(cfg)

@@ -22,16 +22,16 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
     from optuna.trial import TrialState
 
-    from tuner.search.study import describe_params, queued_again
+    from tuner.search.study import describe_trial, queued_again
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
     again = queued_again(trials)
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = max(done, key=lambda t: t.value, default=None)
-    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)))
+    running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_trial(t))
                      for t in trials if t.state == TrialState.RUNNING)
-    ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_params(t.params, t.user_attrs.get(keys.UNWEIGHTED, False)),
+    ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_trial(t),
               "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t), "worker": t.user_attrs.get(keys.WORKER),
               "queued_as": again.get(t.number) if t.state == TrialState.FAIL else None,
               "note": "; ".join(t.user_attrs[k] for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
@@ -46,7 +46,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
         "waiting": count[TrialState.WAITING],
         "failed": count[TrialState.FAIL],
         "queued_again": sum(t.state == TrialState.FAIL and t.number in again for t in trials),
-        "best": None if best is None else (best.number, best.value, describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False))),
+        "best": None if best is None else (best.number, best.value, describe_trial(best)),
         "workers": running,
         "ended": ended,
     }

@@ -26,7 +26,7 @@ from tuner.show.results import final_model, study_data
 from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
-from tuner.search.study import describe_params, queued_again, stored_config
+from tuner.search.study import describe_trial, queued_again, stored_config
 from tuner.show.progress import failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
@@ -341,7 +341,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
         f"{failed}. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
-        f"{e(describe_params(best.params, best.user_attrs.get(keys.UNWEIGHTED, False)).replace('=', ' '))}.</p>",
+        f"{e(describe_trial(best).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric, _second(cfg))}",
         "<p>" + e(f"The final model: {final_words(cfg, [t.number for t in final_members(study, cfg)])}. " + (
             "The fold spread is the standard deviation of the objective over the folds: differences between trials "
