@@ -172,3 +172,22 @@ def test_importance_ranks_the_parameters_as_the_dashboard_does(report):
     ours = param_importances(study)
     assert list(ours) == [d["name"] for d in sorted(shown, key=lambda d: -d["importance"])]
     assert [ours[d["name"]] for d in shown] == pytest.approx([d["importance"] for d in shown])
+
+
+def test_plots_show_class_names_literally_and_short_enough():
+    import io
+
+    import torch
+
+    from tuner.show.report import confusion_plot, plot_name, pr_plot
+
+    # "$...$" is math to matplotlib: it failed on an unknown command and dropped the dollars of a price
+    names = ["x$\\foo{1}$ y", "price $5 - $10", "1abnormal_" + "L" * 70]
+    fig = confusion_plot([[3, 1, 0], [0, 2, 1], [1, 0, 4]], names)
+    fig.savefig(io.BytesIO(), format="png")
+    shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert shown == ["x\\$\\foo{1}\\$ y", "price \\$5 - \\$10", "1abnormal_" + "L" * 13 + "\u2026"]
+    assert shown == [plot_name(n) for n in names]
+    pr = pr_plot(torch.softmax(torch.randn(30, 3, generator=torch.Generator().manual_seed(0)), 1), torch.arange(30) % 3, names)
+    pr.savefig(io.BytesIO(), format="png")
+    assert [t.get_text().split(":")[0] for t in pr.axes[0].get_legend().get_texts()] == shown

@@ -258,6 +258,16 @@ def importance(study) -> tuple[Figure | None, str]:
     return fig, f"From {n} complete trials."
 
 
+PLOT_NAME = 24  # characters of a class name a plot shows; the page's text gives it whole
+
+
+def plot_name(name: str) -> str:
+    """A class name as a plot label: literal (matplotlib would read "$...$" as math, or fail on it)
+    and short enough not to squeeze the axes."""
+    short = name if len(name) <= PLOT_NAME else name[:PLOT_NAME - 1] + "\u2026"
+    return short.replace("$", r"\$")
+
+
 def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
     fig = Figure(figsize=(4.8, 4.2))
     ax = fig.add_subplot()
@@ -265,8 +275,13 @@ def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
     ax.imshow(m, cmap="Blues")
     for (i, j), c in np.ndenumerate(m):
         ax.text(j, i, str(c), ha="center", va="center", color="white" if c > m.max() / 2 else "black")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+    names = [plot_name(c) for c in classes]
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=names, yticklabels=names,
            xlabel="predicted", ylabel="true", title="test confusion matrix")
+    if max(map(len, names)) > 8:  # long names side by side would overlap
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     fig.tight_layout()
     return fig
 
@@ -282,7 +297,7 @@ def pr_plot(probs, targets, classes, at=None) -> Figure:
         if truth.any():
             precision, recall, _ = precision_recall_curve(truth, score)
             ap = average_precision_score(truth, score)
-            ax.step(recall, precision, where="post", label=f"{name}: AP {ap:.3f}, prior {truth.mean():.2f}")
+            ax.step(recall, precision, where="post", label=f"{plot_name(name)}: AP {ap:.3f}, prior {truth.mean():.2f}")
     if p.ndim == 1 and at is not None:
         ax.scatter([at["recall"]], [at["precision"]], marker="o", s=80, c="red", edgecolors="black", zorder=3,
                    label=f"threshold {at['threshold']:.3f} (chosen on validation)")
