@@ -191,8 +191,11 @@ def test_list_studies_with_counts_and_best(tmp_path, cli):
     rows = {r["study"]: r for r in json.loads(cli("list", "--json", cwd=tmp_path).stdout)}
     assert rows["a"]["complete"] == 2 and rows["a"]["pruned"] == 1 and rows["a"]["best_value"] == 0.7 and rows["a"]["best_trial"] == 1
     assert rows["b"]["running"] == 1 and rows["b"]["best_value"] is None
+    long = "medical-focal-loss-study-with-a-rather-long-name-v2"
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name=long)
     table = cli("list", cwd=tmp_path)
-    assert table.returncode == 0 and "0.7000" in table.stdout and table.stderr == ""
+    assert table.returncode == 0 and "0.7000 (trial 1)" in table.stdout and table.stderr == ""
+    assert long in table.stdout  # whole: it is what --study-name takes
 
 
 def test_status_json_and_export_short_format(tmp_path, cli):

@@ -22,8 +22,9 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_mar
 
 @functools.cache
 def out() -> Console:
-    """The terminal: made at the first print, not at import."""
-    return Console(width=120, highlight=False)
+    """The terminal: made at the first print, not at import. A pipe or log gets 120 columns (not
+    Rich's 80), a terminal its own width."""
+    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
 
 
 Storage = Annotated[Optional[str], typer.Option(
@@ -404,12 +405,22 @@ def list_studies(storage: Storage = None, as_json: Json = False):
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("study", "metric", "target", "complete", "pruned", "running", "waiting", "failed", "queued again", "best value", "best trial")
+    table = Table()
+    # a study's name is what --study-name takes: never cut it
+    table.add_column("study", no_wrap=True, min_width=max((len(r["study"]) for r in rows), default=5))
+    table.add_column("metric", no_wrap=True, min_width=max((len(r["metric"] or "-") for r in rows), default=6))
+    for name in ("finished", "pruned", "running", "waiting", "failed"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("best", no_wrap=True, min_width=max((len(_best(r)) for r in rows), default=4))
     for r in rows:
-        table.add_row(r["study"], r["metric"] or "-", "-" if r["target"] is None else str(r["target"]), str(r["complete"]),
-                      str(r["pruned"]), str(r["running"]), str(r["waiting"]), str(r["failed"] - r["queued_again"]), str(r["queued_again"]),
-                      "-" if r["best_value"] is None else f"{r['best_value']:.4f}", "-" if r["best_trial"] is None else str(r["best_trial"]))
-    out().print(table)
+        failed = str(r["failed"] - r["queued_again"]) + (f" (+{r['queued_again']} queued again)" if r["queued_again"] else "")
+        table.add_row(r["study"], r["metric"] or "-", f"{r['complete'] + r['pruned']}/{'-' if r['target'] is None else r['target']}",
+                      str(r["pruned"]), str(r["running"]), str(r["waiting"]), failed, _best(r))
+    out().print(table, crop=False)  # wider than the terminal rather than a name or number cut
+
+
+def _best(row: dict) -> str:
+    return "-" if row["best_value"] is None else f"{row['best_value']:.4f} (trial {row['best_trial']})"
 
 
 @app.command("delete", short_help="Delete a study and its trials (asks first).")
