@@ -94,7 +94,7 @@ def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_o
     assert f"threshold {threshold:.4f} on the calibrated probability of 'rare'" in proc.stdout
     assert re.search(rf"best trial {best.number}: AP [0-9.]+, balanced accuracy [0-9.]+, recall of 'rare' [0-9.]+, "
                      rf"precision [0-9.]+ at threshold {threshold:.4f}", proc.stdout)
-    assert re.search(r"confusion \[\[\d+, \d+\], \[\d+, \d+\]\] \(rows true, columns predicted: background, rare\)$", proc.stdout, re.M)
+    assert re.search(r"confusion \[\[\d+, \d+\], \[\d+, \d+\]\] \(rows true, columns predicted: 'background', 'rare'\)$", proc.stdout, re.M)
 
 
 def test_best_json(finished):

@@ -1,5 +1,6 @@
 """The ``tuner`` command. Thin: parse, call the module that does the work, print."""
 
+import csv
 import functools
 import json
 import os
@@ -315,7 +316,7 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
         print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
                   f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}"
-                  + (f" (rows true, columns predicted: {', '.join(classes)})" if classes else ""))
+                  + (f" (rows true, columns predicted: {', '.join(map(repr, classes))})" if classes else ""))
     else:
         detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
@@ -592,10 +593,12 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         print(json.dumps(rows, indent=1))
         return
     shown = classes if all_classes else [positive] if positive else [detect] if (detect := detected_class(payload)) else None
-    print("\t".join(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"]))
+    # csv quotes a field only where a path or class name holds a tab, a newline or a quote
+    table = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    table.writerow(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"])
     for r in rows:
         values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]
-        print("\t".join([r["path"], r["predicted"], *(f"{v:.4f}" for v in values)]))
+        table.writerow([r["path"], r["predicted"], *(f"{v:.4f}" for v in values)])
 
 
 def quiet_libraries() -> None:

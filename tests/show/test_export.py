@@ -165,8 +165,8 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     rare = int(data.test_y.argmax())
     picks = [0, 1, rare]
     paths = []
-    for i in picks:
-        paths.append(tmp_path / f"test-{i}.png")
+    for i in picks:  # one name with a tab and quotes in it: the table must still parse
+        paths.append(tmp_path / (f"test-{i}.png" if i else 'a\tb "c".png'))
         Image.fromarray(data.test_x[i, 0].numpy()).save(paths[-1])
     Image.fromarray(np.repeat(data.test_x[0, 0].numpy()[:, :, None], 3, axis=2)).resize((48, 48)).save(tmp_path / "rgb.jpg")
     paths.append(tmp_path / "rgb.jpg")
@@ -177,7 +177,7 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     assert positive == data.positive_class == payload["classes"][1] and 0 < threshold < 1 and temperature > 0
     assert proc.stderr.strip() == (f"threshold {threshold:.4f} on the calibrated probability of {positive!r} "
                                    "(chosen on validation for balanced_accuracy)")
-    header, *lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    header, *lines = list(csv.reader(io.StringIO(proc.stdout), delimiter="\t"))
     assert header == ["path", "predicted", f"p({positive})"]
     assert [line[0] for line in lines] == list(map(str, paths))
 
@@ -189,7 +189,7 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
 
     # --threshold overrides the model's; --all prints both classes; --json is one list
     forced = tuner("predict", str(saved_model), *map(str, paths[:3]), "--threshold", "1", "--all", cwd=folder)
-    header, *rows = [line.split("\t") for line in forced.stdout.splitlines()]
+    header, *rows = list(csv.reader(io.StringIO(forced.stdout), delimiter="\t"))
     assert header == ["path", "predicted", *(f"p({c})" for c in payload["classes"])]
     assert {r[1] for r in rows} == {payload["classes"][0]} and "from --threshold" in forced.stderr
     for r in rows:
