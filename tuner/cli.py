@@ -184,7 +184,7 @@ def start_study(
                           progress.first_worker, cfg.data.root, cfg.study.artifacts)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
             elif workers:
-                progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
+                progress.say(f"the study has {c['FINISHED']} finished trials (its target is {goal}); raise --n-trials to run more")
                 code = 0
             else:
                 from tuner.show.watch import watch

@@ -10,8 +10,9 @@ from optuna.trial import TrialState
 
 from tuner.search.config import from_dict
 from tuner.errors import UserError
+from tuner import keys
 from tuner.search.study import (claim_trial, create_or_resume, distributions, make_pruner, make_sampler, open_for_worker,
-                                reserve_worker_indices, stored_config, sweep)
+                                reserve_worker_indices, stored_config, sweep, target)
 
 
 def cfg_with(**sections):
@@ -151,3 +152,18 @@ def test_a_resumed_study_names_only_the_settings_the_user_changed(tmp_path):
     assert {"pruner.n_warmup_steps", "pruner.min_resource", "data.folds"} <= again.derived()
     _, notes = create_or_resume(again.resolved(2, "rare", 50), url, "s", derived=again.derived())
     assert notes == ["study 's' exists; resuming with its stored settings (ignoring changed train.epochs)"]
+
+
+def test_a_grid_study_runs_its_reference_trials_first_and_counts_every_queued_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = cfg_with(study={"name": "g", "sampler": "grid", "grid_points": 2, "n_trials": 2},
+                   search={"gamma": [0.0, 4.0], "alpha": [0.2, 0.8]})
+    study, notes = create_or_resume(cfg.resolved(2, "rare", 50), url, "g")
+    assert notes == ["sampler grid queues 6 trials (a 2 x 2 grid and the reference trials): the study runs 6, not n_trials = 2"]
+    assert target(study, cfg) == 6
+    study, cfg, storage = open_for_worker(url, "g", worker_index=0)
+    order = []
+    while (trial := claim_trial(study, cfg, storage)) is not None:
+        order.append(keys.REFERENCE in trial.user_attrs)
+        study.tell(trial, 0.5)
+    assert order == [True, True, False, False, False, False]

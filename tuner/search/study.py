@@ -139,6 +139,9 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study.set_user_attr(keys.STUDY_KEY, uuid.uuid4().hex)  # first: a worker that finds the config finds the key
         study.set_user_attr(keys.CONFIG, cfg.to_dict())
         study.set_metric_names([cfg.study.metric])
+        if cfg.study.reference_trials:  # first: the searched trials are measured against them
+            for params, label, attrs in reference_trials(cfg):
+                study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
         if cfg.study.sampler == "grid":
             # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
             space = distributions(cfg)
@@ -146,9 +149,6 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                     for d in space.values()]
             for point in itertools.product(*(a.tolist() for a in axes)):
                 study.enqueue_trial(dict(zip(space, point)), user_attrs={keys.GRID: True})
-        if cfg.study.reference_trials:
-            for params, label, attrs in reference_trials(cfg):
-                study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
     else:
         stored = stored_config(existing)
         check_same_images(existing, fingerprints or {}, cfg.data.root)
@@ -165,11 +165,22 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             notes.append(f"study {name!r} keeps its checkpoints and model files in {stored.study.artifacts}, "
                          f"not {cfg.study.artifacts}")
         study = existing
-    study.set_user_attr(keys.TARGET, n_trials or cfg.study.n_trials)
+    kept = stored_config(study)
+    asked, queued = n_trials or cfg.study.n_trials, queued_at_creation(kept)
+    if queued > asked:  # queued trials always run: the target counts them all
+        notes.append(f"sampler grid queues {queued} trials (a {kept.study.grid_points} x {kept.study.grid_points} grid "
+                     f"and the reference trials): the study runs {queued}, not n_trials = {asked}")
+    study.set_user_attr(keys.TARGET, max(asked, queued))
     if classes is not None and keys.DATA not in study.user_attrs:  # a resumed study keeps what it was created with
         study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts),
                                         "fingerprints": fingerprints or {}})
     return study, notes
+
+
+def queued_at_creation(cfg: StudyConfig) -> int:
+    """The trials a study of these settings queues when it is created (reference trials, a grid)."""
+    grid = cfg.study.grid_points ** len(distributions(cfg)) if cfg.study.sampler == "grid" else 0
+    return grid + (len(reference_trials(cfg)) if cfg.study.reference_trials else 0)
 
 
 def check_same_images(study: optuna.Study, fingerprints: dict[str, str], root: str, parts=("train", "test")) -> None:
