@@ -117,7 +117,7 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
     try:
         if existing:
             _check_tables(url, engine_kwargs)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+        return _rdb_storage(url, engine_kwargs, hb)
     except ImportError as e:
         raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); PostgreSQL needs postgresql+psycopg://")
     except sqlalchemy.exc.NoSuchModuleError:
@@ -126,6 +126,22 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UserError(f"cannot open storage {mask(url)}: {_strip_password(reason, parsed)}; check the URL and that the database is running")
+
+
+CREATING = ("already exists", "unique constraint failed: alembic_version", "duplicate key value")
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, hb: dict, tries: int = 8) -> optuna.storages.RDBStorage:
+    """Optuna's storage, which creates its tables on first use without a lock: when two processes
+    create them at once (two start-study on a new file), one fails on the other's tables or version
+    row; by the next try the tables are there."""
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if attempt == tries - 1 or not any(s in str(e).lower() for s in CREATING):
+                raise
+            time.sleep(0.2 + random.random() * 0.3)
 
 
 def _check_tables(url: str, engine_kwargs: dict) -> None:
