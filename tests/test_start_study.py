@@ -295,3 +295,19 @@ def test_a_run_with_its_own_artifacts_folder_keeps_its_checkpoints_there_and_sto
     assert f"note: trial 0 has no model file at {own / 'smoke' / 'trial-0.pt'}; training it again" in proc.stderr
     stored = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'tuner.db'}").user_attrs["tuner_config"]
     assert stored["study"]["artifacts"] == str(tmp_path / "tuner-artifacts")
+
+
+def test_a_study_deleted_while_it_runs_stops_its_driver_and_workers_with_one_line_each(tmp_path):
+    study_file = write_study(tmp_path, n_trials=60, epochs=3)
+    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "1"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            "smoke" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+            and any(t.state == TrialState.COMPLETE for t in load(tmp_path).trials)):
+        time.sleep(0.2)
+    assert tuner("delete", "smoke", "--yes", "--force", cwd=tmp_path).returncode == 0
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 2 and "Traceback" not in out, out
+    assert "error: the study is no longer in the storage: it was deleted while this command ran" in out

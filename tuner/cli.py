@@ -620,6 +620,12 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyError as e:
+        if e.args != ("Record does not exist.",):  # Optuna's word for a study or trial gone from the storage
+            raise
+        print("error: the study is no longer in the storage: it was deleted while this command ran (tuner delete "
+              "--force); start it again to run it", file=sys.stderr)
+        sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
