@@ -303,8 +303,11 @@ def test_n_trials_below_the_reference_trials_on_a_stored_study_keeps_it(study_fi
 
 
 def test_one_trial_without_reference_trials_runs_exactly_one(study_file):
-    proc = tuner("start-study", str(study_file), "--n-trials", "1", "--set", "study.reference_trials=false", cwd=study_file.parent)
+    proc = tuner("start-study", str(study_file), "--n-trials", "1", "--set", "study.reference_trials=false",
+                 "--set", "pruner.n_warmup_steps=9", cwd=study_file.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("note: pruner.n_warmup_steps = 9 is not below train.epochs = 1: the median pruner never stops a trial early"
+            in proc.stderr)
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{study_file.parent / 'tuner.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
 

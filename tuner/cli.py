@@ -176,6 +176,12 @@ def start_study(
                          "scores each image once, by the fold model that did not train on it")
         if note := few_to_find(cfg, data):
             progress.say(f"note: {note}")
+        p = cfg.pruner
+        wait = p.n_warmup_steps if p.kind == "median" else p.min_resource if p.kind != "none" else 0
+        key = "n_warmup_steps" if p.kind == "median" else "min_resource"
+        if wait >= cfg.train.epochs and f"pruner.{key}" not in derived:  # a value the user gave
+            progress.say(f"note: pruner.{key} = {wait} is not below train.epochs = {cfg.train.epochs}: the {p.kind} pruner "
+                         "never stops a trial early")
         progress.epochs = cfg.train.epochs
         try:
             if procs:
