@@ -449,8 +449,9 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
     if not yes:
         print(f"delete study {study!r} and its {c['FINISHED'] + c['FAIL'] + c['RUNNING'] + c['WAITING']} trials from "
               f"{mask(url)}? [y/N] ", end="", file=sys.stderr, flush=True)
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            print("nothing deleted", file=sys.stderr)
+        answer = sys.stdin.readline()
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted" + ("" if answer else " (no answer: pass --yes where no one can answer)"), file=sys.stderr)
             raise typer.Exit(1)
     n = delete_study(url, study, force)
     print(f"deleted study {study!r} ({n} trials) from {mask(url)}", file=sys.stderr)
