@@ -260,6 +260,9 @@ def test_a_finished_study_run_again_starts_no_trial(finished):
     assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
     assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
     assert len(load(folder).trials) == before
+    lower = tuner("start-study", "smoke.toml", "--workers", "2", "--n-trials", "3", cwd=folder)
+    assert "the study has 8 finished trials, past its target of 3; raise --n-trials to run more" in lower.stderr
+    assert tuner("start-study", "smoke.toml", "--workers", "0", "--n-trials", "8", cwd=folder).returncode == 0  # as it was
 
 
 @pytest.mark.parametrize("cmd", [["best", "--json"], ["best"], ["status", "--json"], ["list"], ["export", "-f", "csv"]],

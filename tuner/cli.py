@@ -190,7 +190,9 @@ def start_study(
                           progress.first_worker, cfg.data.root, cfg.study.artifacts)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg))
             elif workers:
-                progress.say(f"the study has {c['FINISHED']} finished trials (its target is {goal}); raise --n-trials to run more")
+                has = (f"its {goal} finished trials" if c["FINISHED"] == goal else
+                       f"{c['FINISHED']} finished trials, past its target of {goal}")
+                progress.say(f"the study has {has}; raise --n-trials to run more")
                 code = 0
             else:
                 from tuner.show.watch import watch
