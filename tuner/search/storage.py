@@ -163,11 +163,19 @@ def _strip_password(text: str, parsed) -> str:
 def _sqlite_wal(path: Path) -> None:
     if not path.parent.exists():
         raise UserError(f"cannot open storage sqlite:///{path}: folder {path.parent} does not exist")
-    try:
-        with contextlib.closing(sqlite3.connect(path, timeout=120)) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as e:
-        raise UserError(f"cannot open storage sqlite:///{path}: {e}; is it an SQLite database file?")
+    for attempt in range(40):
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=120)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            # Switching the journal waits for no busy timeout: another process creating the tables
+            # of a new file holds its lock for a moment.
+            if "locked" not in str(e) or attempt == 39:
+                raise UserError(f"cannot open storage sqlite:///{path}: {e}; is it an SQLite database file?")
+            time.sleep(0.1 + random.random() * 0.2)
+        except sqlite3.Error as e:
+            raise UserError(f"cannot open storage sqlite:///{path}: {e}; is it an SQLite database file?")
 
 
 @contextlib.contextmanager
