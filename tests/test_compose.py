@@ -236,7 +236,7 @@ def test_study_and_worker_commands_run_against_local_postgres(postgres_url, tmp_
     secret.write_text(postgres_url)
     as_compose = {"TUNER_STORAGE": "", "TUNER_STORAGE_FILE": str(secret)}
     env = {**os.environ, **as_compose, "PYTHONWARNINGS": "ignore"}
-    fast = ["--study-name", name, "--n-trials", "3", "--set", "train.epochs=1"]
+    fast = ["--study-name", name, "--n-trials", "3", "--set", "train.epochs=1", "--set", "data.folds=1"]
     shutil.copytree(ROOT / "studies", tmp_path / "studies")  # mounted on the image's WORKDIR
     study = subprocess.Popen([sys.executable, "-m", "tuner", *SERVICES["study"]["command"], *fast], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
