@@ -292,9 +292,14 @@ def counts(study: optuna.Study) -> dict[str, int]:
     for t in trials:
         out[t.state.name] += 1
     out["FINISHED"] = out["COMPLETE"] + out["PRUNED"]
-    again = queued_again(trials)
-    out["QUEUED_AGAIN"] = sum(t.state == TrialState.FAIL and t.number in again for t in trials)
+    out["QUEUED_AGAIN"] = n_queued_again(trials)
     return out
+
+
+def n_queued_again(trials) -> int:
+    """How many failed trials another carries on (``queued_again``)."""
+    again = queued_again(trials)
+    return sum(t.state == TrialState.FAIL and t.number in again for t in trials)
 
 
 def queued_again(trials) -> dict[int, int]:

@@ -22,7 +22,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
     from optuna.trial import TrialState
 
-    from tuner.search.study import describe_trial, queued_again
+    from tuner.search.study import describe_trial, n_queued_again, queued_again
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
@@ -45,7 +45,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
         "running": count[TrialState.RUNNING],
         "waiting": count[TrialState.WAITING],
         "failed": count[TrialState.FAIL],
-        "queued_again": sum(t.state == TrialState.FAIL and t.number in again for t in trials),
+        "queued_again": n_queued_again(trials),
         "best": None if best is None else (best.number, best.value, describe_trial(best)),
         "workers": running,
         "ended": ended,

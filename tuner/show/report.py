@@ -26,7 +26,7 @@ from tuner.show.results import final_model, study_data
 from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
-from tuner.search.study import describe_trial, queued_again, stored_config
+from tuner.search.study import describe_trial, n_queued_again, stored_config
 from tuner.show.progress import failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
@@ -349,8 +349,7 @@ def _table(trials, best, metric, second) -> str:
 def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
     e = html.escape
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    again = queued_again(trials)
-    failed = failed_words({"FAIL": states[TrialState.FAIL], "QUEUED_AGAIN": sum(t.state == TrialState.FAIL and t.number in again for t in trials)})
+    failed = failed_words({"FAIL": states[TrialState.FAIL], "QUEUED_AGAIN": n_queued_again(trials)})
     parts = [
         f"<h1>Study {e(study.study_name)}</h1>",
         f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
