@@ -1,6 +1,8 @@
 """Temperature scaling: it must lower the validation NLL of a miscalibrated model and keep rankings."""
 
 import doctest
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -50,3 +52,22 @@ def test_separable_or_broken_logits_stay_in_bounds():
 
 def test_doctest():
     assert doctest.testmod(tuner.learn.calibration).failed == 0
+
+
+@pytest.mark.parametrize("c", [None, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_temperature_is_the_minimum_of_the_nll_on_a_fine_grid(c, seed):
+    logits, y = toy(n=300, scale=[0.2, 1.0, 6.0][seed], c=c, seed=seed)
+    t = fit_temperature(logits, y)
+    grid = torch.logspace(-1.3, 1.3, 4001, dtype=torch.float64)
+    best = min(float(nll(logits / g, y)) for g in grid)
+    assert float(nll(logits / t, y)) <= best + 1e-9
+
+
+def test_fitting_a_temperature_imports_no_compiler():
+    # torch.optim imports torch._dynamo (seconds): the commands that only read a study fit
+    # temperatures for the final model and must not pay for it.
+    code = ("import sys, torch; from tuner.learn.calibration import fit_temperature; "
+            "fit_temperature(torch.randn(50), torch.randint(0, 2, (50,))); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
