@@ -31,6 +31,13 @@ def test_invalid_toml(tmp_path, cli):
     assert_user_error(cli("start-study", "bad.toml", cwd=tmp_path), "bad.toml", "not valid TOML")
 
 
+@pytest.mark.parametrize("text", ["", "# to fill in\n\n"])
+def test_a_study_file_without_settings_is_refused_before_any_study_exists(tmp_path, cli, text):
+    (tmp_path / "empty.toml").write_text(text)
+    assert_user_error(cli("start-study", "empty.toml", cwd=tmp_path), "empty.toml holds no settings", "studies/digits-rare.toml")
+    assert not (tmp_path / "tuner.db").exists()
+
+
 def test_unreadable_study_file(tmp_path, cli):
     (tmp_path / "dir.toml").mkdir()
     assert_user_error(cli("start-study", "dir.toml", cwd=tmp_path), "dir.toml")

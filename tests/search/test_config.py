@@ -45,6 +45,7 @@ def test_integer_is_accepted_where_a_number_is_expected():
     ({"pruner": {"kind": "threshold"}}, ["pruner.kind"]),
     ({"train": {"device": "tpu"}}, ["train.device"]),
     ({"model": {"kind": "vit"}}, ["model.kind"]),
+    ({"model": {"kind": "resnet"}, "train": {"fuse": 4}}, ["train.fuse = 4", "only with model.kind = simple_cnn"]),
     ({"data": {"kind": "mnist"}}, ["data.kind"]),
     ({"data": {"image_size": 2}}, ["data.image_size"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),

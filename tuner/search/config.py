@@ -200,6 +200,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         raise UserError(f"cannot read study file {path}: {e}")
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"study file {path} is not valid TOML: {e}")
+    if not raw:  # an empty file (a failed copy, the wrong path) would run every default silently
+        raise UserError(f"study file {path} holds no settings; copy studies/digits-rare.toml and edit it, "
+                        "or give at least a [study] section with its name")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw, source=str(path))
@@ -324,6 +327,8 @@ def _validate(cfg: StudyConfig) -> None:
     need(folds == "auto" or 1 <= folds <= 20, "data.folds", folds, 'use 1 (one validation split) to 20 folds, or "auto"')
     need(folds in ("auto", 1) or cfg.model.kind == "simple_cnn", "data.folds", folds,
          "k folds train as fused members, which only model.kind = simple_cnn has; use data.folds = 1 with resnet")
+    need(t.fuse in ("auto", 1) or cfg.model.kind == "simple_cnn", "train.fuse", t.fuse,
+         "trials train together as one fused model only with model.kind = simple_cnn; use train.fuse = 1 with resnet")
     need(p.reduction_factor >= 2, "pruner.reduction_factor", p.reduction_factor, "must be >= 2")
     check_data(cfg.data)
 
