@@ -15,6 +15,7 @@ from conftest import assert_user_error, tuner
 from test_report import finished_study
 from tuner.learn.data import load_data
 from tuner.show.export import COLUMNS
+from tuner.show.progress import snapshot
 from tuner.learn.models import build_model
 from tuner.keys import BEST_TEST, CONFIG, FINAL_TEST
 from tuner.search.study import stored_config
@@ -83,9 +84,12 @@ def test_json_export_to_a_file(folder, cli):
     # a folder that is not there yet is made, as best --save-model and report --out make theirs
     assert cli("export", "--study-name", "smoke", "--format", "json", "--out", "new/folder/t.json", cwd=folder).returncode == 0
     assert json.loads((folder / "new" / "folder" / "t.json").read_text()) == rows
-    # one duration per trial: the worker's own clock, in the export and in status
+    # one duration per trial: the worker's own clock, in the export, in status and in the progress lines
     status = json.loads(tuner("status", "--study-name", "smoke", "--json", cwd=folder).stdout)["trials"]
     assert [r["duration_s"] for r in status] == [r["duration_s"] for r in rows]
+    ended = {e["trial"]: e["duration_s"] for e in snapshot(load(folder), 8)["ended"]}
+    assert ended and all(ended[r["trial"]] == r["duration_s"] == load(folder).trials[r["trial"]].user_attrs["duration_s"]
+                         for r in rows if r["trial"] in ended)
 
 
 def test_export_user_errors(folder, cli):

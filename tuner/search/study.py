@@ -85,6 +85,20 @@ def describe_trial(trial) -> str:
     return describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))
 
 
+def trial_note(trial) -> str:
+    """What the read commands say beside a trial: its reference label, prune, stop and error reasons."""
+    return "; ".join(str(trial.user_attrs[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
+                     if trial.user_attrs.get(k))
+
+
+def trial_duration(trial) -> float | None:
+    """Seconds the trial ran: the worker's own clock, as its log line says, else the storage's."""
+    duration = trial.user_attrs.get(keys.DURATION_S)
+    if duration is None and trial.datetime_start and trial.datetime_complete:
+        duration = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 2)
+    return duration
+
+
 def reference_trials(cfg: StudyConfig) -> list[tuple[dict, str, dict]]:
     """The reference trials that fit the search space: (params, label, trial attributes)."""
     space = distributions(cfg)

@@ -19,7 +19,7 @@ from tuner import keys
 from tuner.errors import UserError
 from tuner.show.summary import best_trial, final_test, shown_params
 from tuner.search.config import StudyConfig
-from tuner.search.study import queued_again, stored_config
+from tuner.search.study import queued_again, stored_config, trial_duration
 
 FORMATS = ("csv", "json")
 # Stored attribute -> column. Each trial's loss is the focal loss with its own gamma and alpha, so
@@ -39,13 +39,10 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     for t in trials:
         a = t.user_attrs
         history = t.system_attrs.get("retry_history")
-        duration = a.get(keys.DURATION_S)
-        if duration is None and t.datetime_start and t.datetime_complete:
-            duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
         rows.append({"trial": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
                      "beta": shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
                      "epochs": a.get(keys.EPOCHS, 0),
-                     "duration_s": duration, "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
+                     "duration_s": trial_duration(t), "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
                      "stop_reason": a.get(keys.STOP_REASON), "error": a.get(keys.ERROR), "retry_of": history[-1] if history else None,
                      "queued_again_as": again.get(t.number) if t.state == optuna.trial.TrialState.FAIL else None})
     return rows

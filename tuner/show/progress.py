@@ -22,7 +22,7 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     # Imported here: the first frame is drawn before Optuna (about a second) is loaded.
     from optuna.trial import TrialState
 
-    from tuner.search.study import describe_trial, n_queued_again, queued_again
+    from tuner.search.study import describe_trial, n_queued_again, queued_again, trial_duration, trial_note
 
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
@@ -32,10 +32,9 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
     running = sorted((t.user_attrs.get(keys.WORKER, "?"), t.number, t.user_attrs.get(keys.EPOCHS, 0), describe_trial(t))
                      for t in trials if t.state == TrialState.RUNNING)
     ended = [{"trial": t.number, "state": t.state.name, "value": t.value, "params": describe_trial(t),
-              "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": _duration(t), "worker": t.user_attrs.get(keys.WORKER),
+              "epochs": t.user_attrs.get(keys.EPOCHS, 0), "duration_s": trial_duration(t), "worker": t.user_attrs.get(keys.WORKER),
               "queued_as": again.get(t.number) if t.state == TrialState.FAIL else None,
-              "note": "; ".join(t.user_attrs[k] for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
-                                if t.user_attrs.get(k)) or None}
+              "note": trial_note(t) or None}
              for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     return {
         "target": target,
@@ -50,12 +49,6 @@ def snapshot(study: "optuna.Study", target: int) -> dict:
         "workers": running,
         "ended": ended,
     }
-
-
-def _duration(t) -> float | None:
-    if t.datetime_start and t.datetime_complete:
-        return (t.datetime_complete - t.datetime_start).total_seconds()
-    return None
 
 
 def summary_line(s: dict) -> str:

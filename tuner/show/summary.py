@@ -13,7 +13,7 @@ from tuner.errors import UserError
 from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
-from tuner.search.study import KEEP_MODELS, counts
+from tuner.search.study import KEEP_MODELS, counts, trial_duration, trial_note
 from tuner.show.progress import failed_words
 
 
@@ -163,10 +163,6 @@ def study_rows(url: str) -> list[dict]:
 def status_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        end = t.datetime_complete
-        duration = t.user_attrs.get(keys.DURATION_S)  # the worker's own clock, as its log line and export give it
-        if duration is None and end and t.datetime_start:
-            duration = round((end - t.datetime_start).total_seconds(), 2)
         rows.append({
             "trial": t.number,
             "state": t.state.name,
@@ -176,9 +172,8 @@ def status_rows(study: optuna.Study) -> list[dict]:
             "value": t.value,
             "threshold": t.user_attrs.get(keys.THRESHOLD),
             "epochs": t.user_attrs.get(keys.EPOCHS, 0),
-            "duration_s": duration,
-            "note": "; ".join(str(t.user_attrs[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
-                              if k in t.user_attrs),
+            "duration_s": trial_duration(t),
+            "note": trial_note(t),
         })
     return rows
 
