@@ -99,6 +99,8 @@ def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(fo
     best = json.loads(tuner("best", "--json", cwd=root).stdout)
     assert list(best["class_thresholds"]) == list(COUNTS) and sum(best["class_thresholds"].values()) == pytest.approx(1.0)
     assert "per-class thresholds" in tuner("best", cwd=root).stdout
+    status = tuner("status", cwd=root).stdout
+    assert "threshold: one per class, chosen on validation (tuner best shows them)" in status
     saved = tmp_path / "final.pt"
     assert tuner("best", "--save-model", str(saved), cwd=root).returncode == 0
     t = torch.load(saved, weights_only=True)["class_thresholds"]
@@ -157,6 +159,13 @@ def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screeni
     assert "recall" in best["test"] and "recall" in best["final"] and "precision" in best["final"]
     assert "threshold" in proc.stdout and "on p(eight) / the largest other class's probability" in proc.stdout
     assert "recall of 'eight'" in proc.stdout
+    # status and export give each trial's cut for 'eight' and say what it cuts
+    status = json.loads(tuner("status", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert status["threshold_of"] == "on p(eight) / the largest other class's probability"
+    row = next(r for r in status["trials"] if r["trial"] == best["trial"])
+    assert row["threshold"] == t["eight"]
+    rows = json.loads(tuner("export", "-f", "json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert [(r["threshold"], r["threshold_of"]) for r in rows] == [(r["threshold"], status["threshold_of"]) for r in status["trials"]]
 
 
 def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches_the_cut(screening, tmp_path):

@@ -137,6 +137,7 @@ def test_status_table(finished):
     proc = tuner("status", cwd=folder)  # the storage holds one study: no name needed
     assert proc.returncode == 0, proc.stderr
     assert "PRUNED" in proc.stdout and "COMPLETE" in proc.stdout and "cross-entropy" in proc.stdout
+    assert "threshold: on the calibrated probability of 'rare'" in proc.stdout  # the rare class by name
 
 
 def test_dashboard_serves_the_study(finished):

@@ -387,13 +387,13 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
     from tuner.show.progress import failed_words
-    from tuner.show.summary import status_rows
+    from tuner.show.summary import status_rows, threshold_rule
     from tuner.search.study import counts
 
     study = _study(_url(storage), study_name)
-    rows, c = status_rows(study), counts(study)
+    rows, c, (_, cut) = status_rows(study), counts(study), threshold_rule(study)
     if as_json:
-        print(json.dumps({"study": study.study_name, "counts": c, "trials": rows}))
+        print(json.dumps({"study": study.study_name, "counts": c, "threshold_of": cut, "trials": rows}))
         return
     second = "beta" if any(r["beta"] is not None for r in rows) else "alpha"
     table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "note", title=f"study {study.study_name}")
@@ -403,6 +403,7 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
                       fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
     out().print(table)
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
+    out().print(f"threshold: {cut}" if cut else "threshold: one per class, chosen on validation (tuner best shows them)")
 
 
 @app.command("list", short_help="The studies in the storage: counts, best value.")

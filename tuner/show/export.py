@@ -17,7 +17,7 @@ import optuna
 
 from tuner import keys
 from tuner.errors import UserError
-from tuner.show.summary import best_trial, final_test, shown_params
+from tuner.show.summary import best_trial, final_test, shown_params, threshold_rule, trial_threshold
 from tuner.search.config import StudyConfig
 from tuner.search.study import queued_again, stored_config, trial_duration
 
@@ -28,7 +28,7 @@ METRICS = {k: k for k in (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_
                           keys.PRECISION, keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED,
                           keys.TEMPERATURE, keys.FOLD_SPREAD)} | {keys.LOSS: "own_focal_loss", keys.TRAIN_LOSS: "own_focal_loss_train"}
 COLUMNS = ("trial", "state", "gamma", "alpha", "beta", "value", *METRICS.values(), "epochs", "duration_s", "prune_reason", "reference",
-           "stop_reason", "error", "retry_of", "queued_again_as")
+           "stop_reason", "error", "retry_of", "queued_again_as", "threshold_of")
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -36,6 +36,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     rows = []
     trials = study.get_trials(deepcopy=False)
     again = queued_again(trials)
+    focus, cut = threshold_rule(study)
     for t in trials:
         a = t.user_attrs
         history = t.system_attrs.get("retry_history")
@@ -44,7 +45,8 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                      "epochs": a.get(keys.EPOCHS, 0),
                      "duration_s": trial_duration(t), "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
                      "stop_reason": a.get(keys.STOP_REASON), "error": a.get(keys.ERROR), "retry_of": history[-1] if history else None,
-                     "queued_again_as": again.get(t.number) if t.state == optuna.trial.TrialState.FAIL else None})
+                     "queued_again_as": again.get(t.number) if t.state == optuna.trial.TrialState.FAIL else None,
+                     "threshold": trial_threshold(t, focus), "threshold_of": cut})
     return rows
 
 

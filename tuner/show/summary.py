@@ -13,7 +13,7 @@ from tuner.errors import UserError
 from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
-from tuner.search.study import KEEP_MODELS, counts, trial_duration, trial_note
+from tuner.search.study import KEEP_MODELS, counts, stored_config, trial_duration, trial_note
 from tuner.show.progress import failed_words
 
 
@@ -160,8 +160,32 @@ def study_rows(url: str) -> list[dict]:
     return rows
 
 
+def threshold_rule(study: optuna.Study) -> tuple[int | None, str | None]:
+    """What a trial's one threshold cuts: (the index of the class to detect among more than two, or
+    None; the words), words None where there is no one cut (per-class thresholds, or no classes)."""
+    classes = study.user_attrs.get(keys.DATA, {}).get("classes") or []
+    try:
+        focus = focus_class(stored_config(study), classes)
+    except UserError:  # a study tuner did not create
+        return None, None
+    if len(classes) == 2:
+        return None, f"on the calibrated probability of {classes[1]!r}"
+    if focus is not None:
+        return focus, f"on p({classes[focus]}) / the largest other class's probability"
+    return None, None
+
+
+def trial_threshold(trial: optuna.trial.FrozenTrial, focus: int | None) -> float | None:
+    """The trial's threshold: on the positive class's probability, or with a class to detect
+    among more (``threshold_rule``), its cut on the ratio; None for per-class thresholds."""
+    if focus is not None and keys.CLASS_THRESHOLDS in trial.user_attrs:
+        return trial.user_attrs[keys.CLASS_THRESHOLDS][focus]
+    return trial.user_attrs.get(keys.THRESHOLD)
+
+
 def status_rows(study: optuna.Study) -> list[dict]:
     rows = []
+    focus, _ = threshold_rule(study)
     for t in study.get_trials(deepcopy=False):
         rows.append({
             "trial": t.number,
@@ -170,7 +194,7 @@ def status_rows(study: optuna.Study) -> list[dict]:
             "alpha": t.params.get("alpha"),
             "beta": shown_params(t).get("beta"),
             "value": t.value,
-            "threshold": t.user_attrs.get(keys.THRESHOLD),
+            "threshold": trial_threshold(t, focus),
             "epochs": t.user_attrs.get(keys.EPOCHS, 0),
             "duration_s": trial_duration(t),
             "note": trial_note(t),
