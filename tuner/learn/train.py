@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tuner import keys
+from tuner.learn import optim
 from tuner.errors import UserError
 from tuner.learn.data import Splits
 from tuner.learn.calibration import fit_temperature
@@ -105,12 +106,11 @@ def heldout_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threshol
             "confusion_matrix": confusion(calibrated, y, raw.shape[1] if raw.dim() == 2 else 2, cut)}
 
 
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg, params) -> optim.Optimizer:
     t = cfg.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+        return optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    return optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, decoupled_weight_decay=t.optimizer == "adamw")
 
 
 def train_trial(
