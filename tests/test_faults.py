@@ -188,7 +188,7 @@ def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_
     assert retry_of(trials, failed.number)[0].state == TrialState.COMPLETE
 
 
-def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path):
+def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path, cli):
     # The old study's reference trials had the same number, seed and parameters as the new one's.
     watcher, study, doomed, _ = watched_study_with_a_worker(tmp_path, epochs_before=1)
     deadline = time.time() + 120  # one trial finished (its model file kept), the next two epochs in
@@ -214,6 +214,6 @@ def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path):
     # A model file the old study left where the new one's trial has none (its worker wrote elsewhere).
     name, old = next(iter(old_models.items()))
     (folder / name).write_bytes(old)
-    got = tuner("best", "--save-model", "best.pt", cwd=tmp_path)
+    got = cli("best", "--save-model", "best.pt", cwd=tmp_path)
     assert got.returncode == 2 and "a model file of another study named 'smoke' (one deleted, or in another storage)" in got.stderr
     assert "Traceback" not in got.stderr

@@ -33,36 +33,36 @@ def test_the_driver_names_the_folds_and_the_final_model(folder):
     assert "final model: the mean of the calibrated logits of trials" in out and "each an ensemble of the 3 fold models" in out
 
 
-def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder):
+def test_every_epoch_stores_the_pooled_value_and_its_fold_spread(folder, cli):
     path, _ = folder
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{path / 'tuner.db'}")
     for t in study.trials:
         assert sorted(t.intermediate_values) == [1, 2] and t.user_attrs["fold_spread"] >= 0
         assert t.value == t.intermediate_values[2] == t.user_attrs["average_precision"]
-    rows = list(csv.DictReader(io.StringIO(tuner("export", "--study-name", "smoke", cwd=path).stdout)))
+    rows = list(csv.DictReader(io.StringIO(cli("export", "--study-name", "smoke", cwd=path).stdout)))
     assert rows and all(r["trial"] for r in rows)
     assert all(float(r["fold_spread"]) >= 0 for r in rows)
 
 
-def test_the_ensemble_file_is_what_best_report_and_predict_read(folder, tmp_path):
+def test_the_ensemble_file_is_what_best_report_and_predict_read(folder, tmp_path, cli):
     path, _ = folder
-    best = json.loads(tuner("best", "--json", "--save-model", "best.pt", cwd=path).stdout)
+    best = json.loads(cli("best", "--json", "--save-model", "best.pt", cwd=path).stdout)
     assert best["folds"] == 3 and best["final_model"].startswith(f"the mean of the calibrated logits of trials {best['trial']}, ")
     assert "each an ensemble of the 3 fold models" in best["final_model"] and best["final"]["trials"][0] == best["trial"]
     assert best["test"]["source"] == "checkpoint" and 0 <= best["test"]["balanced_accuracy"] <= 1
     image = tmp_path / "x.png"
     Image.fromarray(np.full((16, 16), 128, dtype=np.uint8)).save(image)
-    proc = tuner("predict", str(path / "best.pt"), str(image), cwd=path)
+    proc = cli("predict", str(path / "best.pt"), str(image), cwd=path)
     assert proc.returncode == 0, proc.stderr
     header, line = proc.stdout.splitlines()
     assert header == "path\tpredicted\tp(rare)" and line.split("\t")[0] == str(image)
-    report = tuner("report", "--out", "report", cwd=path)
+    report = cli("report", "--out", "report", cwd=path)
     assert report.returncode == 0, report.stderr
     text = (path / "report" / "index.html").read_text()
     assert "fold spread" in text and "ensemble of the 3 fold models" in text
 
 
-def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path):
+def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path, cli):
     path, _ = folder
     shutil.copy(path / "tuner.db", tmp_path / "tuner.db")  # a copy: its stored test check is rewritten below
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'tuner.db'}")
@@ -73,14 +73,14 @@ def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path
         if other.name != f"trial-{before['trial']}.pt":
             (tmp_path / "elsewhere" / "smoke").mkdir(parents=True, exist_ok=True)
             shutil.copy(other, tmp_path / "elsewhere" / "smoke")
-    proc = tuner("best", "--retrain", "--json", cwd=tmp_path)
+    proc = cli("best", "--retrain", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     after = json.loads(proc.stdout)["test"]
     assert after["source"] == "retrained" and after["trial"] == before["trial"]
     missing = tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt"
     assert (f"note: trial {before['trial']} has no model file at {missing}; training it again with its parameters and seed "
             "(2 epochs x 3 folds)") in proc.stderr
-    said = tuner("best", cwd=tmp_path).stdout
+    said = cli("best", cwd=tmp_path).stdout
     assert "(checkpoint models; those whose files were not here retrained with their parameters and seed)" in said
     payload = torch.load(tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt", weights_only=True)
     assert payload["model"]["folds"] == 3

@@ -51,7 +51,7 @@ def test_the_root_is_stored_absolute_with_the_images_fingerprint(created):
     assert fingerprints["train"].startswith("52 files, sha256 ") and fingerprints["test"].startswith("13 files, sha256 ")
 
 
-def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, tmp_path):
+def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, tmp_path, cli):
     home, study_file = created
     db = home / "tuner.db"
     copy = tmp_path / "copy"
@@ -89,10 +89,10 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
     assert not (tmp_path / "tuner-artifacts").exists()
 
     # readers anywhere read the stored folder; --artifacts names another copy of the model files
-    elsewhere = tuner("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", "--artifacts", "own", cwd=tmp_path)
+    elsewhere = cli("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", "--artifacts", "own", cwd=tmp_path)
     assert_user_error(elsewhere, f"no model file at {tmp_path / 'own' / 'smoke'}/trial-", "pass --artifacts PATH")
     shutil.copy(tmp_path / "own" / "smoke" / "trial-3.pt", home / "tuner-artifacts" / "smoke")  # the files in one place
-    saved = tuner("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", cwd=tmp_path)
+    saved = cli("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", cwd=tmp_path)
     assert saved.returncode == 0, saved.stderr
     assert "(checkpoint) to m.pt" in saved.stderr and (tmp_path / "m.pt").is_file()
 

@@ -58,9 +58,9 @@ def test_the_driver_says_how_classes_are_weighted(folder):
     assert not re.search(r"trial 0 gamma=\S+ beta", proc.stderr)
 
 
-def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder):
+def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder, cli):
     root, _ = folder
-    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", cwd=root).stdout)
     assert best["alpha_mode"] == "class_balanced" and best["positive_class"] is None and best["threshold"] is None
     assert best["unweighted"] == (best["trial"] == 0)
     params = best["params"]
@@ -82,9 +82,9 @@ def _train_counts(root):
     return load_data(cfg.data, seed=cfg.study.seed).class_counts()
 
 
-def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
+def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder, cli):
     root, _ = folder
-    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", cwd=root).stdout)
     labels = {r["trial"]: r["label"] for r in best["references"]}
     assert labels[0].startswith("cross-entropy") and "no class weights" in labels[0]
     assert labels[1] == "focal gamma=2 with class-balanced weights of beta=0.999"
@@ -94,19 +94,19 @@ def test_reference_trials_are_cross_entropy_and_class_balanced_focal(folder):
     assert all("against_final" in r["test"] for r in best["references"] if r["trial"] != best["trial"])
 
 
-def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(folder, tmp_path):
+def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(folder, tmp_path, cli):
     root, _ = folder
-    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", cwd=root).stdout)
     assert list(best["class_thresholds"]) == list(COUNTS) and sum(best["class_thresholds"].values()) == pytest.approx(1.0)
-    assert "per-class thresholds" in tuner("best", cwd=root).stdout
-    status = tuner("status", cwd=root).stdout
+    assert "per-class thresholds" in cli("best", cwd=root).stdout
+    status = cli("status", cwd=root).stdout
     assert "threshold: one per class, chosen on validation (tuner best shows them)" in status
     saved = tmp_path / "final.pt"
-    assert tuner("best", "--save-model", str(saved), cwd=root).returncode == 0
+    assert cli("best", "--save-model", str(saved), cwd=root).returncode == 0
     t = torch.load(saved, weights_only=True)["class_thresholds"]
     assert len(t) == 4 and sum(t) == pytest.approx(1.0)
     images = sorted((root / "data" / "test").glob("*/*.png"))
-    proc = tuner("predict", str(saved), *map(str, images), "--json", cwd=root)
+    proc = cli("predict", str(saved), *map(str, images), "--json", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert "divided by its threshold" in proc.stderr
     rows = json.loads(proc.stdout)
@@ -117,16 +117,16 @@ def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(fo
     recall = np.mean([np.mean([p == c for p, y in zip(by_hand, truth) if y == c]) for c in names])
     assert recall == pytest.approx(best["final"]["balanced_accuracy"], abs=1e-6)
     # per-class thresholds have no one cut for --threshold to move
-    assert_user_error(tuner("predict", str(saved), str(images[0]), "--threshold", "0.5", cwd=root),
+    assert_user_error(cli("predict", str(saved), str(images[0]), "--threshold", "0.5", cwd=root),
                       "--threshold is a cut for one class to detect", "leave out --threshold")
 
 
-def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_path):
+def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_path, cli):
     root, _ = folder
-    proc = tuner("report", "--out", str(tmp_path / "report"), cwd=root)
+    proc = cli("report", "--out", str(tmp_path / "report"), cwd=root)
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "index.html").read_text()
-    best = json.loads(tuner("best", "--json", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", cwd=root).stdout)
     cuts = ", ".join(f"{c} {v:.3f}" for c, v in zip(COUNTS, best["final"]["class_thresholds"]))
     assert f"decisions at per-class thresholds chosen on validation for balanced accuracy ({cuts})" in page
     assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page
@@ -146,12 +146,12 @@ def screening(folder):
     return root, proc
 
 
-def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screening):
+def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screening, cli):
     root, proc = screening
     assert "class to detect 'eight'" in proc.stderr and "recall>=0.9" in proc.stderr
     # 6 out-of-fold images: recall 0.9 cannot spare one, and the driver says what that costs
     assert "note: only 6 validation images of 'eight': recall>=0.9 must find every one (missing one is recall 0.83)" in proc.stderr
-    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert best["positive_class"] == "eight" and best["threshold"] is None
     t = best["class_thresholds"]
     assert [t[c] for c in ("five", "one", "zero")] == [1.0, 1.0, 1.0] and t["eight"] > 0
@@ -160,21 +160,21 @@ def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screeni
     assert "threshold" in proc.stdout and "on p(eight) / the largest other class's probability" in proc.stdout
     assert "recall of 'eight'" in proc.stdout
     # status and export give each trial's cut for 'eight' and say what it cuts
-    status = json.loads(tuner("status", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    status = json.loads(cli("status", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert status["threshold_of"] == "on p(eight) / the largest other class's probability"
     row = next(r for r in status["trials"] if r["trial"] == best["trial"])
     assert row["threshold"] == t["eight"]
-    rows = json.loads(tuner("export", "-f", "json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    rows = json.loads(cli("export", "-f", "json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert [(r["threshold"], r["threshold_of"]) for r in rows] == [(r["threshold"], status["threshold_of"]) for r in status["trials"]]
 
 
-def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches_the_cut(screening, tmp_path):
+def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches_the_cut(screening, tmp_path, cli):
     root, _ = screening
     saved = tmp_path / "screen.pt"
-    assert tuner("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
-    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert cli("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     images = sorted((root / "data" / "test").glob("*/*.png"))
-    proc = tuner("predict", str(saved), *map(str, images), "--json", cwd=root)
+    proc = cli("predict", str(saved), *map(str, images), "--json", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert "'eight' is predicted when p(eight) / the largest other probability is at least" in proc.stderr
     names, cut = list(COUNTS), best["final"]["class_thresholds"][0]
@@ -187,18 +187,18 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     assert [r["predicted"] for r in json.loads(proc.stdout)] == by_hand
     found = sum(p == y == "eight" for p, y in zip(by_hand, truth))
     assert found / truth.count("eight") == pytest.approx(best["final"]["recall"], abs=1e-9)
-    table = tuner("predict", str(saved), *map(str, images[:2]), cwd=root).stdout
+    table = cli("predict", str(saved), *map(str, images[:2]), cwd=root).stdout
     assert table.splitlines()[0] == "path\tpredicted\tp(eight)"
 
 
-def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(screening, tmp_path):
+def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(screening, tmp_path, cli):
     root, _ = screening
     saved = tmp_path / "screen.pt"
-    assert tuner("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    assert cli("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     images = [str(p) for p in sorted((root / "data" / "test").glob("*/*.png"))]
     names, found = list(COUNTS), []
     for cut in (0.001, 1000.0):
-        proc = tuner("predict", str(saved), *images, "--threshold", str(cut), "--json", cwd=root)
+        proc = cli("predict", str(saved), *images, "--threshold", str(cut), "--json", cwd=root)
         assert proc.returncode == 0, proc.stderr
         assert f"p(eight) / the largest other probability is at least {cut:.4f} (from --threshold)" in proc.stderr
         rows = json.loads(proc.stdout)
@@ -208,7 +208,7 @@ def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(scr
             assert r["predicted"] == ("eight" if p["eight"] >= cut * rival else max((c for c in names if c != "eight"), key=p.get))
         found.append(sum(r["predicted"] == "eight" for r in rows))
     assert found[0] > found[1]
-    assert_user_error(tuner("predict", str(saved), images[0], "--threshold", "0", cwd=root),
+    assert_user_error(cli("predict", str(saved), images[0], "--threshold", "0", cwd=root),
                       "--threshold 0.0 is not a cut on p(eight) / the largest other probability")
     payload = torch.load(saved, weights_only=True)
     for bad in (-1.0, float("nan"), float("inf")):
@@ -216,23 +216,23 @@ def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(scr
             cut_with(payload, bad)
 
 
-def test_the_report_says_how_the_screening_model_decides(screening, tmp_path):
+def test_the_report_says_how_the_screening_model_decides(screening, tmp_path, cli):
     root, _ = screening
-    assert tuner("report", "--out", str(tmp_path / "r"), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
+    assert cli("report", "--out", str(tmp_path / "r"), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     page = (tmp_path / "r" / "index.html").read_text()
-    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert (f"decided when its probability over the largest other one reaches the threshold "
             f"{best['final']['class_thresholds'][0]:.4f} chosen on validation for recall&gt;=0.9") in page
     assert "recall of &#x27;eight&#x27;" in page
     assert "Note: Only 6 validation images of &#x27;eight&#x27;: recall&gt;=0.9 must find every one" in page
 
 
-def test_naming_a_class_under_balanced_accuracy_is_a_one_line_error_before_any_study_exists(folder):
+def test_naming_a_class_under_balanced_accuracy_is_a_one_line_error_before_any_study_exists(folder, cli):
     root, _ = folder
     proc = tuner("start-study", "study.toml", "--set", "data.positive_class=five", "--storage", "sqlite:///named.db", cwd=root)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: data.positive_class = 'five' names a class to detect, but with 4 classes")
-    assert "no study" in tuner("list", "--storage", "sqlite:///named.db", cwd=root).stderr
+    assert "no study" in cli("list", "--storage", "sqlite:///named.db", cwd=root).stderr
 
 
 def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_before_any_study_exists(folder, tmp_path):
@@ -249,7 +249,7 @@ def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_befo
     assert not (tmp_path / "tuner.db").exists()
 
 
-def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(folder):
+def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(folder, cli):
     root, _ = folder
     text = (root / "study.toml").read_text().replace('name = "tail"', 'name = "named"\noperating_point = "recall>=0.9"')
     text = text.replace("n_trials = 4", "n_trials = 2") + '\n[search]\nalpha_mode = "rare"\n'
@@ -259,7 +259,7 @@ def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(fold
     assert "must find every one" not in proc.stderr  # 12 images of 'five': one may be missed
     focal = torch.load(root / "tuner-artifacts" / "named" / "trial-1.pt", weights_only=True)
     assert focal["params"] == {"gamma": 2.0, "alpha": [0.75, 0.25, 0.75, 0.75]}  # eight, five, one, zero: five is weighted
-    best = json.loads(tuner("best", "--json", "--storage", "sqlite:///named-alpha.db", cwd=root).stdout)
+    best = json.loads(cli("best", "--json", "--storage", "sqlite:///named-alpha.db", cwd=root).stdout)
     assert best["positive_class"] == "five"
     shown = best["alpha_per_class"]
     assert shown["five"] == best["params"]["alpha"] and {shown[c] for c in ("eight", "one", "zero")} == {1 - shown["five"]}

@@ -101,9 +101,9 @@ def test_right_password_runs_a_study_without_printing_it(auth_url, tmp_path):
         optuna.delete_study(study_name=name, storage=auth_url)
 
 
-def test_unknown_database_is_one_line(postgres_url, tmp_path):
+def test_unknown_database_is_one_line(postgres_url, tmp_path, cli):
     url = postgres_url.rsplit("/", 1)[0] + "/no_such_db_here"
-    proc = tuner("status", "--storage", url, cwd=tmp_path)
+    proc = cli("status", "--storage", url, cwd=tmp_path)
     assert_user_error(proc, "no_such_db_here")
 
 

@@ -97,9 +97,9 @@ def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_o
     assert re.search(r"confusion \[\[\d+, \d+\], \[\d+, \d+\]\] \(rows true, columns predicted: 'background', 'rare'\)$", proc.stdout, re.M)
 
 
-def test_best_json(finished):
+def test_best_json(finished, cli):
     folder, _ = finished
-    proc = tuner("best", "--json", "--study-name", "smoke", cwd=folder)
+    proc = cli("best", "--json", "--study-name", "smoke", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)
     study = load(folder)
@@ -132,9 +132,9 @@ def test_best_model_file_reloads_with_weights_only(finished):
     assert len(kept - references) <= 3  # the best 3, and the reference trials' models for the test check
 
 
-def test_status_table(finished):
+def test_status_table(finished, cli):
     folder, _ = finished
-    proc = tuner("status", cwd=folder)  # the storage holds one study: no name needed
+    proc = cli("status", cwd=folder)  # the storage holds one study: no name needed
     assert proc.returncode == 0, proc.stderr
     assert "PRUNED" in proc.stdout and "COMPLETE" in proc.stdout and "cross-entropy" in proc.stdout
     assert "threshold: on the calibrated probability of 'rare'" in proc.stdout  # the rare class by name
@@ -162,7 +162,7 @@ def test_dashboard_serves_the_study(finished):
         server.wait(10)
 
 
-def test_resume_after_the_driver_is_stopped(tmp_path):
+def test_resume_after_the_driver_is_stopped(tmp_path, cli):
     # Trials of a second or more: with the smoke study's 0.3 s trials the whole study could end
     # between two looks, and there would be nothing left to interrupt.
     study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
@@ -202,10 +202,10 @@ def test_resume_after_the_driver_is_stopped(tmp_path):
     assert {t.number for t in interrupted} <= retried
     # nothing was lost: the interrupted trials are not counted as failed, wherever counts are shown
     assert proc.stdout.splitlines()[0] == f"6 complete, 0 pruned, 0 failed, {len(interrupted)} queued again to resume"
-    status = json.loads(tuner("status", "--json", cwd=tmp_path).stdout)
+    status = json.loads(cli("status", "--json", cwd=tmp_path).stdout)
     assert status["counts"]["QUEUED_AGAIN"] == status["counts"]["FAIL"] == len(interrupted)
-    assert json.loads(tuner("list", "--json", cwd=tmp_path).stdout)[0]["queued_again"] == len(interrupted)
-    rows = {r["trial"]: r for r in json.loads(tuner("export", "-f", "json", cwd=tmp_path).stdout)}
+    assert json.loads(cli("list", "--json", cwd=tmp_path).stdout)[0]["queued_again"] == len(interrupted)
+    rows = {r["trial"]: r for r in json.loads(cli("export", "-f", "json", cwd=tmp_path).stdout)}
     for t in interrupted:  # the export links each stopped trial and the one that carried it on
         row = rows[t.number]
         assert row["stop_reason"] == "interrupted" and rows[row["queued_again_as"]]["retry_of"] == t.number

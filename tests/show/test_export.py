@@ -57,8 +57,8 @@ class ByHand(torch.nn.Module):
         return sum(m(x) / t for m, t in zip(self.members, self.temperatures)) / len(self.members)
 
 
-def test_csv_rows_are_the_study_trials(folder):
-    proc = tuner("export", "--study-name", "smoke", "--format", "csv", cwd=folder)
+def test_csv_rows_are_the_study_trials(folder, cli):
+    proc = cli("export", "--study-name", "smoke", "--format", "csv", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     trials = load(folder).trials
@@ -85,7 +85,7 @@ def test_json_export_to_a_file(folder, cli):
     assert cli("export", "--study-name", "smoke", "--format", "json", "--out", "new/folder/t.json", cwd=folder).returncode == 0
     assert json.loads((folder / "new" / "folder" / "t.json").read_text()) == rows
     # one duration per trial: the worker's own clock, in the export, in status and in the progress lines
-    status = json.loads(tuner("status", "--study-name", "smoke", "--json", cwd=folder).stdout)["trials"]
+    status = json.loads(cli("status", "--study-name", "smoke", "--json", cwd=folder).stdout)["trials"]
     assert [r["duration_s"] for r in status] == [r["duration_s"] for r in rows]
     ended = {e["trial"]: e["duration_s"] for e in snapshot(load(folder), 8)["ended"]}
     assert ended and all(ended[r["trial"]] == r["duration_s"] == load(folder).trials[r["trial"]].user_attrs["duration_s"]
@@ -123,13 +123,13 @@ def test_saved_model_reloads_and_reproduces_the_stored_test_metrics(folder, save
         assert got[key] == pytest.approx(stored[key], abs=1e-6), key
 
 
-def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folder, tmp_path):
+def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folder, tmp_path, cli):
     (tmp_path / "t.db").write_bytes((folder / "tuner.db").read_bytes())
     url = f"sqlite:///{tmp_path / 't.db'}"
     copy = optuna.load_study(study_name="smoke", storage=url)
     config = copy.user_attrs[CONFIG]
     copy.set_user_attr(CONFIG, {**config, "study": {**config["study"], "final_model": "best_trial"}})
-    proc = tuner("best", "--storage", url, "--save-model", str(tmp_path / "one.pt"), cwd=folder)
+    proc = cli("best", "--storage", url, "--save-model", str(tmp_path / "one.pt"), cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert f"saved the final model, trial {copy.best_trial.number} (checkpoint)" in proc.stderr
     payload = torch.load(tmp_path / "one.pt", weights_only=True)
@@ -163,7 +163,7 @@ def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path,
     assert got["average_precision"] == pytest.approx(stored["average_precision"], abs=1e-6)  # this very file
 
 
-def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
+def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path, cli):
     cfg = stored_config(load(folder))
     data = load_data(cfg.data, seed=cfg.study.seed)
     rare = int(data.test_y.argmax())
@@ -174,7 +174,7 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
         Image.fromarray(data.test_x[i, 0].numpy()).save(paths[-1])
     Image.fromarray(np.repeat(data.test_x[0, 0].numpy()[:, :, None], 3, axis=2)).resize((48, 48)).save(tmp_path / "rgb.jpg")
     paths.append(tmp_path / "rgb.jpg")
-    proc = tuner("predict", str(saved_model), *map(str, paths), cwd=folder)
+    proc = cli("predict", str(saved_model), *map(str, paths), cwd=folder)
     assert proc.returncode == 0, proc.stderr
     payload = torch.load(saved_model, weights_only=True)
     positive, threshold, temperature = payload["positive_class"], payload["threshold"], payload["temperature"]
@@ -192,18 +192,18 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path):
     assert lines[3][1] in payload["classes"] and 0 <= float(lines[3][2]) <= 1
 
     # --threshold overrides the model's; --all prints both classes; --json is one list
-    forced = tuner("predict", str(saved_model), *map(str, paths[:3]), "--threshold", "1", "--all", cwd=folder)
+    forced = cli("predict", str(saved_model), *map(str, paths[:3]), "--threshold", "1", "--all", cwd=folder)
     header, *rows = list(csv.reader(io.StringIO(forced.stdout), delimiter="\t"))
     assert header == ["path", "predicted", *(f"p({c})" for c in payload["classes"])]
     assert {r[1] for r in rows} == {payload["classes"][0]} and "from --threshold" in forced.stderr
     for r in rows:
         assert float(r[2]) + float(r[3]) == pytest.approx(1, abs=2e-4)
-    as_json = json.loads(tuner("predict", str(saved_model), str(paths[2]), "--json", cwd=folder).stdout)
+    as_json = json.loads(cli("predict", str(saved_model), str(paths[2]), "--json", cwd=folder).stdout)
     assert as_json[0]["predicted"] == lines[2][1]
     assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
 
 
-def test_predict_takes_folders_of_images(folder, saved_model, tmp_path):
+def test_predict_takes_folders_of_images(folder, saved_model, tmp_path, cli):
     images = tmp_path / "scans"
     rng = np.random.default_rng(0)
     for name in ("b.png", "a.png", "sub/c.jpg", "sub/deeper/d.png", ".hidden.png", ".cache/e.png"):
@@ -211,8 +211,8 @@ def test_predict_takes_folders_of_images(folder, saved_model, tmp_path):
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images / name)
     (images / "notes.txt").write_text("not an image")
     expected = [str(images / n) for n in ("a.png", "b.png", "sub/c.jpg", "sub/deeper/d.png")]
-    by_folder = tuner("predict", str(saved_model), str(images), "--json", cwd=folder)
-    by_file = tuner("predict", str(saved_model), *expected, "--json", cwd=folder)
+    by_folder = cli("predict", str(saved_model), str(images), "--json", cwd=folder)
+    by_file = cli("predict", str(saved_model), *expected, "--json", cwd=folder)
     assert by_folder.returncode == 0, by_folder.stderr
     assert [r["path"] for r in json.loads(by_folder.stdout)] == expected
     assert json.loads(by_folder.stdout) == json.loads(by_file.stdout)
