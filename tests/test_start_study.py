@@ -253,17 +253,17 @@ def test_fused_workers_report_each_trial_on_its_own(tmp_path):
     assert len(set(values)) > 1  # members are trained apart, not copies of one model
 
 
-def test_a_finished_study_run_again_starts_no_trial(finished):
+def test_a_finished_study_run_again_starts_no_trial(finished, cli):
     folder, _ = finished
     before = len(load(folder).trials)
-    proc = tuner("start-study", "smoke.toml", "--workers", "2", cwd=folder)
+    proc = cli("start-study", "smoke.toml", "--workers", "2", cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "the study has its 8 finished trials; raise --n-trials to run more" in proc.stderr
     assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
     assert len(load(folder).trials) == before
-    lower = tuner("start-study", "smoke.toml", "--workers", "2", "--n-trials", "3", cwd=folder)
+    lower = cli("start-study", "smoke.toml", "--workers", "2", "--n-trials", "3", cwd=folder)
     assert "the study has 8 finished trials, past its target of 3; raise --n-trials to run more" in lower.stderr
-    assert tuner("start-study", "smoke.toml", "--workers", "0", "--n-trials", "8", cwd=folder).returncode == 0  # as it was
+    assert cli("start-study", "smoke.toml", "--workers", "0", "--n-trials", "8", cwd=folder).returncode == 0  # as it was
 
 
 @pytest.mark.parametrize("cmd", [["best", "--json"], ["best"], ["status", "--json"], ["list"], ["export", "-f", "csv"]],
