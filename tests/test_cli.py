@@ -212,6 +212,8 @@ def test_status_json_and_export_short_format(tmp_path, cli):
     assert [r["trial"] for r in status["trials"]] == [0, 1, 2] and status["trials"][1]["value"] == 0.7
     rows = json.loads(cli("export", "--study-name", "a", "-f", "json", cwd=tmp_path).stdout)
     assert [r["trial"] for r in rows] == [0, 1, 2] and rows[1]["gamma"] == 0.7
+    # a study tuner did not make has no classes, so nothing is said of its thresholds
+    assert status["threshold_of"] is None and "threshold:" not in cli("status", "--study-name", "a", cwd=tmp_path).stdout
 
 
 def test_delete_asks_first(tmp_path, cli, monkeypatch):

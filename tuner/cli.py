@@ -403,7 +403,8 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
                       fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
     out().print(table)
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
-    out().print(f"threshold: {cut}" if cut else "threshold: one per class, chosen on validation (tuner best shows them)")
+    if cut:
+        out().print(f"threshold: {cut}")
 
 
 @app.command("list", short_help="The studies in the storage: counts, best value.")

@@ -161,8 +161,8 @@ def study_rows(url: str) -> list[dict]:
 
 
 def threshold_rule(study: optuna.Study) -> tuple[int | None, str | None]:
-    """What a trial's one threshold cuts: (the index of the class to detect among more than two, or
-    None; the words), words None where there is no one cut (per-class thresholds, or no classes)."""
+    """What a trial's threshold cuts: (the index of the class to detect among more than two, or None;
+    the words), words None for a study without classes (one tuner did not make)."""
     classes = study.user_attrs.get(keys.DATA, {}).get("classes") or []
     try:
         focus = focus_class(stored_config(study), classes)
@@ -172,7 +172,7 @@ def threshold_rule(study: optuna.Study) -> tuple[int | None, str | None]:
         return None, f"on the calibrated probability of {classes[1]!r}"
     if focus is not None:
         return focus, f"on p({classes[focus]}) / the largest other class's probability"
-    return None, None
+    return None, "one per class, chosen on validation (tuner best shows them)" if classes else None
 
 
 def trial_threshold(trial: optuna.trial.FrozenTrial, focus: int | None) -> float | None:
