@@ -585,6 +585,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         for reason in skipped:
             print(f"skipped: {reason}", file=sys.stderr)
         print(f"skipped {len(skipped)} of {len(files)} images that could not be read", file=sys.stderr)
+    cut = None  # the one cut the decisions were made at, where the model has one
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
@@ -600,8 +601,8 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
               + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
     else:
         print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
-    if as_json:
-        print(json.dumps(rows, indent=1))
+    if as_json:  # each row says the cut its decision was made at, as stderr does
+        print(json.dumps([{**r, "threshold": cut} for r in rows], indent=1))
         return
     shown = classes if all_classes else [positive] if positive else [detect] if (detect := detected_class(payload)) else None
     # csv quotes a field only where a path or class name holds a tab, a newline or a quote

@@ -201,6 +201,9 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path, cli):
     as_json = json.loads(cli("predict", str(saved_model), str(paths[2]), "--json", cwd=folder).stdout)
     assert as_json[0]["predicted"] == lines[2][1]
     assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
+    assert as_json[0]["threshold"] == threshold  # the cut the decision was made at
+    moved = json.loads(cli("predict", str(saved_model), str(paths[2]), "--json", "--threshold", "0.3", cwd=folder).stdout)
+    assert moved[0]["threshold"] == 0.3
 
 
 def test_predict_takes_folders_of_images(folder, saved_model, tmp_path, cli):
