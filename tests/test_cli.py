@@ -31,9 +31,9 @@ def test_invalid_toml(tmp_path, cli):
     assert_user_error(cli("start-study", "bad.toml", cwd=tmp_path), "bad.toml", "not valid TOML")
 
 
-@pytest.mark.parametrize("text", ["", "# to fill in\n\n"])
+@pytest.mark.parametrize("text", ["", "# to fill in\n\n", "\ufeff# saved by an editor that starts with a BOM\n"])
 def test_a_study_file_without_settings_is_refused_before_any_study_exists(tmp_path, cli, text):
-    (tmp_path / "empty.toml").write_text(text)
+    (tmp_path / "empty.toml").write_text(text, encoding="utf-8")
     assert_user_error(cli("start-study", "empty.toml", cwd=tmp_path), "empty.toml holds no settings", "studies/digits-rare.toml")
     assert not (tmp_path / "tuner.db").exists()
 
@@ -316,10 +316,11 @@ def test_n_trials_below_the_reference_trials_on_a_stored_study_keeps_it(study_fi
 
 def test_one_trial_without_reference_trials_runs_exactly_one(study_file):
     proc = tuner("start-study", str(study_file), "--n-trials", "1", "--set", "study.reference_trials=false",
-                 "--set", "pruner.n_warmup_steps=9", cwd=study_file.parent)
+                 "--set", "pruner.n_warmup_steps=9", "--set", "train.optimizer=sgd", cwd=study_file.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ("note: pruner.n_warmup_steps = 9 is not below train.epochs = 1: the median pruner never stops a trial early"
             in proc.stderr)
+    assert 'note: train.optimizer = "sgd" with train.lr = 0.001, a learning rate for Adam' in proc.stderr
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{study_file.parent / 'tuner.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
 

@@ -176,6 +176,9 @@ def start_study(
                          "scores each image once, by the fold model that did not train on it")
         if note := few_to_find(cfg, data):
             progress.say(f"note: {note}")
+        if cfg.train.optimizer == "sgd" and cfg.train.lr < 0.01:
+            progress.say(f"note: train.optimizer = \"sgd\" with train.lr = {cfg.train.lr:g}, a learning rate for Adam (the default "
+                         "optimizer): SGD with momentum learns little at it in a few epochs; set train.lr, e.g. --set train.lr=0.05")
         p = cfg.pruner
         wait = p.n_warmup_steps if p.kind == "median" else p.min_resource if p.kind != "none" else 0
         key = "n_warmup_steps" if p.kind == "median" else "min_resource"

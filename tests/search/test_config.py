@@ -107,3 +107,9 @@ def test_bad_config_values(field, value):
 def test_imagefolder_needs_root():
     with pytest.raises(UserError, match="data.root"):
         check_data(DataConfig(kind="imagefolder"))
+
+
+def test_a_study_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    text = (ROOT / "studies" / "digits-rare.toml").read_text()
+    (tmp_path / "bom.toml").write_text("\ufeff" + text, encoding="utf-8")
+    assert load_config(tmp_path / "bom.toml") == load_config(ROOT / "studies" / "digits-rare.toml")

@@ -193,7 +193,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """Read a study file, apply ``KEY=VALUE`` overrides, validate."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: Windows editors start a file with a BOM
     except FileNotFoundError:
         raise UserError(f"study file {path} does not exist; pass the path of a .toml file such as studies/digits-rare.toml")
     except (OSError, UnicodeDecodeError) as e:
@@ -201,8 +201,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"study file {path} is not valid TOML: {e}")
     if not raw:  # an empty file (a failed copy, the wrong path) would run every default silently
-        raise UserError(f"study file {path} holds no settings; copy studies/digits-rare.toml and edit it, "
-                        "or give at least a [study] section with its name")
+        raise UserError(f"study file {path} holds no settings; copy studies/digits-rare.toml and edit it")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw, source=str(path))
