@@ -9,22 +9,17 @@ as it is now and with torch._dynamo imported first (what it cost before), side b
 the table gives the median wall time of each and their ratio.
 """
 
-import argparse, os, statistics, subprocess, sys, tempfile, time  # noqa: E401
+import argparse, os, statistics, subprocess, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import write_study  # noqa: E402
+from read_commands import clock  # noqa: E402  (bench/ is on the path of a script run from it)
 
 WITH_DYNAMO = "import sys, runpy, torch._dynamo; sys.argv[0] = 'tuner'; runpy.run_module('tuner', run_name='__main__')"
 COMMANDS = (["best", "--save-model", "m.pt"], ["start-study", "smoke.toml", "--workers", "0"],
             ["worker", "--max-trials", "1"])
-
-
-def clock(argv: list[str], cwd: Path, env: dict) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
 
 
 def main() -> None:
