@@ -73,6 +73,16 @@ def test_another_search_space_under_the_same_name_is_refused(tmp_path):
         create_or_resume(cfg_with(study={"name": "x"}, search={"alpha": [0.1, 0.2]}), url, "x")
 
 
+@pytest.mark.parametrize("mode, unused, used", [("class_balanced", "alpha", "beta"), ("rare", "beta", "alpha")])
+def test_a_range_the_weights_do_not_use_may_change_on_resume(tmp_path, mode, unused, used):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_or_resume(cfg_with(study={"name": "u"}, search={"alpha_mode": mode}), url, "u")
+    _, notes = create_or_resume(cfg_with(study={"name": "u"}, search={"alpha_mode": mode, unused: [0.91, 0.92]}), url, "u")
+    assert f"search.{unused}" in notes[0]
+    with pytest.raises(UserError, match="another search space"):
+        create_or_resume(cfg_with(study={"name": "u"}, search={"alpha_mode": mode, used: [0.91, 0.92]}), url, "u")
+
+
 def test_pruning_waits_for_a_third_of_the_epochs_by_default():
     # the first epoch a trial may be pruned at (optuna: step == n_warmup_steps), epochs from 1
     for epochs, first in ((1, 1), (2, 1), (3, 2), (5, 2), (6, 3), (9, 4), (10, 4), (12, 5)):

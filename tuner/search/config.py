@@ -178,8 +178,11 @@ class StudyConfig:
                                    min_resource=third if p.min_resource == "auto" else p.min_resource)
 
     def search_space(self) -> dict[str, Any]:
-        """What must match for two runs to share a study."""
-        return {"metric": self.study.metric, **self.to_dict()["search"]}
+        """What must match for two runs to share a study: the metric and the ranges the sampler draws
+        from (class-balanced weights leave search.alpha unused, the rare class's weight search.beta)."""
+        space = {"metric": self.study.metric, **self.to_dict()["search"]}
+        space.pop({"class_balanced": "alpha", "rare": "beta"}.get(self.search.alpha_mode, ""), None)
+        return space
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(StudyConfig)}
