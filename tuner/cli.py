@@ -394,7 +394,8 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
     from tuner.search.study import counts
 
     study = _study(_url(storage), study_name)
-    rows, c, (_, cut) = status_rows(study), counts(study), threshold_rule(study)
+    focus, cut = threshold_rule(study)
+    rows, c = status_rows(study, focus), counts(study)
     if as_json:
         print(json.dumps({"study": study.study_name, "counts": c, "threshold_of": cut, "trials": rows}))
         return

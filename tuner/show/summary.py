@@ -183,9 +183,9 @@ def trial_threshold(trial: optuna.trial.FrozenTrial, focus: int | None) -> float
     return trial.user_attrs.get(keys.THRESHOLD)
 
 
-def status_rows(study: optuna.Study) -> list[dict]:
+def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
+    """One row per trial; ``focus`` as ``threshold_rule`` gives it."""
     rows = []
-    focus, _ = threshold_rule(study)
     for t in study.get_trials(deepcopy=False):
         rows.append({
             "trial": t.number,
