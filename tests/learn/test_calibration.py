@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tuner.learn.calibration
-from tuner.learn.calibration import T_RANGE, fit_temperature, nll
+from tuner.learn.calibration import T_RANGE, fit_temperature, nll, soft_targets
 from tuner.learn.metrics import expected_calibration_error
 
 
@@ -71,3 +71,47 @@ def test_fitting_a_temperature_imports_no_compiler():
             "fit_temperature(torch.randn(50), torch.randint(0, 2, (50,))); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def soft_nll(logits, goal):
+    if logits.dim() == 1:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, goal))
+    return float(-(goal * torch.log_softmax(logits, 1)).sum(1).mean())
+
+
+@pytest.mark.parametrize("c", [None, 3])
+def test_platt_targets_by_hand_and_their_temperature_is_the_grid_minimum(c):
+    y = torch.tensor([0, 0, 0, 1, 1] if c is None else [0, 0, 0, 1, 1, 2])
+    goal = soft_targets(y, 2 if c is None else c)
+    if c is None:  # 3 negatives: 1 / (3 + 2); 2 positives: (2 + 1) / (2 + 2)
+        assert goal.tolist() == pytest.approx([0.2, 0.2, 0.2, 0.75, 0.75])
+    else:  # class 2 has 1 image: 2/3 on its own, 1/6 on each other class
+        assert goal[5].tolist() == pytest.approx([1 / 6, 1 / 6, 2 / 3]) and goal[0].tolist() == pytest.approx([0.8, 0.1, 0.1])
+        assert goal.sum(1).tolist() == pytest.approx([1.0] * 6)
+    logits, y = toy(n=300, scale=4.0, c=c, seed=3)
+    goal = soft_targets(y, 2 if c is None else c)
+    t = fit_temperature(logits, y, smooth=True)
+    grid = torch.logspace(-1.3, 1.3, 4001, dtype=torch.float64)
+    assert soft_nll(logits / t, goal) <= min(soft_nll(logits / g, goal) for g in grid) + 1e-9
+
+
+@pytest.mark.parametrize("c", [None, 3])
+def test_platt_targets_keep_separable_data_off_the_bound(c):
+    # 10 images per class, perfectly ranked: the labels ask for T -> 0, Platt's targets for a finite one
+    g = torch.Generator().manual_seed(0)
+    if c is None:
+        y = torch.tensor([0] * 10 + [1] * 10)
+        logits = torch.where(y == 1, 1.0, -1.0) * (1 + torch.rand(20, generator=g, dtype=torch.float64))
+    else:
+        y = torch.arange(3).repeat_interleave(10)
+        logits = torch.randn(30, 3, generator=g, dtype=torch.float64) * 0.1 + 2 * torch.nn.functional.one_hot(y, 3)
+    assert fit_temperature(logits, y) == T_RANGE[0]
+    t = fit_temperature(logits, y, smooth=True)
+    assert T_RANGE[0] * 2 < t < 1
+    p = torch.sigmoid(logits / t) if c is None else torch.softmax(logits / t, 1).max(1).values
+    assert float(p.max()) < 0.999 if c is None else float(p.max()) < 0.99  # no image is called certain
+
+
+def test_platt_targets_change_little_where_images_are_many():
+    logits, y = toy(n=4000, scale=1.0, seed=4)
+    assert fit_temperature(logits, y, smooth=True) == pytest.approx(fit_temperature(logits, y), rel=0.03)

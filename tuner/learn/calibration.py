@@ -25,21 +25,36 @@ def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets.long())
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The T in ``T_RANGE`` minimising ``nll(logits / T, targets)``, in float64.
+def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Platt's (1999) targets: a class with n images gets (n + 1) / (n + 2) on its own images, and
+    its other 1 / (n + 2) spread over the other classes (two classes: 1 / (n_other + 2) as the
+    negative's target). The same count of images says no more than this about how sure a model
+    may be; with hard targets a separable validation set asks for T = 0."""
+    n = torch.bincount(y, minlength=num_classes).double()
+    own = (n + 1) / (n + 2)
+    if num_classes == 2:
+        return torch.where(y == 1, own[1], 1 - own[0])
+    rest = ((1 - own) / (num_classes - 1))[y]
+    return torch.where(F.one_hot(y, num_classes).bool(), own[y][:, None], rest[:, None])
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, smooth: bool = False) -> float:
+    """The T in ``T_RANGE`` minimising ``nll(logits / T, targets)``, in float64; ``smooth``: the
+    cross-entropy with Platt's targets (``soft_targets``) instead of the labels.
 
     The NLL is convex in s = 1 / T (a linear model in s), so its derivative in s rises through
     zero once: bisection on its sign, over log s, finds the minimum to float precision. (No
     torch.optim here: building an optimizer imports torch._dynamo, seconds of start-up for every
     command that only reads a study.)"""
-    x, y = logits.detach().double().cpu(), targets.detach().cpu()
+    x, y = logits.detach().double().cpu(), targets.detach().cpu().long()
     if len(x) == 0 or not torch.isfinite(x).all():
         return 1.0
     if x.dim() == 1:
-        slope = lambda s: (x * (torch.sigmoid(s * x) - y.double())).mean()  # noqa: E731
+        goal = soft_targets(y, 2) if smooth else y.double()
+        slope = lambda s: (x * (torch.sigmoid(s * x) - goal)).mean()  # noqa: E731
     else:
-        true = x.gather(1, y.long()[:, None]).squeeze(1)
-        slope = lambda s: ((torch.softmax(s * x, 1) * x).sum(1) - true).mean()  # noqa: E731
+        goal = soft_targets(y, x.shape[1]) if smooth else F.one_hot(y, x.shape[1]).double()
+        slope = lambda s: ((torch.softmax(s * x, 1) - goal) * x).sum(1).mean()  # noqa: E731
     lo, hi = (math.log(1 / t) for t in reversed(T_RANGE))
     if slope(math.exp(lo)) >= 0:
         return T_RANGE[1]
