@@ -70,6 +70,7 @@ def test_killed_worker_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path
     assert trials[number].state == TrialState.FAIL
     (retry,) = retry_of(trials, number)
     assert retry.state == TrialState.COMPLETE
+    assert re.search(rf"trial {number} stopped, queued again as trial {retry.number}: .*its worker went silent: killed", out), out
     assert retry.user_attrs["resumed_from_epoch"] >= killed_at >= 2
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4, 5, 6]  # no gap, no repeat
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3

@@ -21,7 +21,7 @@ from tuner.learn.train import TrialResult
 from tuner.search.config import from_dict
 from tuner.search.lifecycle import State, TrialRun, Worker, run_trials
 from tuner.search.liveness import DbRetry, Waiting, fail_orphans
-from tuner.search.study import claim_trial, create_or_resume, open_for_worker
+from tuner.search.study import claim_trial, create_or_resume, open_for_worker, trial_note
 
 METRICS = {"average_precision": 0.7, "balanced_accuracy": 0.8, "threshold": 0.3, "temperature": 1.2, "loss": 0.1}
 
@@ -255,12 +255,15 @@ def test_a_claim_records_the_first_heartbeat_at_once(worker):
 
 def test_a_running_trial_that_never_got_a_heartbeat_is_freed_after_the_grace_period(worker):
     orphan = worker.study.ask()  # claimed by a worker that died before its first beat
+    orphan.set_user_attr(keys.PRUNE_REASON, "pruner at epoch 2")  # killed between storing this and the tell
     assert heartbeat_rows(worker) == 0
     assert fail_orphans(worker.study, worker.storage, worker.cfg.study.grace_period) == []  # not before the grace period
     time.sleep(worker.cfg.study.grace_period + 0.5)
     (retry,) = claim(worker)
     assert worker.study.trials[orphan.number].state == TrialState.FAIL
     assert frozen(worker, retry).system_attrs["failed_trial"] == orphan.number
+    assert keys.PRUNE_REASON not in frozen(worker, retry).user_attrs  # the retry was not pruned
+    assert trial_note(worker.study.trials[orphan.number]) == "its worker went silent: killed, or cut off from the database"
 
 
 def test_a_waiting_worker_says_what_it_waits_for_and_gives_up_when_nothing_moves(worker):
@@ -275,6 +278,10 @@ def test_a_waiting_worker_says_what_it_waits_for_and_gives_up_when_nothing_moves
     time.sleep(0.35)
     assert not waiting.more(worker.study)
     assert worker.lines[-1].startswith(f"stopped waiting: trials {run.trial.number} reported no epoch for 0 s")
+    worker.study.tell(run.trial, 0.5)  # none left running: nothing to name, the caller claims again
+    said = len(worker.lines)
+    assert Waiting(0.3, worker.lines.append).more(worker.study) and waiting.more(worker.study)
+    assert len(worker.lines) == said
 
 
 def out_of_memory():

@@ -19,8 +19,9 @@ from tuner import keys
 from tuner.errors import UserError
 
 # What a failed attempt stored about itself alone; its retry must not seem to have done it too.
+# (A prune reason too: a worker killed between storing it and telling the pruning leaves it on a failed trial.)
 PER_ATTEMPT = (keys.RESUMED_FROM_EPOCH, keys.CHECKPOINT_DISCARDED, keys.ERROR, keys.STOP_REASON, keys.RETRY_REASON,
-               keys.WORKER, keys.DURATION_S)
+               keys.WORKER, keys.DURATION_S, keys.PRUNE_REASON)
 
 
 class DbRetry:
@@ -161,7 +162,7 @@ class Waiting:
         """True: wait and look again; False: stop waiting (said why)."""
         running = {t.number: len(t.intermediate_values) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         if running != self.seen:
-            if self.seen is None or set(running) != set(self.seen):
+            if running and (self.seen is None or set(running) != set(self.seen)):  # none left: the caller claims again
                 self.log(f"waiting for trial{'s' * (len(running) != 1)} {', '.join(map(str, sorted(running)))} running "
                          f"on other workers (up to {self.patience:.0f} s without an epoch from them)")
             self.seen, self.since = running, time.monotonic()

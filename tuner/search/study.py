@@ -85,10 +85,18 @@ def describe_trial(trial) -> str:
     return describe_params(trial.params, trial.user_attrs.get(keys.UNWEIGHTED, False))
 
 
+SILENT = "its worker went silent: killed, or cut off from the database"
+
+
 def trial_note(trial) -> str:
-    """What the read commands say beside a trial: its reference label, prune, stop and error reasons."""
-    return "; ".join(str(trial.user_attrs[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR)
-                     if trial.user_attrs.get(k))
+    """What the read commands say beside a trial: its reference label, prune, stop and error reasons;
+    for a failed trial that gave none, that its worker died (only a worker that stopped answering
+    leaves one so: the study's sweep failed it)."""
+    a = trial.user_attrs
+    reasons = [a[k] for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR) if a.get(k)]
+    if trial.state == TrialState.FAIL and not (a.get(keys.STOP_REASON) or a.get(keys.ERROR)):
+        reasons = [r for r in reasons if r != a.get(keys.PRUNE_REASON)] + [SILENT]
+    return "; ".join(map(str, reasons))
 
 
 def trial_duration(trial) -> float | None:
@@ -181,6 +189,11 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study = existing
     kept = stored_config(study)
     asked, queued = n_trials or cfg.study.n_trials, queued_at_creation(kept)
+    before = study.user_attrs.get(keys.TARGET, 0) if existing is not None else 0
+    if n_trials is None and before > asked:  # e.g. the run of an earlier --n-trials, interrupted and started again
+        notes.append(f"study {name!r} keeps its target of {before} finished trials (the study file asks for {asked}); "
+                     "pass --n-trials to change it")
+        asked = before
     if queued > asked:  # queued trials always run: the target counts them all
         notes.append(f"sampler grid queues {queued} trials (a {kept.study.grid_points} x {kept.study.grid_points} grid "
                      f"and the reference trials): the study runs {queued}, not n_trials = {asked}")
