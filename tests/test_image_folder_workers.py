@@ -94,7 +94,7 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
     shutil.copy(tmp_path / "own" / "smoke" / "trial-3.pt", home / "tuner-artifacts" / "smoke")  # the files in one place
     saved = cli("best", "--storage", f"sqlite:///{db}", "--save-model", "m.pt", cwd=tmp_path)
     assert saved.returncode == 0, saved.stderr
-    assert "(checkpoint) to m.pt" in saved.stderr and (tmp_path / "m.pt").is_file()
+    assert "from checkpoints, to m.pt" in saved.stderr and (tmp_path / "m.pt").is_file()
 
 
 def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):

@@ -97,8 +97,8 @@ def start_study(
     workers: Annotated[int, typer.Option(metavar="N", help="worker processes on this machine; 0: create the study and only watch")] = 1,
     n_trials: Annotated[Optional[int], typer.Option(metavar="N", show_default=False,
                                                     help="finished trials the study is to have in all, this run's and "
-                                                         "earlier ones; raises the target of a study that exists "
-                                                         "[default: the study file's study.n_trials]")] = None,
+                                                         "earlier ones; sets the target of a study that exists "
+                                                         "[default: the study file's study.n_trials, or a larger stored target]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", show_default=False,
                                                       help="override a key of the study file, e.g. --set train.epochs=3 (repeatable)")] = None,
     device: Device = None,
@@ -191,7 +191,7 @@ def start_study(
                 progress.first_worker = reserve_worker_indices(url, name, len(procs))
                 launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs",
                           progress.first_worker, cfg.data.root, cfg.study.artifacts)
-                code = launch.supervise(procs, lambda: _show(progress, study, cfg))
+                code = launch.supervise(procs, lambda: _show(progress, study, cfg), say=progress.say, first=progress.first_worker)
             elif workers:
                 has = (f"its {goal} finished trials" if c["FINISHED"] == goal else
                        f"{c['FINISHED']} finished trials, past its target of {goal}")
@@ -497,7 +497,8 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.summary import final_label
 
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
-        print(f"saved {what} ({saved['source']}) to {save_model} and {save_model}.json", file=sys.stderr)
+        how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
+        print(f"saved {what}, {how}, to {save_model} and {save_model}.json", file=sys.stderr)
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

@@ -131,7 +131,7 @@ def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folde
     copy.set_user_attr(CONFIG, {**config, "study": {**config["study"], "final_model": "best_trial"}})
     proc = cli("best", "--storage", url, "--save-model", str(tmp_path / "one.pt"), cwd=folder)
     assert proc.returncode == 0, proc.stderr
-    assert f"saved the final model, trial {copy.best_trial.number} (checkpoint)" in proc.stderr
+    assert f"saved the final model, trial {copy.best_trial.number}, from checkpoints, to" in proc.stderr
     payload = torch.load(tmp_path / "one.pt", weights_only=True)
     settings = json.loads((tmp_path / "one.pt.json").read_text())
     assert "members" not in payload and payload["trial"] == copy.best_trial.number and settings["final_model"] == "best_trial"

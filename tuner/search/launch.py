@@ -57,11 +57,33 @@ def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None, first:
             pass
 
 
-def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0) -> int:
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=None, first: int = 0) -> int:
     """Wait for the workers, calling ``update()`` about every ``poll_s`` (and once at the end);
     returns the worst exit code. The first signal is forwarded as SIGTERM (the workers queue their
-    trials again and exit), the second as SIGKILL; then KeyboardInterrupt is raised here."""
-    signals = []
+    trials again and exit), the second as SIGKILL; then KeyboardInterrupt is raised here. ``say``
+    hears of a worker (numbered from ``first``) that ends badly while the others run on."""
+    signals, told = [], set()
+
+    def tell_ended():
+        if say is None or signals:  # stopped by us: each worker says so itself
+            return
+        alive = sum(p.poll() is None for p in procs)
+        for index, p in enumerate(procs, start=first):
+            if p.poll() in (None, 0) or index in told:
+                continue
+            told.add(index)
+            code = p.returncode
+            how = f"was killed ({signal_name(-code)})" if code < 0 else f"exited with status {code}"
+            rest = (f"the other {'worker goes' if alive == 1 else 'workers go'} on, and its trial is queued again once its "
+                    "heartbeat lapses" if alive else "its trial resumes from its last epoch when the study runs again")
+            say(f"worker {index} {how}; {rest}")
 
     def forward(signum, frame):
         signals.append(signum)
@@ -73,6 +95,7 @@ def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0) -> int
     try:
         while True:
             running = any(p.poll() is None for p in procs)
+            tell_ended()
             update()
             if not running:
                 break

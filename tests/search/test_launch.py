@@ -1,0 +1,35 @@
+"""The driver's supervision of its worker processes (real processes, no torch)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from tuner.search.launch import supervise
+
+
+def sleeper(seconds):
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def test_a_worker_killed_while_others_run_is_named_and_the_others_are_waited_for():
+    procs = [sleeper(4), sleeper(60), subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])]
+    heard, start = [], time.monotonic()
+
+    def update():
+        if procs[1].poll() is None and time.monotonic() - start > 1:
+            procs[1].send_signal(signal.SIGKILL)
+
+    code = supervise(procs, update, poll_s=0.1, say=heard.append, first=2)
+    assert code == 3 and procs[0].returncode == 0  # waited for the last one
+    assert sorted(heard) == [
+        "worker 3 was killed (SIGKILL); the other worker goes on, and its trial is queued again once its heartbeat lapses",
+        "worker 4 exited with status 3; the other workers go on, and its trial is queued again once its heartbeat lapses",
+    ]
+
+
+def test_a_last_worker_killed_says_the_trial_waits_for_the_next_run():
+    procs = [sleeper(60)]
+    heard = []
+    supervise(procs, lambda: procs[0].poll() is None and procs[0].kill(), poll_s=0.1, say=heard.append)
+    assert heard == ["worker 0 was killed (SIGKILL); its trial resumes from its last epoch when the study runs again"]
