@@ -191,3 +191,26 @@ def test_plots_show_class_names_literally_and_short_enough():
     pr = pr_plot(torch.softmax(torch.randn(30, 3, generator=torch.Generator().manual_seed(0)), 1), torch.arange(30) % 3, names)
     pr.savefig(io.BytesIO(), format="png")
     assert [t.get_text().split(":")[0] for t in pr.axes[0].get_legend().get_texts()] == shown
+
+
+def test_a_stopped_reference_attempt_is_shown_once_by_its_retry(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tuner.show.report import _table, plane
+
+    cfg = load_config(write_study(tmp_path))
+    space = distributions(cfg)
+    ref = {"gamma": 0.0, "alpha": 0.5}
+    made = [({}, ref, "FAIL", None, {"reference": "cross-entropy"}), ({"retry_history": [0]}, ref, "COMPLETE", 0.9, {"reference": "cross-entropy"}),
+            ({}, {"gamma": 2.0, "alpha": 0.25}, "COMPLETE", 0.8, {"reference": "focal default"})]
+    trials = []
+    for number, (system, params, state, value, user) in enumerate(made):
+        t = optuna.trial.create_trial(params=params, distributions=space, value=value, user_attrs=user, system_attrs=system,
+                                      state=optuna.trial.TrialState[state])
+        t.number = number
+        trials.append(t)
+    fig = plane(trials, cfg, trials[1])
+    FigureCanvasAgg(fig).draw()
+    assert sorted(a.get_text() for a in fig.axes[0].texts) == ["ref 1", "ref 2"]  # not "ref 0" over "ref 1"
+    rows = re.findall(r"<tr[^>]*><td>[^<]*</td><td>(\d+)</td>", _table(trials, trials[1], "average_precision", "alpha"))
+    assert rows == ["1", "2"]

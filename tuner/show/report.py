@@ -26,7 +26,7 @@ from tuner.show.results import final_model, study_data
 from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
-from tuner.search.study import describe_trial, n_queued_again, stored_config
+from tuner.search.study import describe_trial, n_queued_again, queued_again, stored_config
 from tuner.show.progress import failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
@@ -172,8 +172,9 @@ def plane(trials, cfg, best) -> Figure:
                    s=50, zorder=3, label="pruned")
     if y_name in best.params:
         ax.scatter([best.params["gamma"]], [best.params[y_name]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
+    again = queued_again(trials)  # a stopped attempt: its retry is the reference now
     for t in trials:
-        if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params:
+        if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params and t.number not in again:
             unused = " (no class weights)" if t.user_attrs.get(keys.UNWEIGHTED) else ""  # its stored value is a placeholder
             ax.annotate(f"ref {t.number}{unused}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
     if y_name == "alpha":
@@ -329,7 +330,8 @@ def _weights(t) -> str:
 
 def _table(trials, best, metric, second) -> str:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.value is not None), key=lambda t: t.value, reverse=True)
-    rows = done[:TOP] + [t for t in trials if keys.REFERENCE in t.user_attrs and t not in done[:TOP]]
+    again = queued_again(trials)
+    rows = done[:TOP] + [t for t in trials if keys.REFERENCE in t.user_attrs and t not in done[:TOP] and t.number not in again]
     rank = {t.number: i + 1 for i, t in enumerate(done)}
     head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "state", "gamma", "alpha" if second == "alpha" else "beta", metric, "fold spread", "balanced acc.",
                                               "macro-F1", "epochs", "note"))
