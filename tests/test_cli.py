@@ -78,7 +78,9 @@ def test_non_integer_workers_is_a_one_line_error(study_file, cli):
     ("not a url", ["'not a url' is not a database URL: it has no scheme"]),
     ("postgresql+psycopg://tuner:s3cret@127.0.0.1:port/db", ["'postgresql+psycopg://tuner:***@127.0.0.1:port/db'",
                                                             "port that is not a number"]),
-    ("postgres://tuner:s3cret@127.0.0.1/db", ["does not know ('postgres')", "postgresql+psycopg://"]),
+    ("postgres://tuner:s3cret@127.0.0.1/db", ["does not know ('postgres'); write postgresql+psycopg:// for PostgreSQL"]),
+    ("mysql://tuner:s3cret@127.0.0.1/db", ["driver for storage mysql://tuner:***@127.0.0.1/db is not installed",
+                                          "use e.g. sqlite:///tuner.db or postgresql+psycopg://"]),
     ("tuner:s3cret@host/db", ["'tuner:***@host/db' is not a database URL: it has no scheme"]),
 ])
 def test_unreachable_storage(study_file, url, words, cli):

@@ -119,10 +119,12 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
             _check_tables(url, engine_kwargs)
         return _rdb_storage(url, engine_kwargs, hb)
     except ImportError as e:
-        raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); PostgreSQL needs postgresql+psycopg://")
+        hint = "PostgreSQL needs postgresql+psycopg://" if backend == "postgresql" else example
+        raise UserError(f"the driver for storage {mask(url)} is not installed ({e}); {hint}")
     except sqlalchemy.exc.NoSuchModuleError:
+        hint = "write postgresql+psycopg:// for PostgreSQL" if parsed.drivername == "postgres" else example
         raise UserError(f"storage URL {mask(url)!r} names a kind of database SQLAlchemy does not know "
-                        f"({parsed.drivername!r}); {example}")
+                        f"({parsed.drivername!r}); {hint}")
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UserError(f"cannot open storage {mask(url)}: {_strip_password(reason, parsed)}; check the URL and that the database is running")
