@@ -256,7 +256,9 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     assert "skipped 1 of 2 images that could not be read" in skipping.stderr
     nothing = cli("predict", str(saved_model), str(tmp_path / "broken.png"), "--skip-unreadable", cwd=folder)
     assert_user_error(nothing, "none of the 1 images could be read", "broken.png")
-    assert_user_error(cli("predict", str(saved_model), str(tmp_path / "gone.png"), cwd=folder), "gone.png")
+    for flags in ([], ["--skip-unreadable"]):
+        gone = cli("predict", str(saved_model), str(good), str(tmp_path / "gone.png"), *flags, cwd=folder)
+        assert_user_error(gone, f"{tmp_path / 'gone.png'} does not exist; pass image files or folders of them")
     (tmp_path / "empty" / ".ipynb_checkpoints").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no image here")
     assert_user_error(cli("predict", str(saved_model), str(tmp_path / "empty"), cwd=folder), "empty", "holds no images")

@@ -36,6 +36,8 @@ def image_files(paths: list[str]) -> list[str]:
     """The paths, each folder replaced by the image files under it (subfolders too, sorted)."""
     files = []
     for p in paths:
+        if not Path(p).exists():  # a mistyped path: --skip-unreadable is for files that are there
+            raise UserError(f"{p} does not exist; pass image files or folders of them")
         if not Path(p).is_dir():
             files.append(p)
         elif found := find_images(Path(p)):
