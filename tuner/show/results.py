@@ -130,7 +130,7 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
         final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if keys.REFERENCE in t.user_attrs and t.number != best.number:
+        if keys.REFERENCE in t.user_attrs and (t.number != best.number or final is not None):  # a best reference vs the mean
             if t.number not in loaded:
                 loaded[t.number] = trial_model(study, cfg, t, data, retrain)
             ref, outputs = check_on_test(*loaded[t.number], data, focus)
