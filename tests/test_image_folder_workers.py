@@ -169,3 +169,19 @@ def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):
     assert_user_error(cli("start-study", str(study_file), *imagefolder, "--set", "data.root=images/train/normal", cwd=tmp_path),
                       "has no train/ folder", "or the class folders in")
     assert not (tmp_path / "tuner.db").exists() or "smoke" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+
+
+def test_skipped_images_are_one_note_line_not_a_python_warning(tmp_path, cli):
+    rng = np.random.default_rng(0)
+    for cls, n in (("normal", 150), ("finding", 1)):
+        (tmp_path / "images" / "train" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "images" / "train" / cls / f"{i}.png")
+    (tmp_path / "images" / "train" / "finding" / "torn.png").write_bytes(b"not a png")  # 1 of 152: under 1%
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = cli("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+               "--set", "data.image_size=8", "--workers", "0", cwd=tmp_path)
+    note, error = proc.stderr.splitlines()  # the skipped image, then the error it leads to
+    assert proc.returncode == 2 and error.startswith("error: class 'finding' has 1 readable image(s)")
+    assert note.startswith("note: skipped 1 unreadable images under") and "torn.png (UnidentifiedImageError" in note
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr

@@ -631,7 +631,28 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
+def notes_for_warnings() -> None:
+    """tuner's own warnings (images skipped, a cache it could not write) as one ``note:`` line on
+    stderr, like its other notes, instead of Python's file, line and source line."""
+    import warnings
+
+    plain = warnings.showwarning
+    if getattr(plain, "tuner", False):
+        return
+    ours = Path(__file__).resolve().parent
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category is UserWarning and Path(filename).resolve().is_relative_to(ours):
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    show.tuner = True
+    warnings.showwarning = show
+
+
 def main() -> None:
+    notes_for_warnings()
     try:
         code = app(sys.argv[1:] or ["--help"], prog_name="tuner", standalone_mode=False)
     except UserError as e:
