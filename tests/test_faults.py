@@ -209,6 +209,11 @@ def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path, cli
                  "--set", "data.n_samples=400", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumes" not in proc.stderr
+    # the old files were moved aside, untouched, where --artifacts finds them
+    (aside,) = (tmp_path / "tuner-artifacts").glob("earlier-*/smoke")
+    assert f"{folder} held the files of an earlier study named 'smoke'" in proc.stderr and f"--artifacts {aside.parent}" in proc.stderr
+    assert {p.name: p.read_bytes() for p in aside.glob("trial-*.pt")} == old_models
+    assert (aside / "running" / f"trial-{number}.pt").exists()
     trials = study_of(tmp_path).trials
     assert all(sorted(t.intermediate_values) == [1, 2, 3, 4, 5, 6] and "resumed_from_epoch" not in t.user_attrs for t in trials)
 

@@ -9,6 +9,7 @@
 import dataclasses
 import itertools
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -157,6 +158,10 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         existing = None
     check_references_fit(stored_config(existing) if existing else cfg, n_trials or cfg.study.n_trials)
     if existing is None:
+        if moved := move_aside(Path(cfg.study.artifacts), name):  # before the study exists: an error leaves nothing half made
+            notes.append(f"{Path(cfg.study.artifacts) / name} held the files of an earlier study named {name!r} (deleted, or in "
+                         f"another storage); moved them to {moved}, where that study's commands find them with "
+                         f"--artifacts {moved.parent}")
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         study.set_user_attr(keys.STUDY_KEY, uuid.uuid4().hex)  # first: a worker that finds the config finds the key
         study.set_user_attr(keys.CONFIG, cfg.to_dict())
@@ -202,6 +207,28 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         study.set_user_attr(keys.DATA, {"classes": list(classes), "class_counts": list(class_counts),
                                         "fingerprints": fingerprints or {}})
     return study, notes
+
+
+def move_aside(artifacts: Path, name: str) -> Path | None:
+    """Move a new study's folder under ``artifacts``, when another study of its name left files there,
+    to artifacts/earlier-TIME/NAME (the layout that --artifacts reads), so that the new study's trials
+    overwrite none of them; returns where, or None when there was nothing."""
+    folder = artifacts / name
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count():
+        aside = artifacts / (f"earlier-{stamp}" + (f"-{n}" if n else "")) / name
+        if not aside.parent.exists():
+            break
+    aside.parent.mkdir(parents=True)
+    try:
+        folder.rename(aside)
+    except OSError as e:
+        aside.parent.rmdir()
+        raise UserError(f"cannot move the files an earlier study named {name!r} left in {folder} aside ({e.strerror}); "
+                        "move them yourself, or pass another --study-name")
+    return aside
 
 
 def queued_at_creation(cfg: StudyConfig) -> int:
