@@ -228,7 +228,9 @@ def test_delete_asks_first(tmp_path, cli, monkeypatch):
     assert "a" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no one to answer, as in a script
     unanswered = cli("delete", "a", cwd=tmp_path)
-    assert unanswered.returncode == 1 and "nothing deleted (no answer: pass --yes where no one can answer)" in unanswered.stderr
+    assert unanswered.returncode == 2
+    assert unanswered.stderr.splitlines()[-1] == "error: no answer on stdin, so study 'a' was not deleted; pass --yes where no one can answer"
+    assert "a" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
     kept_files = tmp_path / "tuner-artifacts" / "a"
     kept_files.mkdir(parents=True)
     (kept_files / "trial-1.pt").write_bytes(b"model")

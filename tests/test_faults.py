@@ -223,3 +223,20 @@ def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path, cli
     got = cli("best", "--save-model", "best.pt", cwd=tmp_path)
     assert got.returncode == 2 and "a model file of another study named 'smoke' (one deleted, or in another storage)" in got.stderr
     assert "Traceback" not in got.stderr
+
+
+def test_a_watching_driver_stopped_by_sigterm_says_so_and_the_study_stays(tmp_path):
+    watcher = popen(tmp_path, "start-study", str(write_study(tmp_path, n_trials=3, epochs=2)), "--workers", "0")
+    study = study_of(tmp_path)
+    out = ""
+    for line in watcher.stdout:  # the first progress line: it watches
+        out += line
+        if "ETA" in line:
+            break
+    watcher.send_signal(signal.SIGTERM)
+    rest, _ = watcher.communicate(timeout=30)
+    out += rest
+    assert watcher.returncode == 130, out
+    assert "stopped watching; the workers go on (tuner status shows them); run the same command again to watch" in out
+    assert "ETA - (no worker running)" in out
+    assert len(study.trials) == 2 and "Traceback" not in out  # the queued reference trials, untouched

@@ -1,5 +1,6 @@
 """The ``tuner`` command. Thin: parse, call the module that does the work, print."""
 
+import contextlib
 import csv
 import functools
 import json
@@ -200,10 +201,12 @@ def start_study(
             else:
                 from tuner.show.watch import watch
 
-                watch(url, name, progress)
+                with stopped_by_sigterm():
+                    watch(url, name, progress)
                 code = 0
         except KeyboardInterrupt:
-            progress.say("stopped; run the same command again to resume")
+            progress.say("stopped; run the same command again to resume" if procs or workers else
+                         "stopped watching; the workers go on (tuner status shows them); run the same command again to watch")
             raise typer.Exit(130)
     if code != 0:
         raise UserError(f"a worker exited with status {code}; see its output above")
@@ -458,8 +461,11 @@ def delete(study: Annotated[str, typer.Argument(metavar="STUDY", autocompletion=
         print(f"delete study {study!r} and its {c['FINISHED'] + c['FAIL'] + c['RUNNING'] + c['WAITING']} trials from "
               f"{mask(url)}? [y/N] ", end="", file=sys.stderr, flush=True)
         answer = sys.stdin.readline()
+        if not answer:  # a script, or no terminal: no one can answer
+            print(file=sys.stderr)
+            raise UserError(f"no answer on stdin, so study {study!r} was not deleted; pass --yes where no one can answer")
         if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted" + ("" if answer else " (no answer: pass --yes where no one can answer)"), file=sys.stderr)
+            print("nothing deleted", file=sys.stderr)
             raise typer.Exit(1)
     n = delete_study(url, study, force)
     print(f"deleted study {study!r} ({n} trials) from {mask(url)}", file=sys.stderr)
@@ -629,6 +635,21 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm():
+    """SIGTERM (a service manager, kill) stops the block as Ctrl-C does, instead of ending the process unannounced."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def notes_for_warnings() -> None:

@@ -19,8 +19,9 @@ def test_rate_counts_only_the_trials_of_this_run():
     assert pace(s, elapsed=30, finished_before=4, parallel=1) == "elapsed 0:00:30, 2.0 trials/min, ETA 0:00:00"
 
 
-def test_no_eta_before_a_trial_has_finished():
+def test_no_eta_before_a_trial_has_finished_or_while_no_worker_runs():
     assert pace(snapshot(0, 4, []), elapsed=0.4, finished_before=0, parallel=2).endswith("ETA - (no finished trial yet)")
+    assert pace(snapshot(2, 4, [10, 20]), elapsed=60, finished_before=0, parallel=0).endswith("ETA - (no worker running)")
 
 
 def test_clock_and_trial_line():

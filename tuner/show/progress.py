@@ -86,8 +86,10 @@ def pace(s: dict, elapsed: float, finished_before: int, parallel: int) -> str:
     left = max(0, s["target"] - s["finished"])
     if left == 0:
         eta = "0:00:00"
+    elif parallel == 0:  # a watching driver while no worker runs a trial
+        eta = "- (no worker running)"
     elif durations:
-        eta = clock(left * sum(durations) / len(durations) / max(1, parallel))
+        eta = clock(left * sum(durations) / len(durations) / parallel)
     else:
         eta = "- (no finished trial yet)"
     return f"elapsed {clock(elapsed)}, {rate:.1f} trials/min, ETA {eta}"
