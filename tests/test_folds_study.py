@@ -81,7 +81,7 @@ def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path
     assert (f"note: trial {before['trial']} has no model file at {missing}; training it again with its parameters and seed "
             "(2 epochs x 3 folds)") in proc.stderr
     said = cli("best", cwd=tmp_path).stdout
-    assert "(checkpoint models; those whose files were not here retrained with their parameters and seed)" in said
+    assert "(the models as their workers saved them; those whose files were not here retrained with their parameters and seed)" in said
     payload = torch.load(tmp_path / "elsewhere" / "smoke" / f"trial-{before['trial']}.pt", weights_only=True)
     assert payload["model"]["folds"] == 3
     # trials train alone (train.fuse = 1), so the same seed and batch order give the same fold models

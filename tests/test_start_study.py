@@ -283,6 +283,7 @@ def test_a_resnet_study_runs_on_one_split_and_says_why(tmp_path):
                  "--set", "model.kind=resnet", "--workers", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "model.kind = 'resnet' has no fused form for k folds, so its trials are scored on one validation split" in proc.stderr
+    assert re.search(r"validation split holding \d+ images of 'rare', too few", proc.stderr)
     assert " train / " in proc.stderr and " val images" in proc.stderr and "2 complete" in proc.stdout
 
 

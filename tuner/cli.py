@@ -170,7 +170,7 @@ def start_study(
                         f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
         if cfg.model.kind != "simple_cnn" and min(data.pool_counts()) < FEW_RARE:
             progress.say(f"note: model.kind = {cfg.model.kind!r} has no fused form for k folds, so its trials are scored on one "
-                         f"validation split holding {min(data.val_counts())} images of the rarest class, too few to rank trials "
+                         f"validation split holding {min(data.val_counts())} images of {rarest_name(data)!r}, too few to rank trials "
                          "reliably; model.kind = \"simple_cnn\" with data.folds = \"auto\" scores every training image")
         if cfg.data.folds > 1:
             progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
@@ -313,10 +313,10 @@ def _sources(s: dict) -> str:
     if s["final"]:
         found.add(s["final"]["source"])
     if found == {"checkpoint"}:
-        return "checkpoint model of each trial"
+        return "each trial's model as its worker saved it"
     if found == {"retrained"}:
         return "each trial's model retrained with its parameters and seed"
-    return "checkpoint models; those whose files were not here retrained with their parameters and seed"
+    return "the models as their workers saved them; those whose files were not here retrained with their parameters and seed"
 
 
 def _params(p: dict, unweighted: bool) -> str:
@@ -635,6 +635,11 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def rarest_name(data) -> str:
+    counts = data.val_counts()
+    return data.classes[counts.index(min(counts))]
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ def test_report_page_marks_best_and_reference_trials(report):
     assert "Study smoke" in text and f"Best trial {study.best_trial.number}" in text
     assert text.count('<tr class="best">') == 1 and text.count("reference: ") == 2
     assert "reference: cross-entropy (gamma=0)" in text and "reference: focal default (gamma=2, alpha=0.25)" in text
-    assert "on the test split (100 images, model checkpoint)" in text
+    assert "on the test split (100 images, as saved by the workers)" in text
 
 
 def test_report_speaks_of_the_positive_class_and_the_threshold_chosen_on_validation(report):
@@ -78,6 +78,7 @@ def test_report_speaks_of_the_positive_class_and_the_threshold_chosen_on_validat
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{report.parent / 'tuner.db'}")
     threshold = study.best_trial.user_attrs["threshold"]
     assert f"at the threshold {threshold:.4f} on the calibrated probability of 'rare' chosen on validation (balanced_accuracy)" in text
+    assert "recall of 'rare' " in text
     assert "alpha is the weight of the positive class 'rare' in the loss; the other class, 'background', gets 1 - alpha" in text
     assert re.search(r"expected calibration error [0-9.]+ before and [0-9.]+ after the temperature", text)
 

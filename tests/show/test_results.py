@@ -83,3 +83,16 @@ def test_with_a_final_mean_of_trials_the_notes_compare_the_references_with_it(tm
                      "against 0.9900 for the final model (bootstrap std of the difference 0.0040)."]
     study.set_user_attr(keys.FINAL_TEST, {**final, "best_trial": 1})  # of an earlier best: the best trial's check is used
     assert "the best trial 2" in notes_on_test(study)[0]
+
+
+def test_the_final_model_is_described_by_the_trials_it_averages(tmp_path):
+    from tuner.search.config import from_dict
+    from tuner.show.summary import final_words
+
+    study = study_with(tmp_path, {}, [])
+    cfg = from_dict({"data": {"kind": "synthetic", "folds": 1}})
+    ref0, ref1, searched = study.trials
+    assert "(the best searched trial, whatever its rank against the references, the 2 reference trials)" in final_words(
+        cfg, [searched, ref0, ref1])
+    assert "(the 2 reference trials)" in final_words(cfg, [ref1, ref0])  # no searched trial finished
+    assert "(the best searched trial, whatever" not in final_words(cfg, [searched]) and "the best trial's model" in final_words(cfg, [searched])

@@ -73,14 +73,15 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
         focus = focus_class(cfg, data.classes)
         s = heldout_metrics(model, data.test_x, data.test_y, threshold, temperature, logits=logits, focus=focus)
         probs = probabilities(logits.double() / temperature).float()
+        made = "as saved by the workers" if source == "checkpoint" else "retrained with the trials' parameters and seeds"
         if data.positive_class:
-            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), at the threshold "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, {made}), at the threshold "
                          f"{s['threshold']:.4f} on the calibrated probability of {data.positive_class!r} chosen on validation "
                          f"({cfg.study.operating_point}): average precision {s['average_precision']:.4f}, balanced accuracy "
-                         f"{s['balanced_accuracy']:.4f}, recall {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
+                         f"{s['balanced_accuracy']:.4f}, recall of {data.positive_class!r} {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         else:
-            test_note = (f"{name} on the test split ({len(data.test_y)} images, model {source}), {decisions_words(cfg, s, data.classes)}: "
+            test_note = (f"{name} on the test split ({len(data.test_y)} images, {made}), {decisions_words(cfg, s, data.classes)}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}"
                          + (f", recall of {data.classes[focus]!r} {s['recall']:.4f}, precision {s['precision']:.4f}" if focus is not None else "")
@@ -125,7 +126,9 @@ def _alpha_note(study, cfg) -> str:
     if cfg.data.positive_class in classes:
         return (f"alpha is the weight of the class to detect, {cfg.data.positive_class!r}, in the loss; "
                 "the other classes get 1 - alpha." + shading)
-    return "alpha is the weight of the rarest class in the loss; the other classes get 1 - alpha." + shading
+    counts = study.user_attrs.get(keys.DATA, {}).get("class_counts") or []
+    rarest = f", {classes[counts.index(min(counts))]!r}," if len(counts) == len(classes) > 0 else ""
+    return f"alpha is the weight of the rarest class{rarest} in the loss; the other classes get 1 - alpha." + shading
 
 
 def _save(out: Path, name: str, fig: Figure) -> Path:
@@ -359,7 +362,7 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
         f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
         f"{e(describe_trial(best).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric, _second(cfg))}",
-        "<p>" + e(f"The final model: {final_words(cfg, [t.number for t in final_members(study, cfg)])}. " + (
+        "<p>" + e(f"The final model: {final_words(cfg, final_members(study, cfg))}. " + (
             "The fold spread is the standard deviation of the objective over the folds: differences between trials "
             "smaller than it are within the noise of the data." if cfg.data.folds > 1 else
             "With data.folds = 1 there is no fold spread: one validation split cannot say how noisy a value is.")) + "</p>",

@@ -72,7 +72,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
         "epochs": best.user_attrs.get(keys.EPOCHS),
         "folds": cfg.data.folds,
-        "final_model": final_words(cfg, [t.number for t in final_members(study, cfg)]),
+        "final_model": final_words(cfg, final_members(study, cfg)),
         "final": final_test(study),
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
@@ -226,18 +226,23 @@ def final_label(trials: list[int]) -> str:
     return f"the final model (the mean of trials {', '.join(map(str, trials))})"
 
 
-def final_words(cfg: StudyConfig, trials: list[int] | None = None) -> str:
-    """What the final model is, in words."""
+def final_words(cfg: StudyConfig, members: list[optuna.trial.FrozenTrial] | None = None) -> str:
+    """What the final model is, in words (``members``: ``final_members``)."""
     if cfg.data.folds > 1:
         one = (f"an ensemble of the {cfg.data.folds} fold models (mean of their logits), each trained on "
                f"{cfg.data.folds - 1}/{cfg.data.folds} of the training images")
     else:
         one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
-    if trials is None or len(trials) < 2:
+    if members is None or len(members) < 2:
         return f"the best trial's model, {one}"
-    return (f"the mean of the calibrated logits of trials {', '.join(map(str, trials))} (the best {KEEP_MODELS} searched "
-            f"trials, whatever their rank against the references, and the reference trials), each {one}; one "
-            "temperature and threshold chosen on their averaged validation predictions")
+    searched = sum(keys.REFERENCE not in t.user_attrs for t in members)
+    refs = len(members) - searched
+    which = [f"the best {searched} searched trials" if searched > 1 else "the best searched trial" if searched else "",
+             f"whatever {'its' if searched == 1 else 'their'} rank against the references" if searched and refs else "",
+             f"the {refs} reference trials" if refs > 1 else "the reference trial" if refs else ""]
+    return (f"the mean of the calibrated logits of trials {', '.join(str(t.number) for t in members)} "
+            f"({', '.join(w for w in which if w)}), each {one}; one temperature and threshold chosen on their averaged "
+            "validation predictions")
 
 
 def final_test(study: optuna.Study) -> dict | None:
