@@ -53,6 +53,11 @@ def test_the_driver_says_how_classes_are_weighted(folder):
     _, proc = folder
     assert "classes eight, five, one, zero: class_balanced class weights, per-class thresholds for balanced accuracy" in proc.stderr
     assert "class weights: eight 1.000" in proc.stdout and "macro AP" in proc.stdout
+    # every model on test with its own per-class thresholds (the final model's are predict's) and its confusion matrix
+    final = json.loads(tuner("best", "--json", cwd=folder[0]).stdout)["final"]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("  the final model (the mean of trials"))
+    assert ("at thresholds " + ", ".join(f"{c} {v:.3f}" for c, v in zip(COUNTS, final["class_thresholds"]))) in line
+    assert f"confusion {final['confusion_matrix']} (rows true, columns predicted: 'eight', 'five', 'one', 'zero')" in line
     # The cross-entropy reference stores a beta Optuna needs but trains without it: no line shows one.
     assert re.search(r"trial 0 gamma=0\.000 no class weights \(cross-entropy", proc.stderr), proc.stderr
     assert not re.search(r"trial 0 gamma=\S+ beta", proc.stderr)

@@ -333,8 +333,13 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
                   + (f" (rows true, columns predicted: {', '.join(map(repr, classes))})" if classes else ""))
     else:
         detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
+        # each model's own thresholds: the final model's are the ones predict uses
+        cuts = (f" at thresholds {', '.join(f'{c} {v:.3f}' for c, v in zip(classes, t['class_thresholds']))}"
+                if classes and t.get("class_thresholds") else "")
+        confusion = (f"; confusion {t['confusion_matrix']} (rows true, columns predicted: {', '.join(map(repr, classes))})"
+                     if classes and "confusion_matrix" in t else "")
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"macro-F1 {t['macro_f1']:.4f}{detect}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated")
+                  f"macro-F1 {t['macro_f1']:.4f}{detect}{cuts}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated{confusion}")
 
 
 @app.command("worker", short_help="Join a study from any machine and run trials.")
