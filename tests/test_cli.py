@@ -216,6 +216,10 @@ def test_status_json_and_export_short_format(tmp_path, cli):
     assert [r["trial"] for r in rows] == [0, 1, 2] and rows[1]["gamma"] == 0.7
     # a study tuner did not make has no classes, so nothing is said of its thresholds
     assert status["threshold_of"] is None and "threshold:" not in cli("status", "--study-name", "a", cwd=tmp_path).stdout
+    # a queued trial shows the parameters it will run with
+    optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path / 'tuner.db'}").enqueue_trial({"gamma": 2.0, "alpha": 0.25})
+    queued = json.loads(cli("status", "--study-name", "a", "--json", cwd=tmp_path).stdout)["trials"][-1]
+    assert (queued["state"], queued["gamma"], queued["alpha"], queued["beta"]) == ("WAITING", 2.0, 0.25, None)
 
 
 def test_delete_asks_first(tmp_path, cli, monkeypatch):

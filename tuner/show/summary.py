@@ -194,12 +194,14 @@ def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
     """One row per trial; ``focus`` as ``threshold_rule`` gives it."""
     rows = []
     for t in study.get_trials(deepcopy=False):
+        params = shown_params(t) if t.params else t.system_attrs.get("fixed_params", {})  # a queued trial's are fixed already
+        beta = params.get("beta", None if params.get("one_minus_beta") is None else 1.0 - params["one_minus_beta"])
         rows.append({
             "trial": t.number,
             "state": t.state.name,
-            "gamma": t.params.get("gamma"),
-            "alpha": t.params.get("alpha"),
-            "beta": shown_params(t).get("beta"),
+            "gamma": params.get("gamma"),
+            "alpha": params.get("alpha"),
+            "beta": beta,
             "value": t.value,
             "threshold": trial_threshold(t, focus),
             "epochs": t.user_attrs.get(keys.EPOCHS, 0),
