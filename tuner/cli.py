@@ -712,9 +712,19 @@ def healthcheck(storage: Storage = None,
                 http: Annotated[Optional[str], typer.Option("--http", metavar="URL", help="GET this URL instead; any answer below 500 is healthy")] = None):
     """For container health checks: exit 0 when the storage opens (or the URL answers), else an error line and exit 2."""
     if http is None:
+        from sqlalchemy.engine import make_url
+
         from tuner.search.storage import open_storage
 
-        open_storage(_url(storage)).engine.dispose()
+        url = _url(storage)
+        try:
+            sqlite = make_url(url).get_backend_name() == "sqlite" and make_url(url).database not in (None, "", ":memory:")
+        except Exception:  # open_storage says what is wrong with the URL
+            sqlite = False
+        if sqlite and not Path(make_url(url).database).is_file():  # a check must not create the file it checks
+            raise UserError(f"the SQLite file {make_url(url).database} does not exist: no storage there yet "
+                            "(tuner start-study creates it); check the URL")
+        open_storage(url).engine.dispose()
         return
     import urllib.error
     import urllib.request
