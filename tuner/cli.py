@@ -718,12 +718,13 @@ def healthcheck(storage: Storage = None,
 
         url = _url(storage)
         try:
-            sqlite = make_url(url).get_backend_name() == "sqlite" and make_url(url).database not in (None, "", ":memory:")
+            parsed = make_url(url)
+            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
         except Exception:  # open_storage says what is wrong with the URL
-            sqlite = False
-        if sqlite and not Path(make_url(url).database).is_file():  # a check must not create the file it checks
-            raise UserError(f"the SQLite file {make_url(url).database} does not exist: no storage there yet "
-                            "(tuner start-study creates it); check the URL")
+            path = None
+        if path not in (None, "", ":memory:") and not Path(path).is_file():  # a check must not create the file it checks
+            raise UserError(f"the SQLite file {path} does not exist: no storage there yet (tuner start-study creates it); "
+                            "check the URL")
         open_storage(url).engine.dispose()
         return
     import urllib.error

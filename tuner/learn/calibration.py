@@ -38,9 +38,10 @@ def soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(F.one_hot(y, num_classes).bool(), own[y][:, None], rest[:, None])
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, smooth: bool = False) -> float:
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, smooth: bool | None = False) -> float:
     """The T in ``T_RANGE`` minimising ``nll(logits / T, targets)``, in float64; ``smooth``: the
-    cross-entropy with Platt's targets (``soft_targets``) instead of the labels.
+    cross-entropy with Platt's targets (``soft_targets``) instead of the labels; None: with the
+    labels unless they ask for T at the lower bound (separable data), then with Platt's targets.
 
     The NLL is convex in s = 1 / T (a linear model in s), so its derivative in s rises through
     zero once: bisection on its sign, over log s, finds the minimum to float precision. (No
@@ -59,7 +60,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, smooth: bool = 
     if slope(math.exp(lo)) >= 0:
         return T_RANGE[1]
     if slope(math.exp(hi)) <= 0:
-        return T_RANGE[0]
+        return fit_temperature(logits, targets, True) if smooth is None else T_RANGE[0]
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if slope(math.exp(mid)) < 0 else (lo, mid)
