@@ -105,13 +105,15 @@ def test_platt_targets_keep_separable_data_off_the_bound(c):
     else:
         y = torch.arange(3).repeat_interleave(10)
         logits = torch.randn(30, 3, generator=g, dtype=torch.float64) * 0.1 + 2 * torch.nn.functional.one_hot(y, 3)
-    assert fit_temperature(logits, y) == T_RANGE[0]
+    assert fit_temperature(logits, y, smooth=False) == T_RANGE[0]
     t = fit_temperature(logits, y, smooth=True)
+    assert fit_temperature(logits, y, smooth=None) == t  # the labels have no minimum here: Platt's targets
     assert T_RANGE[0] * 2 < t < 1
     p = torch.sigmoid(logits / t) if c is None else torch.softmax(logits / t, 1).max(1).values
     assert float(p.max()) < 0.999 if c is None else float(p.max()) < 0.99  # no image is called certain
 
 
-def test_platt_targets_change_little_where_images_are_many():
+def test_platt_targets_change_little_where_images_are_many_and_only_separable_data_gets_them():
     logits, y = toy(n=4000, scale=1.0, seed=4)
-    assert fit_temperature(logits, y, smooth=True) == pytest.approx(fit_temperature(logits, y), rel=0.03)
+    assert fit_temperature(logits, y, smooth=True) == pytest.approx(fit_temperature(logits, y, smooth=False), rel=0.03)
+    assert fit_temperature(logits, y, smooth=None) == fit_temperature(logits, y, smooth=False)
