@@ -44,7 +44,8 @@ def test_calibrated_model_keeps_its_temperature_near_one():
 
 def test_separable_or_broken_logits_stay_in_bounds():
     y = torch.tensor([0, 0, 1, 1])
-    assert T_RANGE[0] <= fit_temperature(torch.tensor([-5.0, -4.0, 4.0, 5.0]), y) < 1  # sharper, never 0
+    assert fit_temperature(torch.tensor([-5.0, -4.0, 4.0, 5.0]), y, smooth=False) == T_RANGE[0]  # the labels: never 0
+    assert fit_temperature(torch.tensor([-5.0, -4.0, 4.0, 5.0]), y) > 1  # 2 images a class: 3/4 sure, not 1
     assert fit_temperature(torch.tensor([-5e3, -4e3, 4e3, 5e3]), y) >= T_RANGE[0]
     assert fit_temperature(torch.tensor([float("nan"), 0.0, 1.0, 2.0]), y) == 1.0
     assert fit_temperature(torch.zeros(0), torch.zeros(0, dtype=torch.long)) == 1.0
