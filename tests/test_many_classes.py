@@ -61,6 +61,9 @@ def test_the_driver_says_how_classes_are_weighted(folder):
     # The cross-entropy reference stores a beta Optuna needs but trains without it: no line shows one.
     assert re.search(r"trial 0 gamma=0\.000 no class weights \(cross-entropy", proc.stderr), proc.stderr
     assert not re.search(r"trial 0 gamma=\S+ beta", proc.stderr)
+    status = json.loads(tuner("status", "--json", cwd=folder[0]).stdout)["trials"]
+    rows = json.loads(tuner("export", "-f", "json", cwd=folder[0]).stdout)
+    assert status[0]["beta"] is None and rows[0]["beta"] is None and 0.9 <= status[1]["beta"] == rows[1]["beta"] <= 0.9999
 
 
 def test_best_json_names_the_per_class_alpha_and_it_follows_the_formula(folder, cli):
@@ -178,6 +181,7 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     saved = tmp_path / "screen.pt"
     assert cli("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
+    assert json.loads((tmp_path / "screen.pt.json").read_text())["positive_class"] == best["positive_class"] == "eight"
     images = sorted((root / "data" / "test").glob("*/*.png"))
     proc = cli("predict", str(saved), *map(str, images), "--json", cwd=root)
     assert proc.returncode == 0, proc.stderr
@@ -195,6 +199,11 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     assert found / truth.count("eight") == pytest.approx(best["final"]["recall"], abs=1e-9)
     table = cli("predict", str(saved), *map(str, images[:2]), cwd=root).stdout
     assert table.splitlines()[0] == "path\tpredicted\tp(eight)"
+    # best shows the cut predict used on the final model's test line, the one class's alone
+    text = cli("best", "--storage", "sqlite:///screen.db", cwd=root).stdout
+    assert "its own threshold is on its test line below, and predict uses it" in text
+    line = next(line for line in text.splitlines() if line.startswith("  the final model (the mean of trials"))
+    assert f"at threshold {cut:.4f} on p(eight) / the largest other;" in line and "at thresholds" not in line
 
 
 def test_predict_threshold_moves_the_cut_on_the_ratio_of_the_class_to_detect(screening, tmp_path, cli):
@@ -269,3 +278,4 @@ def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(fold
     assert best["positive_class"] == "five"
     shown = best["alpha_per_class"]
     assert shown["five"] == best["params"]["alpha"] and {shown[c] for c in ("eight", "one", "zero")} == {1 - shown["five"]}
+    assert f"class weights: eight {shown['eight']:.3f}, five {shown['five']:.3f}," in proc.stdout  # whom alpha weights

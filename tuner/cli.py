@@ -138,7 +138,8 @@ def start_study(
             _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
             data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
-            detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point)
+            detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
+                                     cfg.search.alpha_mode)
             derived = cfg.derived()
             cfg = cfg.resolved(data.num_classes, detect, min(data.pool_counts()))
             progress.step("opening the study")
@@ -271,20 +272,22 @@ def _print_best(s: dict) -> None:
     c = s["counts"]
     print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {failed_words(c)}")
     print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
-    if s["alpha_per_class"] and s["alpha_mode"] == "class_balanced":
+    if s["alpha_per_class"] and (s["alpha_mode"] == "class_balanced" or len(s["classes"] or []) > 2):  # whom alpha weights
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
+    whose = "its " if s["final"] else ""  # the final model has its own, on its test line: predict uses that one
     if s["threshold"] is not None:
-        print(f"  threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+        print(f"  {whose}threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
               f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})")
     if s.get("class_thresholds") and s["positive_class"]:
-        print(f"  threshold {s['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest other "
+        print(f"  {whose}threshold {s['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest other "
               f"class's probability (chosen on validation for {s['operating_point']}; below it, the most probable other class)")
     elif s.get("class_thresholds"):
-        print("  per-class thresholds (the class with the largest probability / threshold wins; chosen on validation "
+        print(f"  {whose}per-class thresholds (the class with the largest probability / threshold wins; chosen on validation "
               f"for {s['operating_point']}): " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_thresholds"].items()))
     if s["validation"].get("fold_spread") is not None:
         print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
-    print(f"  final model: {s['final_model']}")
+    print(f"  final model: {s['final_model']}" + ("; its own threshold is on its test line below, and predict uses it"
+                                                 if s["final"] else ""))
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
@@ -334,8 +337,9 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
     else:
         detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         # each model's own thresholds: the final model's are the ones predict uses
-        cuts = (f" at thresholds {', '.join(f'{c} {v:.3f}' for c, v in zip(classes, t['class_thresholds']))}"
-                if classes and t.get("class_thresholds") else "")
+        cuts = "" if not classes or not t.get("class_thresholds") else (
+            f" at threshold {t['class_thresholds'][classes.index(positive)]:.4f} on p({positive}) / the largest other"
+            if positive in classes else f" at thresholds {', '.join(f'{c} {v:.3f}' for c, v in zip(classes, t['class_thresholds']))}")
         confusion = (f"; confusion {t['confusion_matrix']} (rows true, columns predicted: {', '.join(map(repr, classes))})"
                      if classes and "confusion_matrix" in t else "")
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "

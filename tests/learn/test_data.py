@@ -493,6 +493,11 @@ def test_naming_a_class_under_balanced_accuracy_with_many_classes_is_an_error_th
 def test_a_tie_for_the_rarest_of_many_classes_asks_for_the_class_to_detect():
     with pytest.raises(UserError, match=r"classes 'a', 'c' all have 5 training images.*--set data.positive_class=a"):
         class_to_detect(["a", "b", "c"], [5, 40, 5], "", "recall>=0.9")
+    # alpha for "the rarest class" under balanced accuracy: which one? (class-balanced weights need none)
+    with pytest.raises(UserError, match=r"classes 'a', 'c' all have 5 training images, so none is the rarest that "
+                                        r"search.alpha_mode = \"rare\" weights"):
+        class_to_detect(["a", "b", "c"], [5, 40, 5], "", "balanced_accuracy", "rare")
+    assert class_to_detect(["a", "b", "c"], [5, 40, 5], "", "balanced_accuracy", "auto") is None
 
 
 def test_a_named_class_that_is_not_in_the_data_is_an_error_with_any_number_of_classes():

@@ -117,22 +117,28 @@ def orient(labels: np.ndarray, classes: list[str], train_labels: np.ndarray, pos
     return (labels == p).astype(np.int64), [classes[1 - p], classes[p]]
 
 
-def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str) -> str | None:
+def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str, alpha_mode: str = "auto") -> str | None:
     """The class the operating point is for. Two classes: the positive one (index 1 after ``orient``).
     More: for an ``f1`` or ``recall>=X`` rule, ``named`` (data.positive_class) or else the class with
     the fewest training images (``counts``); for ``balanced_accuracy``, which weighs every class
-    alike, none, and naming one is an error."""
+    alike, none, and naming one is an error (so is a tie for the rarest class that ``alpha_mode``
+    "rare" would have to weight)."""
     if len(classes) == 2:
         return classes[1]
+    tied = [c for c, n in zip(classes, counts) if n == min(counts)]
     if rule == "balanced_accuracy":
         if named:
             raise UserError(f"data.positive_class = {named!r} names a class to detect, but with {len(classes)} classes "
                             'study.operating_point = "balanced_accuracy" weighs every class alike; remove data.positive_class, '
                             f'or set study.operating_point to "f1" or "recall>=X" (e.g. "recall>=0.95") for {named!r}.')
+        if alpha_mode == "rare" and len(tied) > 1:
+            raise UserError(f"classes {', '.join(map(repr, tied))} all have {min(counts)} training images, so none is the rarest "
+                            'that search.alpha_mode = "rare" weights with alpha; use search.alpha_mode = "class_balanced" (the '
+                            'default with more than two classes), or an "f1" or "recall>=X" operating point with '
+                            f"data.positive_class naming the class, e.g. --set data.positive_class={tied[0]}")
         return None
     if named:
         return named
-    tied = [c for c, n in zip(classes, counts) if n == min(counts)]
     if len(tied) > 1:
         raise UserError(f"classes {', '.join(map(repr, tied))} all have {min(counts)} training images, so none is the rare one "
                         f"that study.operating_point = {rule!r} is for; set data.positive_class to the class to detect, "

@@ -41,7 +41,7 @@ def trial_rows(study: optuna.Study) -> list[dict]:
         a = t.user_attrs
         history = t.system_attrs.get("retry_history")
         rows.append({"trial": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
-                     "beta": shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
+                     "beta": None if a.get(keys.UNWEIGHTED) else shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
                      "epochs": a.get(keys.EPOCHS, 0),
                      "duration_s": trial_duration(t), "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
                      "stop_reason": a.get(keys.STOP_REASON), "error": a.get(keys.ERROR), "retry_of": history[-1] if history else None,
@@ -79,6 +79,7 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
     reads it; ``tuner predict`` uses it) and its settings to ``path.json``; returns the settings."""
     import torch  # here, not at the top: ``tuner export`` writes rows without loading torch
 
+    from tuner.learn.checkpoints import detected_class
     from tuner.show.results import final_model
 
     path = Path(path)
@@ -98,7 +99,7 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
                 "members": [{"trial": m["trial"], "params": m["params"], "seed": m["seed"], "temperature": m["temperature"]}
                             for m in members],
                 "params": members[0]["params"], "seed": members[0]["seed"], "classes": payload["classes"], "model": payload["model"],
-                "positive_class": payload["positive_class"], "operating_point": payload["operating_point"],
+                "positive_class": payload["positive_class"] or detected_class(payload), "operating_point": payload["operating_point"],
                 "threshold": payload["threshold"], "class_thresholds": payload.get("class_thresholds"),
                 "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},

@@ -122,7 +122,7 @@ def _alpha_note(study, cfg) -> str:
         positive = cfg.data.positive_class or classes[1]
         other = next(c for c in classes if c != positive)
         return (f"alpha is the weight of the positive class {positive!r} in the loss; the other class, {other!r}, "
-                "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the rare, hard images." + shading)
+                "gets 1 - alpha. A small alpha is not odd: gamma already focuses training on the hard images." + shading)
     if cfg.data.positive_class in classes:
         return (f"alpha is the weight of the class to detect, {cfg.data.positive_class!r}, in the loss; "
                 "the other classes get 1 - alpha." + shading)

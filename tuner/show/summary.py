@@ -196,6 +196,8 @@ def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         params = shown_params(t) if t.params else t.system_attrs.get("fixed_params", {})  # a queued trial's are fixed already
         beta = params.get("beta", None if params.get("one_minus_beta") is None else 1.0 - params["one_minus_beta"])
+        if t.user_attrs.get(keys.UNWEIGHTED):  # Optuna needs a value; the trial trained with no class weights
+            beta = None
         rows.append({
             "trial": t.number,
             "state": t.state.name,
