@@ -194,10 +194,9 @@ def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
     """One row per trial; ``focus`` as ``threshold_rule`` gives it."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        params = shown_params(t) if t.params else t.system_attrs.get("fixed_params", {})  # a queued trial's are fixed already
-        beta = params.get("beta", None if params.get("one_minus_beta") is None else 1.0 - params["one_minus_beta"])
-        if t.user_attrs.get(keys.UNWEIGHTED):  # Optuna needs a value; the trial trained with no class weights
-            beta = None
+        params = t.params or t.system_attrs.get("fixed_params", {})  # a queued trial's are fixed already
+        omb = params.get("one_minus_beta")  # Optuna needs one for the unweighted reference too; it trained without it
+        beta = None if omb is None or t.user_attrs.get(keys.UNWEIGHTED) else 1.0 - omb
         rows.append({
             "trial": t.number,
             "state": t.state.name,
