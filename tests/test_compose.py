@@ -175,7 +175,7 @@ def test_storage_health_check(tmp_path, cli, monkeypatch):
     secret = tmp_path / "tuner_storage_url"
     monkeypatch.setenv("TUNER_STORAGE_FILE", str(secret))
     secret.write_text(f"sqlite:///{tmp_path / 'tuner.db'}\n")
-    assert_user_error(cli(*args, cwd=tmp_path), f"the SQLite file {tmp_path / 'tuner.db'} does not exist")
+    assert_user_error(cli(*args, cwd=tmp_path), f"(the file {tmp_path / 'tuner.db'} does not exist)")
     assert not (tmp_path / "tuner.db").exists()  # a mistyped path is not made healthy by the check
     optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'tuner.db'}")  # what the study service creates
     healthy = cli(*args, cwd=tmp_path)

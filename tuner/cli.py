@@ -716,20 +716,9 @@ def healthcheck(storage: Storage = None,
                 http: Annotated[Optional[str], typer.Option("--http", metavar="URL", help="GET this URL instead; any answer below 500 is healthy")] = None):
     """For container health checks: exit 0 when the storage opens (or the URL answers), else an error line and exit 2."""
     if http is None:
-        from sqlalchemy.engine import make_url
-
         from tuner.search.storage import open_storage
 
-        url = _url(storage)
-        try:
-            parsed = make_url(url)
-            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        except Exception:  # open_storage says what is wrong with the URL
-            path = None
-        if path not in (None, "", ":memory:") and not Path(path).is_file():  # a check must not create the file it checks
-            raise UserError(f"the SQLite file {path} does not exist: no storage there yet (tuner start-study creates it); "
-                            "check the URL")
-        open_storage(url).engine.dispose()
+        open_storage(_url(storage), create=False).engine.dispose()
         return
     import urllib.error
     import urllib.request

@@ -64,10 +64,11 @@ def mask(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
-                 existing: bool = False) -> optuna.storages.RDBStorage:
+                 existing: bool = False, create: bool = True) -> optuna.storages.RDBStorage:
     """An RDBStorage set up for many concurrent worker processes, or a UserError saying why not.
     ``existing``: for commands that only read (or join) studies: a storage that holds none yet is
-    an error, and nothing is created, neither an SQLite file nor tables."""
+    an error, and nothing is created, neither an SQLite file nor tables. ``create`` False: an
+    SQLite file that does not exist is an error (a health check must not make what it checks)."""
     example = "use e.g. sqlite:///tuner.db or postgresql+psycopg://user@host/db"
     try:
         parsed = make_url(url)
@@ -82,7 +83,7 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
         # readers (dashboard, status) read while a writer writes.
         engine_kwargs = {"connect_args": {"timeout": 120}}
         if parsed.database and parsed.database != ":memory:":
-            if existing and not Path(parsed.database).is_file():
+            if (existing or not create) and not Path(parsed.database).is_file():
                 raise UserError(f"no study exists in {mask(url)} yet (the file {parsed.database} does not exist); "
                                 "run tuner start-study first, or pass --storage")
             if not existing:
