@@ -94,10 +94,9 @@ def trial_note(trial) -> str:
     for a failed trial that gave none, that its worker died (only a worker that stopped answering
     leaves one so: the study's sweep failed it)."""
     a = trial.user_attrs
-    reasons = [a[k] for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR) if a.get(k)]
     if trial.state == TrialState.FAIL and not (a.get(keys.STOP_REASON) or a.get(keys.ERROR)):
-        reasons = [r for r in reasons if r != a.get(keys.PRUNE_REASON)] + [SILENT]
-    return "; ".join(map(str, reasons))
+        return "; ".join(([str(a[keys.REFERENCE])] if a.get(keys.REFERENCE) else []) + [SILENT])
+    return "; ".join(str(a[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR) if a.get(k))
 
 
 def trial_duration(trial) -> float | None:
