@@ -25,6 +25,23 @@ def clock(argv: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
+def finished_study(folder: Path, env: dict, n_trials: int) -> None:
+    """A finished 1-epoch study of ``n_trials`` trials in ``folder`` (tuner.db, smoke.toml)."""
+    study = write_study(folder, n_trials=n_trials, epochs=1)
+    subprocess.run([sys.executable, "-m", "tuner", "start-study", str(study), "--workers", "1"], cwd=folder, env=env,
+                   check=True, capture_output=True)
+
+
+def side_by_side(cmd: list[str], before: str, cwd: Path, env: dict, runs: int) -> tuple[float, float]:
+    """Median seconds of ``tuner CMD`` as it is now and run through the ``before`` code (python -c),
+    alternately, so that a busy moment of the machine hits both."""
+    now, then = [], []
+    for _ in range(runs):
+        now.append(clock([sys.executable, "-m", "tuner", *cmd], cwd, env))
+        then.append(clock([sys.executable, "-c", before, *cmd], cwd, env))
+    return statistics.median(now), statistics.median(then)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
@@ -34,15 +51,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        study = write_study(folder, n_trials=2, epochs=1)
-        subprocess.run([sys.executable, "-m", "tuner", "start-study", str(study), "--workers", "1"], cwd=folder, env=env,
-                       check=True, capture_output=True)
+        finished_study(folder, env, n_trials=2)
         for cmd in COMMANDS:
-            now, before = [], []
-            for _ in range(args.runs):  # alternate, so that a busy moment of the machine hits both
-                now.append(clock([sys.executable, "-m", "tuner", *cmd], folder, env))
-                before.append(clock([sys.executable, "-c", WITH_TORCH, *cmd], folder, env))
-            rows.append((" ".join(cmd), statistics.median(now), statistics.median(before)))
+            rows.append((" ".join(cmd), *side_by_side(cmd, WITH_TORCH, folder, env, args.runs)))
     lines = ["# Read commands: seconds to answer, without and with torch loaded", "",
              f"`python bench/read_commands.py --runs {args.runs}` on a {os.cpu_count()}-core CPU: median wall time of "
              f"{args.runs} runs of each command on a finished 2-trial study (SQLite), run alternately as it is now and "

@@ -9,13 +9,13 @@ as it is now and with torch._dynamo imported first (what it cost before), side b
 the table gives the median wall time of each and their ratio.
 """
 
-import argparse, os, statistics, subprocess, sys, tempfile  # noqa: E401
+import argparse, os, subprocess, sys, tempfile  # noqa: E401
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import write_study  # noqa: E402
-from read_commands import clock  # noqa: E402  (bench/ is on the path of a script run from it)
+from read_commands import finished_study, side_by_side  # noqa: E402  (bench/ is on the path of a script run from it)
 
 WITH_DYNAMO = "import sys, runpy, torch._dynamo; sys.argv[0] = 'tuner'; runpy.run_module('tuner', run_name='__main__')"
 COMMANDS = (["best", "--save-model", "m.pt"], ["start-study", "smoke.toml", "--workers", "0"],
@@ -31,9 +31,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        study = write_study(folder, n_trials=3, epochs=1)
-        subprocess.run([sys.executable, "-m", "tuner", "start-study", str(study), "--workers", "1"], cwd=folder, env=env,
-                       check=True, capture_output=True)
+        finished_study(folder, env, n_trials=3)
         # joining workers need trials left: a second study in its own storage, with room for every run
         worker_folder = folder / "join"
         worker_folder.mkdir()
@@ -44,11 +42,7 @@ def main() -> None:
                        cwd=worker_folder, env=env, check=True)
         for cmd in COMMANDS:
             where = worker_folder if cmd[0] == "worker" else folder
-            now, before = [], []
-            for _ in range(args.runs):  # alternate, so that a busy moment of the machine hits both
-                now.append(clock([sys.executable, "-m", "tuner", *cmd], where, env))
-                before.append(clock([sys.executable, "-c", WITH_DYNAMO, *cmd], where, env))
-            rows.append((" ".join(cmd), statistics.median(now), statistics.median(before)))
+            rows.append((" ".join(cmd), *side_by_side(cmd, WITH_DYNAMO, where, env, args.runs)))
     lines = ["# Commands without torch's compiler: seconds, now and with torch._dynamo imported as before", "",
              f"`python bench/startup.py --runs {args.runs}` on a {os.cpu_count()}-core CPU: median wall time of "
              f"{args.runs} runs of each command, alternately as it is now and with torch._dynamo imported first, as "
