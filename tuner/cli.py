@@ -290,7 +290,7 @@ def _print_best(s: dict) -> None:
                                                  if s["final"] else ""))
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        print(f"  reference trial {r['trial']} {r['label']}: {value} ({r['state'].lower()})")
+        print(f"  reference trial {r['trial']} ({r['label']}): {value}, {r['state'].lower()}")
     for note in s["notes"]:
         print(f"  note: {note}")
     if s["test"]:

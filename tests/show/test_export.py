@@ -71,7 +71,7 @@ def test_csv_rows_are_the_study_trials(folder, cli):
     assert [float(r["value"]) if r["value"] else None for r in rows] == [t.value for t in trials]
     assert [float(r["gamma"]) for r in rows] == [t.params["gamma"] for t in trials]
     assert [float(r["average_precision"]) for r in rows] == [t.user_attrs["average_precision"] for t in trials]
-    assert {r["reference"] for r in rows} == {"", "cross-entropy (gamma=0)", "focal default (gamma=2, alpha=0.25)"}
+    assert {r["reference"] for r in rows} == {"", "cross-entropy, gamma=0", "focal default, gamma=2, alpha=0.25"}
     assert all(r["prune_reason"] for r in rows if r["state"] == "PRUNED")
 
 
@@ -273,14 +273,14 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
 def test_a_best_trial_that_is_a_reference_is_said_so_and_checked_against_the_final_model(folder, tmp_path, cli):
     (tmp_path / "t.db").write_bytes((folder / "tuner.db").read_bytes())
     url = f"sqlite:///{tmp_path / 't.db'}"
-    ref = next(t for t in load(folder).trials if t.user_attrs.get("reference") == "cross-entropy (gamma=0)")
+    ref = next(t for t in load(folder).trials if t.user_attrs.get("reference") == "cross-entropy, gamma=0")
     with sqlite3.connect(tmp_path / "t.db") as db:  # as if cross-entropy had scored best on validation
         db.execute("UPDATE trial_values SET value = 0.99999 WHERE trial_id = ?", (ref._trial_id,))
     proc = cli("best", "--storage", url, "--retrain", "--json", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
     assert s["trial"] == ref.number and len(s["final"]["trials"]) > 1
-    assert f"The best trial is reference trial {ref.number} (cross-entropy (gamma=0)): no searched trial beat it on validation." in s["notes"]
+    assert f"The best trial is reference trial {ref.number} (cross-entropy, gamma=0): no searched trial beat it on validation." in s["notes"]
     (mine,) = [r for r in s["references"] if r["trial"] == ref.number]
     assert mine["test"]["against_final"]["average_precision_std"] >= 0  # checked against the mean it is part of
-    assert any(f"reference trial {ref.number} (cross-entropy (gamma=0))" in note for note in s["test_notes"])
+    assert any(f"reference trial {ref.number} (cross-entropy, gamma=0)" in note for note in s["test_notes"])

@@ -69,7 +69,7 @@ def test_report_page_marks_best_and_reference_trials(report):
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{report.parent / 'tuner.db'}")
     assert "Study smoke" in text and f"Best trial {study.best_trial.number}" in text
     assert text.count('<tr class="best">') == 1 and text.count("reference: ") == 2
-    assert "reference: cross-entropy (gamma=0)" in text and "reference: focal default (gamma=2, alpha=0.25)" in text
+    assert "reference: cross-entropy, gamma=0" in text and "reference: focal default, gamma=2, alpha=0.25" in text
     assert "on the test split (100 images, as saved by the workers)" in text
 
 
@@ -215,3 +215,23 @@ def test_a_stopped_reference_attempt_is_shown_once_by_its_retry(tmp_path):
     assert sorted(a.get_text() for a in fig.axes[0].texts) == ["ref 1", "ref 2"]  # not "ref 0" over "ref 1"
     rows = re.findall(r"<tr[^>]*><td>[^<]*</td><td>(\d+)</td>", _table(trials, trials[1], "average_precision", "alpha"))
     assert rows == ["1", "2"]
+
+
+def test_reference_labels_stay_inside_the_plane(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tuner.show.report import plane
+
+    cfg = load_config(write_study(tmp_path))  # gamma [0, 5], alpha [0.05, 0.95]
+    corners = [{"gamma": 0.0, "alpha": 0.95}, {"gamma": 5.0, "alpha": 0.95}, {"gamma": 5.0, "alpha": 0.05}, {"gamma": 0.0, "alpha": 0.05}]
+    trials = [optuna.trial.create_trial(params=p, distributions=distributions(cfg), value=0.5, user_attrs={"reference": "r"})
+              for p in corners]
+    for number, t in enumerate(trials):
+        t.number = number
+    fig = plane(trials, cfg, trials[0])
+    FigureCanvasAgg(fig).draw()
+    renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()

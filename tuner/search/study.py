@@ -31,11 +31,11 @@ KEEP_MODELS = 3  # finished trials whose model files are kept, besides the refer
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 REFERENCES = {  # alpha_mode -> (params, label, trial attributes)
     "rare": (
-        ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy (gamma=0)", {}),
-        ({"gamma": 2.0, "alpha": 0.25}, "focal default (gamma=2, alpha=0.25)", {}),
+        ({"gamma": 0.0, "alpha": 0.5}, "cross-entropy, gamma=0", {}),
+        ({"gamma": 2.0, "alpha": 0.25}, "focal default, gamma=2, alpha=0.25", {}),
     ),
     "class_balanced": (
-        ({"gamma": 0.0, "one_minus_beta": None}, "cross-entropy (gamma=0, no class weights; its beta is unused)",
+        ({"gamma": 0.0, "one_minus_beta": None}, "cross-entropy, gamma=0, no class weights; its beta is unused",
          {keys.UNWEIGHTED: True}),
         ({"gamma": 2.0, "one_minus_beta": 0.001}, "focal gamma=2 with class-balanced weights of beta=0.999", {}),
     ),

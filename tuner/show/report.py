@@ -175,17 +175,20 @@ def plane(trials, cfg, best) -> Figure:
                    s=50, zorder=3, label="pruned")
     if y_name in best.params:
         ax.scatter([best.params["gamma"]], [best.params[y_name]], marker="*", s=300, c="red", edgecolors="black", zorder=4, label="best")
-    again = queued_again(trials)  # a stopped attempt: its retry is the reference now
-    for t in trials:
-        if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params and t.number not in again:
-            unused = " (no class weights)" if t.user_attrs.get(keys.UNWEIGHTED) else ""  # its stored value is a placeholder
-            ax.annotate(f"ref {t.number}{unused}", (t.params["gamma"], t.params[y_name]), textcoords="offset points", xytext=(6, 6))
     if y_name == "alpha":
         ax.set(ylabel="alpha", ylim=_pad(cfg.search.alpha))
     else:
         lo, hi = cfg.search.beta
         ax.set(ylabel="1 - beta (class-balanced weights)", yscale="log", ylim=((1 - hi) / 1.3, (1 - lo) * 1.3))
     ax.set(xlabel="gamma", xlim=_pad(cfg.search.gamma), title=f"{cfg.study.metric} over gamma x {y_name.replace('_', ' ')}")
+    again = queued_again(trials)  # a stopped attempt: its retry is the reference now
+    for t in trials:
+        if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params and t.number not in again:
+            unused = " (no class weights)" if t.user_attrs.get(keys.UNWEIGHTED) else ""  # its stored value is a placeholder
+            xy = (t.params["gamma"], t.params[y_name])
+            right, top = ax.transAxes.inverted().transform(ax.transData.transform(xy)) > 0.8  # keep the label inside
+            ax.annotate(f"ref {t.number}{unused}", xy, textcoords="offset points", xytext=(-6 if right else 6, -6 if top else 6),
+                        ha="right" if right else "left", va="top" if top else "bottom")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
