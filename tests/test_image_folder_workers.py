@@ -3,6 +3,8 @@ artifacts folder are stored as absolute paths, a worker (or a resumed start-stud
 own copy of the images and its own artifacts folder, and a copy that is not the same images is
 refused before any trial runs."""
 
+import html
+import json
 import shutil
 
 import numpy as np
@@ -157,6 +159,14 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     assert proc.returncode == 0, proc.stderr
     assert "test set" not in proc.stdout and "no test check: the image folder has no test/ split" in proc.stdout
     assert load(tmp_path / "tuner.db").user_attrs[keys.DATA]["fingerprints"]["test"] == ""
+    # the threshold predict will use is said all the same: the final model's, not the best trial's
+    saved = tuner("best", "--save-model", "m.pt", cwd=tmp_path)
+    cut = json.loads((tmp_path / "m.pt.json").read_text())["threshold"]
+    assert saved.returncode == 0 and f"it decides at threshold {cut:.4f} on the calibrated probability of 'finding'" in saved.stderr
+    assert f"the final model's threshold {cut:.4f} on the calibrated probability of 'finding'" in proc.stdout
+    assert "  its threshold " in proc.stdout  # the best trial's own, marked as such
+    assert tuner("report", "--out", "rep", cwd=tmp_path).returncode == 0
+    assert f"at the threshold {cut:.4f} on the calibrated probability of 'finding'" in html.unescape((tmp_path / "rep" / "index.html").read_text())
 
 
 def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):

@@ -201,7 +201,8 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     assert table.splitlines()[0] == "path\tpredicted\tp(eight)"
     # best shows the cut predict used on the final model's test line, the one class's alone
     text = cli("best", "--storage", "sqlite:///screen.db", cwd=root).stdout
-    assert "its own threshold is on its test line below, and predict uses it" in text
+    assert (f"the final model's threshold {cut:.4f} on p(eight) / the largest other class's probability "
+            "(chosen on its trials' averaged validation predictions for recall>=0.9") in text and "; predict uses it" in text
     line = next(line for line in text.splitlines() if line.startswith("  the final model (the mean of trials"))
     assert f"at threshold {cut:.4f} on p(eight) / the largest other;" in line and "at thresholds" not in line
 

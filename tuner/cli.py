@@ -274,20 +274,17 @@ def _print_best(s: dict) -> None:
     print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
     if s["alpha_per_class"] and (s["alpha_mode"] == "class_balanced" or len(s["classes"] or []) > 2):  # whom alpha weights
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
-    whose = "its " if s["final"] else ""  # the final model has its own, on its test line: predict uses that one
-    if s["threshold"] is not None:
-        print(f"  {whose}threshold {s['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
-              f"(chosen on validation for {s['operating_point']}; temperature {s['temperature']:.3f})")
-    if s.get("class_thresholds") and s["positive_class"]:
-        print(f"  {whose}threshold {s['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest other "
-              f"class's probability (chosen on validation for {s['operating_point']}; below it, the most probable other class)")
-    elif s.get("class_thresholds"):
-        print(f"  {whose}per-class thresholds (the class with the largest probability / threshold wins; chosen on validation "
-              f"for {s['operating_point']}): " + ", ".join(f"{k} {v:.3f}" for k, v in s["class_thresholds"].items()))
+    mean = len(s["final_trials"]) > 1  # the final model then has its own threshold: predict uses that one
+    _print_decision("its " if mean else "", s, s, "on validation")
     if s["validation"].get("fold_spread") is not None:
         print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
-    print(f"  final model: {s['final_model']}" + ("; its own threshold is on its test line below, and predict uses it"
-                                                 if s["final"] else ""))
+    print(f"  final model: {s['final_model']}")
+    if s["final_decision"]:
+        _print_decision("the final model's ", s["final_decision"], s, "on its trials' averaged validation predictions",
+                        "; predict uses it")
+    elif mean:
+        print("  the final model's threshold is chosen when the study finishes (start-study's test check), or by "
+              "tuner best --save-model")
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         print(f"  reference trial {r['trial']} ({r['label']}): {value}, {r['state'].lower()}")
@@ -308,6 +305,21 @@ def _print_best(s: dict) -> None:
     elif not s["test_split"]:
         print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
               "add data.root/test/<class>/ images to check the models on images no trial chose on")
+
+
+def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") -> None:
+    """How a model decides (``d``: its threshold, class_thresholds and temperature), in one line."""
+    if d["threshold"] is not None:
+        print(f"  {whose}threshold {d['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+              f"(chosen {where} for {s['operating_point']}; temperature {d['temperature']:.3f}){then}")
+    if d.get("class_thresholds") and s["positive_class"]:
+        print(f"  {whose}threshold {d['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest "
+              f"other class's probability (chosen {where} for {s['operating_point']}; below it, the most probable "
+              f"other class; temperature {d['temperature']:.3f}){then}")
+    elif d.get("class_thresholds"):
+        print(f"  {whose}per-class thresholds (the class with the largest calibrated probability / threshold wins; chosen "
+              f"{where} for {s['operating_point']}; temperature {d['temperature']:.3f}): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in d["class_thresholds"].items()) + then)
 
 
 def _sources(s: dict) -> str:
@@ -513,7 +525,20 @@ def best(storage: Storage = None, study_name: StudyName = None,
 
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
         how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
-        print(f"saved {what}, {how}, to {save_model} and {save_model}.json", file=sys.stderr)
+        print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {_cut_phrase(saved)}", file=sys.stderr)
+
+
+def _cut_phrase(saved: dict) -> str:
+    """Where a saved model decides, in words (``saved``: its .json settings)."""
+    classes, positive, t = saved["classes"], saved["positive_class"], saved["class_thresholds"]
+    where = f" (chosen on validation for {saved['operating_point']}; temperature {saved['temperature']:.3f})"
+    if len(classes) == 2:
+        return f"at threshold {saved['threshold']:.4f} on the calibrated probability of {positive!r}" + where
+    if t and positive in classes:
+        return f"{positive!r} at threshold {t[classes.index(positive)]:.4f} on p({positive}) / the largest other" + where
+    if t:
+        return "at per-class thresholds " + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, t)) + where
+    return "by the most probable class"
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

@@ -49,4 +49,5 @@ DATA = "data"  # the classes by name and their training-split counts
 WORKER_SLOTS = "worker_slots"  # worker indices that start-study runs have handed out
 BEST_TEST = "best_test"
 FINAL_TEST = "final_test"  # the test check of the final model when it is a mean of trials
+FINAL_DECISION = "final_decision"  # its trials, temperature and thresholds, with a test split or without
 REFERENCES_TEST = "references_test"

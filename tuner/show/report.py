@@ -23,7 +23,7 @@ from tuner import keys
 from tuner.learn.checkpoints import decision_cut
 from tuner.errors import UserError
 from tuner.show.results import final_model, study_data
-from tuner.show.summary import (best_trial, few_to_find, final_label, final_members, final_words, margin_notes,
+from tuner.show.summary import (best_trial, few_to_find, final_decision, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_trial, n_queued_again, queued_again, stored_config
@@ -63,7 +63,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     few = few_to_find(cfg, data)
     if data.test_x is None:
         test_note = ("The data has no test split (no test/ folder under data.root), so the final model's "
-                     "confusion matrix and precision-recall curve are not shown.")
+                     "confusion matrix and precision-recall curve are not shown. " + _decision_note(study, cfg, best, data))
         test_sections = []
     else:
         model, payload, source = final_model(study, cfg, data)
@@ -94,6 +94,33 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     page = out / "index.html"
     page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
     return page
+
+
+def _decision_note(study, cfg, best, data) -> str:
+    """Where the final model decides, from what the study stored (no model file is read)."""
+    members = final_members(study, cfg)
+    if len(members) == 1:
+        cut = best.user_attrs.get(keys.THRESHOLD if data.num_classes == 2 else keys.CLASS_THRESHOLDS)
+        name, temperature = f"Best trial {best.number}", best.user_attrs.get(keys.TEMPERATURE, 1.0)
+    elif decision := final_decision(study, members):
+        cut, temperature = decision["threshold"], decision["temperature"]
+        cut = cut if data.num_classes == 2 else [decision["class_thresholds"][c] for c in data.classes]
+        name = final_label(decision["trials"]).capitalize()
+    else:
+        return ("The final model's threshold is chosen when the study finishes (start-study's test check), or by "
+                "tuner best --save-model.")
+    if cut is None:
+        return ""
+    return (f"{name}, the final model (what tuner best --save-model writes), decides "
+            f"{cut_words(cfg, cut, data.classes, data.positive_class)}, with the temperature {temperature:.3f}.")
+
+
+def cut_words(cfg, cut, classes: list[str], positive: str | None) -> str:
+    """Where a model decides (``cut``: its threshold, or per-class thresholds), in words."""
+    if len(classes) == 2:
+        return (f"at the threshold {cut:.4f} on the calibrated probability of {positive!r}, chosen on validation "
+                f"({cfg.study.operating_point})")
+    return decisions_words(cfg, {"class_thresholds": cut}, classes)
 
 
 def decisions_words(cfg, metrics: dict, classes: list[str]) -> str:

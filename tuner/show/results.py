@@ -97,6 +97,15 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
     return model, ensemble_payload([p for _, p, _ in got], metrics), source
 
 
+def decision_of(payload: dict, best: int) -> dict:
+    """What a final model that is a mean of trials decides with, as stored for ``tuner best``
+    (``best``: the best trial it was made for)."""
+    classes = payload["classes"]
+    cut = payload.get("class_thresholds")
+    return {"trials": payload["trials"], "best_trial": best, "temperature": payload["temperature"],
+            "threshold": payload.get("threshold"), "class_thresholds": dict(zip(classes, cut)) if cut else None}
+
+
 def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Splits,
                   focus: int | None = None) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """Test-split metrics of a model at its own threshold and temperature, and its probabilities and
@@ -105,7 +114,7 @@ def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Spli
     cut = decision_cut(payload)
     out = heldout_metrics(model, data.test_x, data.test_y, cut, temperature, logits=logits, focus=focus)
     decisions = decide(probabilities(logits.double() / temperature).numpy(), cut)
-    return {"source": source, **out}, (probabilities(logits).numpy(), decisions)
+    return {"source": source, "temperature": temperature, **out}, (probabilities(logits).numpy(), decisions)
 
 
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None,
@@ -117,15 +126,17 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     when its model file is not here."""
     best = best_trial(study)
     data = data or study_data(study, cfg)
-    if data.test_x is None:
-        return None
     loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
-    focus = focus_class(cfg, data.classes)
-    out, final_outputs = check_on_test(*loaded[best.number], data, focus)
-    out = {"trial": best.number, **out}
     final = None
     if len(final_members(study, cfg)) > 1:
         model, payload, source = final_model(study, cfg, data, retrain, loaded)
+        study.set_user_attr(keys.FINAL_DECISION, decision_of(payload, best.number))
+    if data.test_x is None:
+        return None
+    focus = focus_class(cfg, data.classes)
+    out, final_outputs = check_on_test(*loaded[best.number], data, focus)
+    out = {"trial": best.number, **out}
+    if len(final_members(study, cfg)) > 1:
         final, final_outputs = check_on_test(model, payload, source, data, focus)
         final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []

@@ -47,6 +47,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
     test = study.user_attrs.get(keys.BEST_TEST)
     test = test if test and test.get("trial") == best.number else None
     ref_tests = {r["trial"]: r for r in study.user_attrs.get(keys.REFERENCES_TEST, [])}
+    members = final_members(study, cfg)
     refs = [
         {"trial": t.number, "label": t.user_attrs[keys.REFERENCE], "state": t.state.name, "value": t.value,
          "params": shown_params(t), "threshold": t.user_attrs.get(keys.THRESHOLD),
@@ -72,7 +73,9 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "validation": {k: best.user_attrs[k] for k in keys.VALIDATION if k in best.user_attrs},
         "epochs": best.user_attrs.get(keys.EPOCHS),
         "folds": cfg.data.folds,
-        "final_model": final_words(cfg, final_members(study, cfg)),
+        "final_model": final_words(cfg, members),
+        "final_trials": [t.number for t in members],
+        "final_decision": final_decision(study, members),
         "final": final_test(study),
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
@@ -241,11 +244,18 @@ def final_words(cfg: StudyConfig, members: list[optuna.trial.FrozenTrial] | None
     searched = sum(keys.REFERENCE not in t.user_attrs for t in members)
     refs = len(members) - searched
     which = [f"the best {searched} searched trials" if searched > 1 else "the best searched trial" if searched else "",
-             f"whatever {'its' if searched == 1 else 'their'} rank against the references" if searched and refs else "",
              f"the {refs} reference trials" if refs > 1 else "the reference trial" if refs else ""]
     return (f"the mean of the calibrated logits of trials {', '.join(str(t.number) for t in members)} "
-            f"({', '.join(w for w in which if w)}), each {one}; one temperature and threshold chosen on their averaged "
+            f"({' and '.join(w for w in which if w)}), each {one}; one temperature and threshold chosen on their averaged "
             "validation predictions")
+
+
+def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial]) -> dict | None:
+    """The stored temperature and thresholds of the final model when it is a mean of trials, and of
+    these ``members`` (``final_members``): a later trial can change who they are."""
+    stored = study.user_attrs.get(keys.FINAL_DECISION)
+    ok = stored and len(members) > 1 and stored["trials"] == [t.number for t in members]
+    return stored if ok else None
 
 
 def final_test(study: optuna.Study) -> dict | None:
