@@ -178,7 +178,42 @@ def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):
                       f"set data.root to {tmp_path / 'images'}")
     assert_user_error(cli("start-study", str(study_file), *imagefolder, "--set", "data.root=images/train/normal", cwd=tmp_path),
                       "has no train/ folder", "or the class folders in")
+    # a positive class that is not there fails fast, after the check under test, should that check not hold
+    assert_user_error(cli("start-study", str(study_file), *imagefolder, "--set", "data.root=images/test",
+                          "--set", "data.positive_class=nosuch", cwd=tmp_path),
+                      f"data.root {tmp_path / 'images' / 'test'} is the test/ folder of {tmp_path / 'images'}",
+                      "would train on the test images", f"set data.root to {tmp_path / 'images'}")
     assert not (tmp_path / "tuner.db").exists() or "smoke" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+
+
+def test_a_test_split_that_cannot_check_every_class_is_one_line_error(tmp_path, cli):
+    write_images(tmp_path / "images")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    imagefolder = ["--set", "data.kind=imagefolder", "--set", "data.image_size=8", "--set", "data.root=images",
+                   "--set", "data.max_bad_fraction=0.1", "--set", "data.positive_class=nosuch", "--workers", "0"]  # no waiting
+    test = tmp_path / "images" / "test"
+    for png in (test / "finding").glob("*.png"):
+        png.write_bytes(b"torn")  # 3 of 65 images: allowed to be unreadable, yet no test image of the class is left
+    proc = cli("start-study", str(study_file), *imagefolder, cwd=tmp_path)
+    note, error = proc.stderr.splitlines()  # the skipped images, then the error they lead to
+    assert proc.returncode == 2 and note.startswith("note: skipped 3 unreadable images under")
+    assert error.startswith(f"error: class 'finding' has no readable image in {test / 'finding'}") and "remove test/" in error
+    shutil.rmtree(test)
+    test.mkdir()
+    assert_user_error(cli("start-study", str(study_file), *imagefolder, cwd=tmp_path),
+                      f"{test} has no class folders", "(finding, normal)", "remove the empty test/ folder")
+    assert not (tmp_path / "tuner.db").exists() or "smoke" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}")
+
+
+def test_images_outside_any_class_folder_are_named_in_a_note(tmp_path, cli):
+    write_images(tmp_path / "images")
+    shutil.copy(tmp_path / "images" / "train" / "normal" / "0.png", tmp_path / "images" / "train" / "stray.png")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = cli("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+               "--set", "data.image_size=8", "--set", "data.positive_class=nosuch", "--workers", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "nosuch" in proc.stderr  # stopped after the data is read
+    assert (f"note: 1 image directly in {tmp_path / 'images' / 'train'} (e.g. stray.png) is in no class folder, so left out; "
+            "move it into the folder of its class") in proc.stderr
 
 
 def test_skipped_images_are_one_note_line_not_a_python_warning(tmp_path, cli):
@@ -193,5 +228,5 @@ def test_skipped_images_are_one_note_line_not_a_python_warning(tmp_path, cli):
                "--set", "data.image_size=8", "--workers", "0", cwd=tmp_path)
     note, error = proc.stderr.splitlines()  # the skipped image, then the error it leads to
     assert proc.returncode == 2 and error.startswith("error: class 'finding' has 1 readable image(s)")
-    assert note.startswith("note: skipped 1 unreadable images under") and "torn.png (UnidentifiedImageError" in note
+    assert note.startswith("note: skipped 1 unreadable image under") and "torn.png (UnidentifiedImageError" in note
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr

@@ -236,6 +236,9 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
         if test_dir.is_dir() or len(class_folders(root)) < 2:
             raise UserError(f"{root} has no train/ folder; put the training images in {train_dir}/<class>/ "
                             f"(or the class folders in {root} itself, without a test split).")
+        if root.name == "test" and (root.parent / "train").is_dir():
+            raise UserError(f"data.root {root} is the test/ folder of {root.parent}, so the study would train on the test "
+                            f"images; set data.root to {root.parent}.")
         train_dir = root  # torchvision's layout: the class folders in the root itself, and no test split
     classes = class_folders(train_dir)
     if not classes:
@@ -244,8 +247,15 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
         raise UserError(f"{train_dir} has only one class folder ({classes[0]}); add a folder for at least one more class.")
     files = list_files(train_dir, classes)
     n_train = len(files)
+    if loose := [p for p in train_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]:
+        warnings.warn(f"{len(loose)} image{'s' * (len(loose) != 1)} directly in {train_dir} (e.g. {loose[0].name}) "
+                      f"{'are' if len(loose) != 1 else 'is'} in no class folder, so left out; move {'them' if len(loose) != 1 else 'it'} "
+                      "into the folder of its class")
     if train_dir != root and test_dir.is_dir():
-        if (test_classes := class_folders(test_dir)) != classes:
+        if not (test_classes := class_folders(test_dir)):
+            raise UserError(f"{test_dir} has no class folders; put the test images in {test_dir}/<class>/ with the classes of "
+                            f"{train_dir} ({', '.join(classes)}), or remove the empty test/ folder to run without a test check.")
+        if test_classes != classes:
             raise UserError(f"{test_dir} has classes {test_classes} but {train_dir} has {classes}; give both the same class folders.")
         files += list_files(test_dir, classes)
     paths, labels = [p for p, _ in files], np.array([label for _, label in files], dtype=np.int64)
@@ -258,13 +268,18 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
         raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0][0]}: {bad[0][1]}), more than "
                         f"data.max_bad_fraction = {cfg.max_bad_fraction}; fix or remove them.")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable images under {root}: {'; '.join(f'{p} ({e})' for p, e in bad[:3])}")
+        warnings.warn(f"skipped {len(bad)} unreadable image{'s' * (len(bad) != 1)} under {root}: "
+                      f"{'; '.join(f'{p} ({e})' for p, e in bad[:3])}")
 
     is_train = np.arange(len(paths)) < n_train
     for name, count in zip(classes, np.bincount(labels[ok & is_train], minlength=len(classes))):
         if count < 2:
             raise UserError(f"class {name!r} has {count} readable image(s) in {train_dir / name}; "
                             "add images so it has at least 2 (one for training, one for validation).")
+    for name, count in zip(classes, np.bincount(labels[ok & ~is_train], minlength=len(classes))):
+        if n_train < len(paths) and count == 0:
+            raise UserError(f"class {name!r} has no readable image in {test_dir / name}; the test check needs at least one "
+                            "of each class: add images there, or remove test/ to run without a test check.")
     folder_classes = classes
     labels, classes = orient(labels, classes, labels[ok & is_train], cfg.positive_class)
     if classes != folder_classes:
