@@ -93,11 +93,16 @@ def test_json_export_to_a_file(folder, cli):
                          for r in rows if r["trial"] in ended)
 
 
-def test_export_user_errors(folder, cli):
+def test_export_user_errors(folder, saved_model, cli):
     assert_user_error(cli("export", "--study-name", "smoke", "--format", "xml", cwd=folder), "--format", "xml", "csv")
     (folder / "a-file").write_text("")
     assert_user_error(cli("export", "--study-name", "smoke", "--out", "a-file/trials.csv", cwd=folder), "a-file/trials.csv", "--out")
     assert_user_error(cli("best", "--study-name", "smoke", "--save-model", ".", cwd=folder), "--save-model", "is a folder")
+    (folder / "scan.png").write_bytes(b"an image of the user's")
+    assert_user_error(cli("best", "--study-name", "smoke", "--save-model", "scan.png", cwd=folder),
+                      "--save-model scan.png is a file that is not a model saved by tuner")
+    assert (folder / "scan.png").read_bytes() == b"an image of the user's"
+    assert cli("best", "--study-name", "smoke", "--save-model", str(saved_model), cwd=folder).returncode == 0  # a model: written over
 
 
 def _test_metrics(model, cfg, payload):
@@ -266,7 +271,10 @@ def test_predict_user_errors(folder, saved_model, tmp_path, cli):
     assert_user_error(cli("predict", "models/nope.pt", str(good), cwd=folder), "models/nope.pt", "does not exist")
     assert_user_error(cli("predict", f"{saved_model}.json", str(good), cwd=folder), "is the settings file written beside the model",
                       f"pass the model, {saved_model}")
-    assert_user_error(cli("predict", str(good), str(good), cwd=folder), "good.png", "not a model")
+    swapped = cli("predict", str(good), str(saved_model), cwd=folder)
+    assert_user_error(swapped, "good.png", "not a model", "the model comes first: tuner predict MODEL.pt IMAGES")
+    assert "--save-model" not in swapped.stderr  # it advised writing a model over the image
+    assert_user_error(cli("predict", str(tmp_path), str(good), cwd=folder), f"{tmp_path} is a folder, not a model file")
     assert_user_error(cli("predict", str(saved_model), str(good), "--threshold", "1.5", cwd=folder), "--threshold 1.5", "probability")
 
 

@@ -73,6 +73,17 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
         raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")
 
 
+def saved_by_tuner(path: Path) -> bool:
+    """Whether ``path`` holds a model ``best --save-model`` wrote, so it may be written over."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types on a file that is not a checkpoint
+        return False
+    return isinstance(payload, dict) and ("state_dict" in payload or "members" in payload)
+
+
 def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | None = None) -> dict:
     """Write the final model (``tuner.show.results.final_model``: the mean of the best trials and the
     reference trials, or the best trial's) to ``path`` (``torch.load(path, weights_only=True)``
@@ -85,6 +96,9 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--save-model {path} is a folder; pass a file path such as {path / 'best.pt'}")
+    if path.is_file() and not saved_by_tuner(path):
+        raise UserError(f"--save-model {path} is a file that is not a model saved by tuner; pass another path, or "
+                        "delete that file first")
     cfg = cfg or stored_config(study)
     model, payload, source = final_model(study, cfg)
     best = best_trial(study)

@@ -24,12 +24,17 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     if path.suffix == ".json" and Path(path.stem).suffix:  # best.pt.json: the settings written beside best.pt
         raise UserError(f"{path} is the settings file written beside the model; pass the model, {path.with_suffix('')}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a model file; the model comes first: tuner predict MODEL.pt IMAGES...")
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; write one with tuner best --save-model {path}")
     try:
         return load_trial_model(path)
     except Exception as e:  # torch raises many types on a file that is not a checkpoint
-        raise UserError(f"{path} is not a model saved by tuner ({type(e).__name__}); write one with tuner best --save-model {path}")
+        image = path.suffix.lower() in IMAGE_EXTENSIONS
+        raise UserError(f"{path} is not a model saved by tuner ({type(e).__name__})"
+                        + ("; the model comes first: tuner predict MODEL.pt IMAGES..." if image else
+                           "; pass the file tuner best --save-model wrote"))
 
 
 def image_files(paths: list[str]) -> list[str]:
