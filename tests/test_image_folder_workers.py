@@ -167,6 +167,9 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     assert "  its threshold " in proc.stdout  # the best trial's own, marked as such
     assert tuner("report", "--out", "rep", cwd=tmp_path).returncode == 0
     assert f"at the threshold {cut:.4f} on the calibrated probability of 'finding'" in html.unescape((tmp_path / "rep" / "index.html").read_text())
+    study, first = load(tmp_path / "tuner.db"), load(tmp_path / "tuner.db").trials[0]
+    study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions, value=0.1))  # joins the mean
+    assert "the final model's threshold is not chosen for these trials yet" in tuner("best", cwd=tmp_path).stdout
 
 
 def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):

@@ -283,8 +283,8 @@ def _print_best(s: dict) -> None:
         _print_decision("the final model's ", s["final_decision"], s, "on its trials' averaged validation predictions",
                         "; predict uses it")
     elif mean:
-        print("  the final model's threshold is chosen when the study finishes (start-study's test check), or by "
-              "tuner best --save-model")
+        print("  the final model's threshold is not chosen for these trials yet: start-study chooses it when the study "
+              "finishes, tuner best --retrain or --save-model now")
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         print(f"  reference trial {r['trial']} ({r['label']}): {value}, {r['state'].lower()}")

@@ -4,7 +4,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 
 from tuner import keys
-from tuner.show.summary import notes_on_test
+from tuner.search.config import from_dict
+from tuner.show.summary import final_test, notes_on_test
 
 SPACE = {"gamma": FloatDistribution(0.0, 5.0), "alpha": FloatDistribution(0.05, 0.95)}
 
@@ -18,6 +19,7 @@ def study_with(tmp_path, best_test, refs_test):
         study.add_trial(optuna.trial.create_trial(params=params, distributions=SPACE, value=value, user_attrs=attrs))
     study.set_user_attr(keys.BEST_TEST, best_test)
     study.set_user_attr(keys.REFERENCES_TEST, refs_test)
+    study.set_user_attr(keys.CONFIG, from_dict({"data": {"kind": "synthetic"}}).to_dict())  # the final model: the default mean
     return study
 
 
@@ -81,8 +83,12 @@ def test_with_a_final_mean_of_trials_the_notes_compare_the_references_with_it(tm
                      "more than twice the bootstrap std of each difference: AP 0.9600 for the reference against 0.9900 for "
                      "the final model (bootstrap std of the difference 0.0040), balanced accuracy 0.9600 for the reference "
                      "against 0.9900 for the final model (bootstrap std of the difference 0.0040)."]
-    study.set_user_attr(keys.FINAL_TEST, {**final, "best_trial": 1})  # of an earlier best: the best trial's check is used
-    assert "the best trial 2" in notes_on_test(study)[0]
+    # a trial finished since (another worker's, say) joins the mean: the stored check is not of it
+    study.add_trial(optuna.trial.create_trial(params={"gamma": 3.0, "alpha": 0.4}, distributions=SPACE, value=0.92))
+    assert final_test(study) is None
+    assert notes_on_test(study) == ["The stored test check is of an earlier final model (the mean of trials 2, 0, 1); trials "
+                                    "finished since make it the mean of trials 2, 3, 1, 0: run tuner best --retrain (or "
+                                    "start-study again) to check that one."]
 
 
 def test_the_final_model_is_described_by_the_trials_it_averages(tmp_path):

@@ -107,8 +107,8 @@ def _decision_note(study, cfg, best, data) -> str:
         cut = cut if data.num_classes == 2 else [decision["class_thresholds"][c] for c in data.classes]
         name = final_label(decision["trials"]).capitalize()
     else:
-        return ("The final model's threshold is chosen when the study finishes (start-study's test check), or by "
-                "tuner best --save-model.")
+        return ("The final model's threshold is not chosen for these trials yet: start-study chooses it when the study "
+                "finishes, tuner best --retrain or --save-model now.")
     if cut is None:
         return ""
     return (f"{name}, the final model (what tuner best --save-model writes), decides "

@@ -115,6 +115,8 @@ def notes_on_test(study: optuna.Study) -> list[str]:
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
+    if stale := stale_test(study):  # its comparisons with the references were of that model
+        return [stale]
     final = final_test(study)
     if final:
         ours, short = final_label(final["trials"]), "the final model"
@@ -254,14 +256,29 @@ def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial])
     """The stored temperature and thresholds of the final model when it is a mean of trials, and of
     these ``members`` (``final_members``): a later trial can change who they are."""
     stored = study.user_attrs.get(keys.FINAL_DECISION)
-    ok = stored and len(members) > 1 and stored["trials"] == [t.number for t in members]
+    ok = stored and len(members) > 1 and set(stored["trials"]) == {t.number for t in members}
     return stored if ok else None
 
 
 def final_test(study: optuna.Study) -> dict | None:
-    """The stored test check of the final model when it is a mean of trials and of the current best."""
+    """The stored test check of the final model when it is a mean of trials, and of the trials it
+    averages now (a trial finished since, by another worker say, can change them)."""
     final = study.user_attrs.get(keys.FINAL_TEST)
-    return final if final and final.get("best_trial") == best_trial(study).number else None
+    return final if final and set(final.get("trials", [])) == set(_now(study)) else None
+
+
+def stale_test(study: optuna.Study) -> str | None:
+    """A sentence when the stored test check of the final model is of other trials than it averages now."""
+    final = study.user_attrs.get(keys.FINAL_TEST)
+    if not final or set(final.get("trials", [])) == set(_now(study)):
+        return None
+    return (f"The stored test check is of an earlier final model (the mean of trials {', '.join(map(str, final['trials']))}); "
+            f"trials finished since make it the mean of trials {', '.join(map(str, _now(study)))}: run tuner best --retrain "
+            "(or start-study again) to check that one.")
+
+
+def _now(study: optuna.Study) -> list[int]:
+    return [t.number for t in final_members(study, stored_config(study))]
 
 
 def few_to_find(cfg, data) -> str | None:
