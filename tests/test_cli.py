@@ -15,6 +15,7 @@ import pytest
 
 from conftest import assert_user_error, tuner, write_study
 from tuner.errors import UserError
+from tuner.search.config import from_dict
 
 
 @pytest.fixture
@@ -347,3 +348,15 @@ def test_a_cuda_device_that_is_not_here_is_one_error_before_any_study(study_file
     assert_user_error(cli("start-study", str(study_file), "--set", f"train.device={device}", cwd=folder), device)
     assert not (folder / "tuner.db").exists()
     assert_user_error(cli("worker", "--study-name", "smoke", "--device", device, cwd=folder), device)
+
+
+def test_a_study_whose_every_trial_was_pruned_is_not_told_to_run_more(tmp_path, cli):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="a", direction="maximize")
+    study.set_user_attr("n_trials", 2)  # its target of finished trials
+    study.set_user_attr("tuner_config", from_dict({"data": {"kind": "synthetic"}}).to_dict())
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    assert_user_error(cli("best", cwd=tmp_path), "study 'a' has no completed trial (0 running", "none complete",
+                      "tuner status says why")
+    study.set_user_attr("n_trials", 3)
+    assert_user_error(cli("best", cwd=tmp_path), "has no completed trial yet", "run tuner start-study or tuner worker")

@@ -49,6 +49,14 @@ def test_integer_is_accepted_where_a_number_is_expected():
     ({"data": {"kind": "mnist"}}, ["data.kind"]),
     ({"data": {"image_size": 2}}, ["data.image_size"]),
     ({"data": {"val_fraction": 1.5}}, ["data.val_fraction"]),
+    # values that passed these checks and then broke every worker, or wasted the whole budget
+    ({"study": {"seed": -1}}, ["study.seed = -1", "from 0 to 1000000"]),
+    ({"study": {"seed": 99999999999}}, ["study.seed", "from 0 to 1000000"]),
+    ({"train": {"lr": float("inf")}}, ["train.lr = inf", "finite"]),
+    ({"train": {"weight_decay": float("inf")}}, ["train.weight_decay = inf", "finite"]),
+    ({"search": {"gamma": [0.0, float("inf")]}}, ["search.gamma = [0.0, inf]", "finite"]),
+    ({"study": {"heartbeat_interval": float("inf")}}, ["study.heartbeat_interval", "integer"]),
+    ({"study": {"grid_points": 1000}}, ["study.grid_points = 1000", "from 1 to 316"]),
 ])
 def test_invalid_values_name_their_key(raw, words):
     with pytest.raises(UserError) as e:
@@ -57,9 +65,19 @@ def test_invalid_values_name_their_key(raw, words):
         assert w in str(e.value)
 
 
-def test_unknown_override_key_is_an_error_like_in_the_file():
-    with pytest.raises(UserError, match="train.epoch"):
-        load_config(ROOT / "studies" / "digits-rare.toml", ["train.epoch=3"])
+def test_unknown_override_key_is_an_error_that_names_the_override_not_the_file():
+    for item, words in (("train.epoch=3", "--set train.epoch=3: unknown key train.epoch; known keys of [train]: "),
+                        ("trian.epochs=3", "--set trian.epochs=3: unknown section [trian]; known sections: ")):
+        with pytest.raises(UserError) as e:
+            load_config(ROOT / "studies" / "digits-rare.toml", [item])
+        assert str(e.value).startswith(words) and "digits-rare.toml" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["[data]\n", "[data]\n[train]\n"])
+def test_a_study_file_of_empty_sections_holds_no_settings(tmp_path, text):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(UserError, match="s.toml holds no settings"):
+        load_config(tmp_path / "s.toml")
 
 
 def test_malformed_override_says_the_form():

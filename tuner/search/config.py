@@ -8,6 +8,7 @@ Example::
 """
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 ALPHA_MODES = ("auto", "rare", "class_balanced")
 AUTO_KEYS = ("train.fuse", "data.folds", "pruner.n_warmup_steps", "pruner.min_resource")  # integers that may be "auto"
 MAX_TRIALS = 100_000  # far past any search of two parameters; a typo's 10**20 is an error, not a study
+MAX_GRID = math.isqrt(MAX_TRIALS)  # grid_points ** 2 trials are queued
+MAX_SEED = 1_000_000
 STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 
@@ -203,7 +206,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         raise UserError(f"cannot read study file {path}: {e}")
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"study file {path} is not valid TOML: {e}")
-    if not raw:  # an empty file (a failed copy, the wrong path) would run every default silently
+    if not any(v != {} for v in raw.values()):  # an empty file (a failed copy, the wrong path) would run every default silently
         raise UserError(f"study file {path} holds no settings; copy studies/digits-rare.toml and edit it")
     for item in overrides:
         apply_override(raw, item)
@@ -221,7 +224,12 @@ def apply_override(raw: dict, item: str) -> None:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
-    if section in SECTIONS and not isinstance(raw.get(section, {}), dict):
+    if section not in SECTIONS:
+        raise UserError(f"--set {item}: unknown section [{section}]; known sections: {', '.join(SECTIONS)}")
+    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in known:
+        raise UserError(f"--set {item}: unknown key {section}.{name}; known keys of [{section}]: {', '.join(known)}")
+    if not isinstance(raw.get(section, {}), dict):
         raise UserError(f"[{section}] in the study file must be a table")
     raw.setdefault(section, {})[name] = value
 
@@ -289,8 +297,16 @@ def _validate(cfg: StudyConfig) -> None:
         if not ok:
             raise UserError(f"{key} = {value!r} is invalid: {what}")
 
+    for section in SECTIONS:
+        for f in dataclasses.fields(values := getattr(cfg, section)):
+            v = getattr(values, f.name)
+            numbers = v if isinstance(v, tuple) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                need(False, f"{section}.{f.name}", list(v) if isinstance(v, tuple) else v, "must be a finite number")
     s, t, p = cfg.study, cfg.train, cfg.pruner
     check_study_name(s.name, "study.name =")
+    # each worker's sampler seed is seed * 1000 + its index (< 100000), and numpy takes seeds below 2**32
+    need(0 <= s.seed <= MAX_SEED, "study.seed", s.seed, f"must be from 0 to {MAX_SEED}")
     need(s.metric in METRICS, "study.metric", s.metric, f"choose one of {', '.join(METRICS)}")
     need(bool(OPERATING_POINT.fullmatch(s.operating_point)), "study.operating_point", s.operating_point,
          "use balanced_accuracy, f1 or recall>=X with 0 < X <= 1, e.g. recall>=0.95")
@@ -299,7 +315,8 @@ def _validate(cfg: StudyConfig) -> None:
     need(s.n_startup_trials >= 0, "study.n_startup_trials", s.n_startup_trials, "must be >= 0")
     need(s.final_model in FINAL_MODELS, "study.final_model", s.final_model,
          f"choose {' or '.join(FINAL_MODELS)} (the mean of the best trials and the reference trials, or the best trial alone)")
-    need(s.grid_points >= 1, "study.grid_points", s.grid_points, "must be >= 1")
+    need(1 <= s.grid_points <= MAX_GRID, "study.grid_points", s.grid_points,
+         f"must be from 1 to {MAX_GRID} (a grid of at most study.n_trials' limit of {MAX_TRIALS} trials)")
     need(s.heartbeat_interval >= 0, "study.heartbeat_interval", s.heartbeat_interval, "seconds, >= 0 (0 turns heartbeats off)")
     need(s.grace_period > s.heartbeat_interval, "study.grace_period", s.grace_period, "must be longer than study.heartbeat_interval")
     need(bool(s.artifacts), "study.artifacts", s.artifacts, "give a folder for checkpoints")

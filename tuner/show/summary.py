@@ -22,8 +22,12 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         return study.best_trial
     except ValueError:
         c = counts(study)
-        raise UserError(f"study {study.study_name!r} has no completed trial yet "
-                        f"({c['RUNNING']} running, {c['WAITING']} waiting, {c['PRUNED']} pruned, {failed_words(c)}); run tuner start-study or tuner worker")
+        done = c["FINISHED"] >= study.user_attrs.get(keys.TARGET, math.inf) and not c["RUNNING"] + c["WAITING"]
+        raise UserError(f"study {study.study_name!r} has no completed trial{'' if done else ' yet'} "
+                        f"({c['RUNNING']} running, {c['WAITING']} waiting, {c['PRUNED']} pruned, {failed_words(c)}); "
+                        + ("it has its target of finished trials, none complete: tuner status says why each ended (a "
+                           "learning rate too high diverges, say); fix the study file and start a new study"
+                           if done else "run tuner start-study or tuner worker"))
 
 
 def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int], focus: int | None = None):
