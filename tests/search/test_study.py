@@ -105,6 +105,10 @@ def test_auto_settings_are_resolved_before_the_study_is_stored():
     assert few.pruner.n_warmup_steps == 2 and few.search.alpha_mode == "rare" and few.data.positive_class == "rare"
     assert cfg_with(data={"kind": "synthetic", "folds": 3}).resolved(2, "rare", 10).data.folds == 3
     assert cfg.resolved(5, None, 10).search.alpha_mode == "class_balanced"
+    assert cfg.resolved(2, "rare", rare_count=3).data.folds == 3  # each fold validates on one rare image at least
+    with pytest.raises(UserError, match=r'data.folds = 20 is more than the 15 training images of the rarest class, so 5 folds '
+                                        r'would validate on none of them; use at most 15 folds, or data.folds = "auto"'):
+        cfg_with(data={"kind": "synthetic", "folds": 20}).resolved(2, "rare", 15)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -157,7 +157,12 @@ class StudyConfig:
             mode = "class_balanced" if num_classes > 2 else "rare"
         folds = self.data.folds
         if folds == "auto":  # bench/results/quality.md: folds halve the spread over seeds where rare images are few
-            folds = AUTO_FOLDS if rare_count < FEW_RARE and self.model.kind == "simple_cnn" else 1  # folds need its fused form
+            # folds need simple_cnn's fused form; each fold holds at least one rare image
+            folds = min(AUTO_FOLDS, rare_count) if rare_count < FEW_RARE and self.model.kind == "simple_cnn" else 1
+        elif folds > rare_count:
+            raise UserError(f"data.folds = {folds} is more than the {rare_count} training images of the rarest class, so "
+                            f"{folds - rare_count} folds would validate on none of them; use at most {rare_count} folds, "
+                            'or data.folds = "auto"')
         return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
                                    study=dataclasses.replace(self.study, artifacts=absolute(self.study.artifacts)),
                                    data=dataclasses.replace(self.data, positive_class=positive_class or "", folds=folds,
