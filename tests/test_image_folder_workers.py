@@ -71,6 +71,9 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
         assert (f"study 'smoke' keeps its checkpoints and model files in {home / 'tuner-artifacts'}, "
                 f"not {tmp_path / 'tuner-artifacts'}") in proc.stderr
         assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
+        own = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                    "--set", f"data.root={copy}", "--artifacts", str(home / "tuner-artifacts"), "--workers", "1", cwd=tmp_path)
+        assert own.returncode == 0 and "keeps its checkpoints" not in own.stderr  # --artifacts names the folder it uses
         assert len(finished(db)) == 3
         load(db).set_user_attr(keys.TARGET, 4)
         joined = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "copy", "--max-trials", "1",

@@ -144,7 +144,7 @@ def start_study(
             cfg = cfg.resolved(data.num_classes, detect, min(data.pool_counts()))
             progress.step("opening the study")
             study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints,
-                                            derived)
+                                            derived, None if artifacts is None else str(artifacts))
             cfg, data = _as_stored(study, cfg, data)
             cfg = with_artifacts(cfg, None if artifacts is None else str(artifacts))
             c, goal = counts(study), target(study, cfg)

@@ -64,11 +64,20 @@ def test_resume_keeps_stored_settings_and_raises_the_target(tmp_path):
     assert stored_config(study).train.epochs == 2 and "train.epochs" in notes[0]
     assert study.user_attrs["n_trials"] == 30
     assert len(study.trials) == 2  # the reference trials were queued once, not twice
-    # run again without n_trials (the study file's 12): the target set before stays
+    # run again without n_trials (the study file's 16): the target set before stays
     study, notes = create_or_resume(cfg_with(study={"name": "r"}), url, "r")
     assert study.user_attrs["n_trials"] == 30 and "keeps its target of 30 finished trials" in notes[-1]
     study, _ = create_or_resume(cfg_with(study={"name": "r"}), url, "r", n_trials=5)  # asked for: lowered
     assert study.user_attrs["n_trials"] == 5
+    # the study file's 16 raise a stored 5 with a word, and a target below the finished trials is said to run nothing
+    study, notes = create_or_resume(cfg_with(study={"name": "r"}), url, "r")
+    assert study.user_attrs["n_trials"] == 16
+    assert notes[-1] == ("study 'r' now has a target of 16 finished trials, the study file's study.n_trials (it was 5); "
+                         "pass --n-trials to choose it")
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))
+    _, notes = create_or_resume(cfg_with(study={"name": "r"}), url, "r", n_trials=2)
+    assert notes[-1] == "study 'r' already has 3 finished trials, past the target of 2: no more trials run"
 
 
 def test_another_search_space_under_the_same_name_is_refused(tmp_path):

@@ -140,11 +140,12 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None = None,
                      classes: list[str] | None = None, class_counts: list[int] | None = None,
                      fingerprints: dict[str, str] | None = None,
-                     derived: set[str] = frozenset()) -> tuple[optuna.Study, list[str]]:
+                     derived: set[str] = frozenset(), artifacts: str | None = None) -> tuple[optuna.Study, list[str]]:
     """Create the study, or resume it when it exists with the same search space and images.
     ``classes`` and ``class_counts`` (of the training split) are stored for reports, ``fingerprints``
     (of an image folder's train and test files) so that every later run, worker and report checks its
     images against them. ``derived``: keys of ``cfg`` worked out, not given (``StudyConfig.derived``).
+    ``artifacts``: this run's own folder for model files (``--artifacts``), when it names one.
 
     Returns the study and notes for the user (settings kept from the stored study).
     """
@@ -187,7 +188,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                    if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in {"study.n_trials", "data.root", "study.artifacts", *derived}]
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
-        if stored.study.artifacts != cfg.study.artifacts:  # e.g. the same study file run from another folder
+        if stored.study.artifacts != cfg.study.artifacts and artifacts is None:  # e.g. the study file run from another folder
             notes.append(f"study {name!r} keeps its checkpoints and model files in {stored.study.artifacts}, "
                          f"not {cfg.study.artifacts}")
         study = existing
@@ -198,6 +199,12 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         notes.append(f"study {name!r} keeps its target of {before} finished trials (the study file asks for {asked}); "
                      "pass --n-trials to change it")
         asked = before
+    elif n_trials is None and 0 < before < asked:
+        notes.append(f"study {name!r} now has a target of {asked} finished trials, the study file's study.n_trials "
+                     f"(it was {before}); pass --n-trials to choose it")
+    if existing is not None and (done := counts(study)["FINISHED"]) > max(asked, queued):
+        notes.append(f"study {name!r} already has {done} finished trials, past the target of {max(asked, queued)}: "
+                     "no more trials run")
     if queued > asked:  # queued trials always run: the target counts them all
         notes.append(f"sampler grid queues {queued} trials (a {kept.study.grid_points} x {kept.study.grid_points} grid "
                      f"and the reference trials): the study runs {queued}, not n_trials = {asked}")
