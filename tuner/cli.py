@@ -191,13 +191,12 @@ def start_study(
         try:
             if procs:
                 progress.first_worker = reserve_worker_indices(url, name, len(procs))
-                launch.go(procs, name, None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs",
-                          progress.first_worker, cfg.data.root, cfg.study.artifacts)
+                logs = None if mode == "lines" else Path(cfg.study.artifacts) / name / "logs"
+                launch.go(procs, name, logs, progress.first_worker, cfg.data.root, cfg.study.artifacts)
                 code = launch.supervise(procs, lambda: _show(progress, study, cfg), say=progress.say, first=progress.first_worker)
             elif workers:
-                has = (f"its {goal} finished trials" if c["FINISHED"] == goal else
-                       f"{c['FINISHED']} finished trials, past its target of {goal}")
-                progress.say(f"the study has {has}; raise --n-trials to run more")
+                if c["FINISHED"] == goal:  # past it, a note has said so
+                    progress.say(f"the study has its {goal} finished trials; raise --n-trials to run more")
                 code = 0
             else:
                 from tuner.show.watch import watch
@@ -210,7 +209,7 @@ def start_study(
                          "stopped watching; the workers go on (tuner status shows them); run the same command again to watch")
             raise typer.Exit(130)
     if code != 0:
-        raise UserError(f"a worker exited with status {code}; see its output above")
+        raise UserError(launch.failure(procs, progress.first_worker, logs))
     from tuner.show.results import evaluate_best_on_test
     from tuner.show.summary import best_summary
 

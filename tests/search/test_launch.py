@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from tuner.search.launch import supervise
+from tuner.search.launch import failure, supervise
 
 
 def sleeper(seconds):
@@ -23,8 +23,8 @@ def test_a_worker_killed_while_others_run_is_named_and_the_others_are_waited_for
     code = supervise(procs, update, poll_s=0.1, say=heard.append, first=2)
     assert code == 3 and procs[0].returncode == 0  # waited for the last one
     assert sorted(heard) == [
-        "worker 3 was killed (SIGKILL); the other worker goes on, and its trial is queued again once its heartbeat lapses",
-        "worker 4 exited with status 3; the other workers go on, and its trial is queued again once its heartbeat lapses",
+        "worker 3 was killed (SIGKILL); the other worker goes on, and a trial it ran is queued again once its heartbeat lapses",
+        "worker 4 exited with status 3; the other workers go on, and a trial it ran is queued again once its heartbeat lapses",
     ]
 
 
@@ -32,4 +32,15 @@ def test_a_last_worker_killed_says_the_trial_waits_for_the_next_run():
     procs = [sleeper(60)]
     heard = []
     supervise(procs, lambda: procs[0].poll() is None and procs[0].kill(), poll_s=0.1, say=heard.append)
-    assert heard == ["worker 0 was killed (SIGKILL); its trial resumes from its last epoch when the study runs again"]
+    assert heard == ["worker 0 was killed (SIGKILL); a trial it ran resumes from its last finished epoch when the study "
+                     "runs again, once its heartbeat lapses"]
+    # the run's error line: a killed worker printed nothing to point at
+    assert failure(procs, 0, None) == ("worker 0 was killed (SIGKILL); killed from outside, it said nothing (an "
+                                       "out-of-memory kill, say)")
+
+
+def test_a_failed_worker_is_named_with_where_its_output_went(tmp_path):
+    procs = [sleeper(0), subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])]
+    supervise(procs, lambda: None, poll_s=0.1)
+    assert failure(procs, 4, None) == "worker 5 exited with status 1; see its output above"
+    assert failure(procs, 4, tmp_path) == f"worker 5 exited with status 1; its output is in {tmp_path / 'worker-5.log'}"

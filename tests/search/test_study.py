@@ -77,7 +77,8 @@ def test_resume_keeps_stored_settings_and_raises_the_target(tmp_path):
     for _ in range(3):
         study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED))
     _, notes = create_or_resume(cfg_with(study={"name": "r"}), url, "r", n_trials=2)
-    assert notes[-1] == "study 'r' already has 3 finished trials, past the target of 2: no more trials run"
+    assert notes[-1] == ("study 'r' already has 3 finished trials, past the target of 2: no more trials run; raise "
+                         "--n-trials to run more")
 
 
 def test_another_search_space_under_the_same_name_is_refused(tmp_path):

@@ -57,6 +57,22 @@ def go(procs: list[subprocess.Popen], study_name: str, logs: Path | None, first:
             pass
 
 
+def ended(code: int) -> str:
+    return f"was killed ({signal_name(-code)})" if code < 0 else f"exited with status {code}"
+
+
+def failure(procs: list[subprocess.Popen], first: int, logs: Path | None) -> str:
+    """Why a run failed, for its error line: the first worker that ended badly, and where its output is."""
+    index, p = next((i, p) for i, p in enumerate(procs, start=first) if p.returncode != 0)
+    if logs is not None:
+        where = f"its output is in {(logs / f'worker-{index}.log').resolve()}"
+    elif p.returncode < 0:
+        where = "killed from outside, it said nothing (an out-of-memory kill, say)"
+    else:
+        where = "see its output above"
+    return f"worker {index} {ended(p.returncode)}; {where}"
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -79,11 +95,10 @@ def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=No
             if p.poll() in (None, 0) or index in told:
                 continue
             told.add(index)
-            code = p.returncode
-            how = f"was killed ({signal_name(-code)})" if code < 0 else f"exited with status {code}"
-            rest = (f"the other {'worker goes' if alive == 1 else 'workers go'} on, and its trial is queued again once its "
-                    "heartbeat lapses" if alive else "its trial resumes from its last epoch when the study runs again")
-            say(f"worker {index} {how}; {rest}")
+            rest = (f"the other {'worker goes' if alive == 1 else 'workers go'} on, and a trial it ran is queued again once "
+                    "its heartbeat lapses" if alive else
+                    "a trial it ran resumes from its last finished epoch when the study runs again, once its heartbeat lapses")
+            say(f"worker {index} {ended(p.returncode)}; {rest}")
 
     def forward(signum, frame):
         signals.append(signum)

@@ -204,7 +204,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                      f"(it was {before}); pass --n-trials to choose it")
     if existing is not None and (done := counts(study)["FINISHED"]) > max(asked, queued):
         notes.append(f"study {name!r} already has {done} finished trials, past the target of {max(asked, queued)}: "
-                     "no more trials run")
+                     "no more trials run; raise --n-trials to run more")
     if queued > asked:  # queued trials always run: the target counts them all
         notes.append(f"sampler grid queues {queued} trials (a {kept.study.grid_points} x {kept.study.grid_points} grid "
                      f"and the reference trials): the study runs {queued}, not n_trials = {asked}")
