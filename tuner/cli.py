@@ -423,11 +423,13 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
         print(json.dumps({"study": study.study_name, "counts": c, "threshold_of": cut, "trials": rows}))
         return
     second = "beta" if any(r["beta"] is not None for r in rows) else "alpha"
-    table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "note", title=f"study {study.study_name}")
+    table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "worker", "note",
+                  title=f"study {study.study_name}")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
-                      fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"), str(r["note"]))
+                      fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"),
+                      r["worker"] or "-", str(r["note"]))
     out().print(table)
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
     if cut:

@@ -264,6 +264,10 @@ def test_a_running_trial_that_never_got_a_heartbeat_is_freed_after_the_grace_per
     assert frozen(worker, retry).system_attrs["failed_trial"] == orphan.number
     assert keys.PRUNE_REASON not in frozen(worker, retry).user_attrs  # the retry was not pruned
     assert trial_note(worker.study.trials[orphan.number]) == "its worker went silent: killed, or cut off from the database"
+    from tuner.show.export import trial_rows
+
+    row = trial_rows(worker.study)[orphan.number]
+    assert row["stop_reason"] == "its worker went silent: killed, or cut off from the database"  # export says it too
 
 
 def test_a_waiting_worker_says_what_it_waits_for_and_gives_up_when_nothing_moves(worker):

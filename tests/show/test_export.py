@@ -73,6 +73,9 @@ def test_csv_rows_are_the_study_trials(folder, cli):
     assert [float(r["average_precision"]) for r in rows] == [t.user_attrs["average_precision"] for t in trials]
     assert {r["reference"] for r in rows} == {"", "cross-entropy, gamma=0", "focal default, gamma=2, alpha=0.25"}
     assert all(r["prune_reason"] for r in rows if r["state"] == "PRUNED")
+    assert [r["worker"] for r in rows] == [t.user_attrs["worker"] for t in trials] and ":" in rows[0]["worker"]  # host:index
+    table = cli("status", "--study-name", "smoke", cwd=folder).stdout
+    assert "worker" in table.splitlines()[2] and rows[0]["worker"] in table
 
 
 def test_json_export_to_a_file(folder, cli):

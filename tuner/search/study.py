@@ -89,12 +89,17 @@ def describe_trial(trial) -> str:
 SILENT = "its worker went silent: killed, or cut off from the database"
 
 
+def silent(trial) -> bool:
+    """A failed trial that gave no reason: only a worker that stopped answering leaves one so."""
+    return trial.state == TrialState.FAIL and not (trial.user_attrs.get(keys.STOP_REASON) or trial.user_attrs.get(keys.ERROR))
+
+
 def trial_note(trial) -> str:
     """What the read commands say beside a trial: its reference label, prune, stop and error reasons;
     for a failed trial that gave none, that its worker died (only a worker that stopped answering
     leaves one so: the study's sweep failed it)."""
     a = trial.user_attrs
-    if trial.state == TrialState.FAIL and not (a.get(keys.STOP_REASON) or a.get(keys.ERROR)):
+    if silent(trial):
         return "; ".join(([str(a[keys.REFERENCE])] if a.get(keys.REFERENCE) else []) + [SILENT])
     return "; ".join(str(a[k]) for k in (keys.REFERENCE, keys.PRUNE_REASON, keys.STOP_REASON, keys.ERROR) if a.get(k))
 

@@ -19,7 +19,7 @@ from tuner import keys
 from tuner.errors import UserError
 from tuner.show.summary import best_trial, final_test, shown_params, threshold_rule, trial_threshold
 from tuner.search.config import StudyConfig
-from tuner.search.study import queued_again, stored_config, trial_duration
+from tuner.search.study import SILENT, queued_again, silent, stored_config, trial_duration
 
 FORMATS = ("csv", "json")
 # Stored attribute -> column. Each trial's loss is the focal loss with its own gamma and alpha, so
@@ -28,7 +28,7 @@ METRICS = {k: k for k in (keys.AVERAGE_PRECISION, keys.THRESHOLD, keys.BALANCED_
                           keys.PRECISION, keys.BALANCED_ACCURACY_HALF, keys.MACRO_F1_HALF, keys.ECE, keys.ECE_CALIBRATED,
                           keys.TEMPERATURE, keys.FOLD_SPREAD)} | {keys.LOSS: "own_focal_loss", keys.TRAIN_LOSS: "own_focal_loss_train"}
 COLUMNS = ("trial", "state", "gamma", "alpha", "beta", "value", *METRICS.values(), "epochs", "duration_s", "prune_reason", "reference",
-           "stop_reason", "error", "retry_of", "queued_again_as", "threshold_of")
+           "stop_reason", "error", "retry_of", "queued_again_as", "threshold_of", "worker")
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -44,9 +44,10 @@ def trial_rows(study: optuna.Study) -> list[dict]:
                      "beta": None if a.get(keys.UNWEIGHTED) else shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
                      "epochs": a.get(keys.EPOCHS, 0),
                      "duration_s": trial_duration(t), "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
-                     "stop_reason": a.get(keys.STOP_REASON), "error": a.get(keys.ERROR), "retry_of": history[-1] if history else None,
+                     "stop_reason": a.get(keys.STOP_REASON) or (SILENT if silent(t) else None), "error": a.get(keys.ERROR),
+                     "retry_of": history[-1] if history else None,
                      "queued_again_as": again.get(t.number) if t.state == optuna.trial.TrialState.FAIL else None,
-                     "threshold": trial_threshold(t, focus), "threshold_of": cut})
+                     "threshold": trial_threshold(t, focus), "threshold_of": cut, "worker": a.get(keys.WORKER)})
     return rows
 
 

@@ -217,6 +217,7 @@ def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
             "epochs": t.user_attrs.get(keys.EPOCHS, 0),
             "duration_s": trial_duration(t),
             "note": trial_note(t),
+            "worker": t.user_attrs.get(keys.WORKER),  # host:index
         })
     return rows
 
