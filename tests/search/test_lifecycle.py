@@ -243,6 +243,17 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_its_retry_restarts_from_epo
                and "restarting from epoch 1" in line for line in worker.lines)
 
 
+def test_a_retry_without_its_checkpoint_here_says_it_restarts_from_epoch_1(worker, data):
+    (run,) = claim(worker)
+    run_trials(worker, [run], trainer(worker, data, "interrupted", during=lambda r: worker.stop.set()), data)
+    run.ckpt.unlink()  # as on another host, whose artifacts folder this one does not see
+    worker.stop.clear()
+    (again,) = claim(worker)
+    assert run_trials(worker, [again], trainer(worker, data, "complete", epochs=3), data) == [State.COMPLETE]
+    assert again.resume is None
+    assert f"trial {again.trial.number} retries trial {run.trial.number} from epoch 1: no checkpoint of it at {run.ckpt}" in worker.lines
+
+
 def heartbeat_rows(w):
     with sqlalchemy.create_engine(w.storage.engine.url).connect() as conn:
         return conn.execute(sqlalchemy.text("SELECT count(*) FROM trial_heartbeats")).scalar()

@@ -104,6 +104,8 @@ class TrialRun:
         self.reference = frozen.user_attrs.get(keys.REFERENCE)
         try:
             self.resume = checkpoints.load_running(self.ckpt, self.params)
+            if self.resume is None and retried is not None:  # its checkpoint is on another host, or it died in epoch 1
+                w.log(f"trial {trial.number} retries trial {self.origin} from epoch 1: no checkpoint of it at {self.ckpt}")
         except checkpoints.Unreadable as e:
             reason = e.reason
             w.log(f"trial {trial.number}: the checkpoint of trial {self.origin} cannot be read ({reason}); "
