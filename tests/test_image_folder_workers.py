@@ -71,6 +71,11 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
         assert (f"study 'smoke' keeps its checkpoints and model files in {home / 'tuner-artifacts'}, "
                 f"not {tmp_path / 'tuner-artifacts'}") in proc.stderr
         assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
+        # decoded once, as stored (8 pixels): the copied cache of the original folder, and the copy's own
+        assert len(list((copy / ".tuner-cache").glob("imagefolder-*.pt"))) == 2
+        asked = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                      "--set", f"data.root={copy}", "--set", "data.positive_class=normal", "--workers", "0", cwd=tmp_path)
+        assert_user_error(asked, "study 'smoke' exists and detects 'finding', not 'normal'", "--study-name NEW")
         own = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
                     "--set", f"data.root={copy}", "--artifacts", str(home / "tuner-artifacts"), "--workers", "1", cwd=tmp_path)
         assert own.returncode == 0 and "keeps its checkpoints" not in own.stderr  # --artifacts names the folder it uses

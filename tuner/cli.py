@@ -137,7 +137,8 @@ def start_study(
             cfg = load_config(study_file, set_ or [])
             _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
-            data = load_data(cfg.data, seed=cfg.study.seed)  # bad data fails here, before any study exists
+            loaded = _data_settings(url, name, cfg)  # a stored study's images are read as it stored them, once
+            data = load_data(*loaded)  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
                                      cfg.search.alpha_mode)
             derived = cfg.derived()
@@ -145,7 +146,7 @@ def start_study(
             progress.step("opening the study")
             study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints,
                                             derived, None if artifacts is None else str(artifacts))
-            cfg, data = _as_stored(study, cfg, data)
+            cfg, data = _as_stored(study, cfg, data, loaded)
             cfg = with_artifacts(cfg, None if artifacts is None else str(artifacts))
             c, goal = counts(study), target(study, cfg)
             if c["FINISHED"] >= goal:
@@ -217,15 +218,37 @@ def start_study(
     _print_best(best_summary(study, cfg))
 
 
-def _as_stored(study, cfg, data):
-    """A resumed study runs with its stored settings (and this run's copy of the images): the
-    driver's test check too, on data loaded as the stored settings say."""
-    from tuner.learn.data import load_data
-    from tuner.search.study import stored_config, with_data_root
+def _data_settings(url: str, name: str, cfg):
+    """The data settings and seed to load the images with: a study that exists keeps its own (with this
+    run's copy of an image folder), so a changed image size is not decoded only to be ignored."""
+    import optuna
 
-    stored = stored_config(study)
-    stored = with_data_root(stored, study.study_name, cfg.data.root if stored.data.kind == "imagefolder" else None)
-    if (stored.data, stored.study.seed) != (cfg.data, cfg.study.seed):
+    from tuner.search.storage import open_storage
+    from tuner.search.study import stored_config
+
+    try:
+        stored = stored_config(optuna.load_study(study_name=name, storage=open_storage(url, existing=True)))
+    except (UserError, KeyError):  # no storage or no such study yet: a new one
+        return cfg.data, cfg.study.seed
+    return _with_root(stored, name, cfg).data, stored.study.seed
+
+
+def _with_root(stored, name: str, cfg):
+    """The stored settings with this run's image folder (the study file's data.root, or --set's)."""
+    from tuner.search.study import with_data_root
+
+    return with_data_root(stored, name, cfg.data.root if stored.data.kind == "imagefolder" else None)
+
+
+def _as_stored(study, cfg, data, loaded):
+    """A resumed study runs with its stored settings (and this run's copy of the images): the
+    driver's test check too, on data loaded as the stored settings say (``loaded``: the settings
+    and seed ``data`` was loaded with)."""
+    from tuner.learn.data import load_data
+    from tuner.search.study import stored_config
+
+    stored = _with_root(stored_config(study), study.study_name, cfg)
+    if (stored.data, stored.study.seed) != loaded:
         data = load_data(stored.data, seed=stored.study.seed)
     return stored, data
 

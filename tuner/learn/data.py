@@ -123,8 +123,11 @@ def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str
     the fewest training images (``counts``); for ``balanced_accuracy``, which weighs every class
     alike, none, and naming one is an error (so is a tie for the rarest class that ``alpha_mode``
     "rare" would have to weight)."""
+    if named and named not in classes:  # checked here too: a resumed study's images are loaded as it stored them
+        raise UserError(f"data.positive_class = {named!r} is not a class of the data ({', '.join(classes)}); "
+                        "set it to one of them.")
     if len(classes) == 2:
-        return classes[1]
+        return named or classes[1]
     tied = [c for c, n in zip(classes, counts) if n == min(counts)]
     if rule == "balanced_accuracy":
         if named:

@@ -191,6 +191,10 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             )
         changed = [f"{sec}.{k}" for sec, vals in cfg.to_dict().items() for k, v in vals.items()
                    if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in {"study.n_trials", "data.root", "study.artifacts", *derived}]
+        if "data.positive_class" in changed:  # what alpha weights, AP ranks and the threshold cuts for
+            raise UserError(f"study {name!r} exists and detects {stored.data.positive_class!r}, not "
+                            f"{cfg.data.positive_class!r}; to detect {cfg.data.positive_class!r} start a new study: "
+                            "--study-name NEW")
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
         if stored.study.artifacts != cfg.study.artifacts and artifacts is None:  # e.g. the study file run from another folder
