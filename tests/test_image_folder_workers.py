@@ -5,6 +5,7 @@ refused before any trial runs."""
 
 import html
 import json
+import re
 import shutil
 
 import numpy as np
@@ -173,6 +174,7 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     assert saved.returncode == 0 and f"it decides at threshold {cut:.4f} on the calibrated probability of 'finding'" in saved.stderr
     assert f"the final model's threshold {cut:.4f} on the calibrated probability of 'finding'" in proc.stdout
     assert "  its threshold " in proc.stdout  # the best trial's own, marked as such
+    assert re.search(r"^best trial \d+: average_precision of 'finding' ", proc.stdout, re.M)  # whose AP it is
     assert tuner("report", "--out", "rep", cwd=tmp_path).returncode == 0
     assert f"at the threshold {cut:.4f} on the calibrated probability of 'finding'" in html.unescape((tmp_path / "rep" / "index.html").read_text())
     study, first = load(tmp_path / "tuner.db"), load(tmp_path / "tuner.db").trials[0]

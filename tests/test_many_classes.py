@@ -166,6 +166,7 @@ def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screeni
     assert best["validation"]["recall"] >= 0.9  # the rule holds on the images it was chosen on
     assert "recall" in best["test"] and "recall" in best["final"] and "precision" in best["final"]
     assert "threshold" in proc.stdout and "on p(eight) / the largest other class's probability" in proc.stdout
+    assert ": average_precision (macro over the 4 classes) " in proc.stdout  # not the AP of 'eight'
     assert "recall of 'eight'" in proc.stdout
     # status and export give each trial's cut for 'eight' and say what it cuts
     status = json.loads(cli("status", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)

@@ -293,7 +293,7 @@ def _print_best(s: dict) -> None:
 
     c = s["counts"]
     print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {failed_words(c)}")
-    print(f"best trial {s['trial']}: {s['metric']} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
+    print(f"best trial {s['trial']}: {_metric_words(s)} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
     if s["alpha_per_class"] and (s["alpha_mode"] == "class_balanced" or len(s["classes"] or []) > 2):  # whom alpha weights
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
     mean = len(s["final_trials"]) > 1  # the final model then has its own threshold: predict uses that one
@@ -327,6 +327,15 @@ def _print_best(s: dict) -> None:
     elif not s["test_split"]:
         print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
               "add data.root/test/<class>/ images to check the models on images no trial chose on")
+
+
+def _metric_words(s: dict) -> str:
+    """The objective with whom it is of: AP of the positive class, or macro over the classes."""
+    classes = s["classes"] or []
+    if s["metric"] != "average_precision" or not classes:
+        return s["metric"]
+    return (f"average_precision of {s['positive_class']!r}" if len(classes) == 2 else
+            f"average_precision (macro over the {len(classes)} classes)")
 
 
 def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") -> None:
