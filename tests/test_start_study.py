@@ -86,7 +86,7 @@ def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_o
     complete = [t for t in load(folder).trials if t.state == TrialState.COMPLETE]
     final = re.search(r"  the final model \(the mean of trials \d+(, \d+)+\): AP [0-9.]+, balanced accuracy", proc.stdout)
     assert final and len(complete) >= 2  # the pruner never stops a reference trial, so there is always a mean
-    assert re.search(r"positive class 'rare': \d+ of \d+ train images; operating point: balanced_accuracy", proc.stderr)
+    assert re.search(r"positive class 'rare': \d+ of \d+ training images \(train and val\); operating point: balanced_accuracy", proc.stderr)
     assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "positive class" not in proc.stdout
     assert re.match(r"\d+ complete, \d+ pruned, \d+ failed$", proc.stdout.splitlines()[0])
     best = load(folder).best_trial

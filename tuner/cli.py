@@ -14,7 +14,7 @@ from typer.exceptions import TyperException
 from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import UserError
+from tuner.errors import Terminated, UserError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -168,7 +168,7 @@ def start_study(
                      if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "
                      + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else
                         f"class to detect {cfg.data.positive_class!r} ({data.pool_counts()[data.classes.index(cfg.data.positive_class)]:,} "
-                        f"of {sum(data.pool_counts()):,} train images), decided when its probability over the largest other "
+                        f"of {sum(data.pool_counts()):,} training images, train and val), decided when its probability over the largest other "
                         f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
         if cfg.model.kind != "simple_cnn" and min(data.pool_counts()) < FEW_RARE:
             progress.say(f"note: model.kind = {cfg.model.kind!r} has no fused form for k folds, so its trials are scored on one "
@@ -205,10 +205,10 @@ def start_study(
                 with stopped_by_sigterm():
                     watch(url, name, progress)
                 code = 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             progress.say("stopped; run the same command again to resume" if procs or workers else
                          "stopped watching; the workers go on (tuner status shows them); run the same command again to watch")
-            raise typer.Exit(130)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     if code != 0:
         raise UserError(launch.failure(procs, progress.first_worker, logs))
     from tuner.show.results import evaluate_best_on_test
@@ -715,7 +715,7 @@ def stopped_by_sigterm():
     import signal
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     old = signal.signal(signal.SIGTERM, stop)
     try:
@@ -759,6 +759,8 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except Terminated:
+        sys.exit(143)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except TyperException as e:  # the command line itself is wrong: unknown option, bad integer...

@@ -1,4 +1,4 @@
-"""The one exception type that reaches the user as a sentence instead of a traceback."""
+"""The one exception type that reaches the user as a sentence instead of a traceback, and the stop by SIGTERM."""
 
 
 class UserError(Exception):
@@ -12,3 +12,7 @@ class UserError(Exception):
 class DiskError(UserError):
     """The artifacts folder cannot be written (full, read-only, no permission): the worker stops and
     its trials are queued again, instead of failing trial after trial."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops a command as Ctrl-C does, and it exits with 143 (128 + SIGTERM), not Ctrl-C's 130."""

@@ -450,7 +450,7 @@ def test_the_positive_class_defaults_to_the_fewest_training_images_and_can_be_na
     digit_tree(tmp_path, {"abnormal": 9, "normal": -1})
     d = load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"))
     assert d.classes == ["normal", "abnormal"] and d.pool_counts() == [120, 14]
-    assert d.describe_positive() == "positive class 'abnormal': 14 of 134 train images"
+    assert d.describe_positive() == "positive class 'abnormal': 14 of 134 training images (train and val)"
     flipped = load_data(folder_cfg(tmp_path, positive_class="normal"), cache_dir=str(tmp_path / "c"))
     assert flipped.classes == ["abnormal", "normal"] and flipped.pool_counts() == [14, 120]
 

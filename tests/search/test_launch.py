@@ -1,10 +1,14 @@
 """The driver's supervision of its worker processes (real processes, no torch)."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
+
+from tuner.errors import Terminated
 from tuner.search.launch import failure, supervise
 
 
@@ -44,3 +48,15 @@ def test_a_failed_worker_is_named_with_where_its_output_went(tmp_path):
     supervise(procs, lambda: None, poll_s=0.1)
     assert failure(procs, 4, None) == "worker 5 exited with status 1; see its output above"
     assert failure(procs, 4, tmp_path) == f"worker 5 exited with status 1; its output is in {tmp_path / 'worker-5.log'}"
+
+
+def test_sigterm_stops_the_workers_and_ends_as_terminated_not_as_ctrl_c():
+    procs, sent = [sleeper(60)], []
+
+    def update():
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+
+    with pytest.raises(Terminated):
+        supervise(procs, update, poll_s=0.1)
+    assert procs[0].returncode == -signal.SIGTERM  # forwarded to the worker

@@ -70,11 +70,11 @@ class Splits:
         return f"{len(self.train_y):,} train / {len(self.val_y):,} val images"
 
     def describe_positive(self) -> str:
-        """E.g. "positive class 'nine': 63 of 1,275 train images"; "" with more than two classes."""
+        """E.g. "positive class 'nine': 63 of 1,275 training images (train and val)"; "" with more than two classes."""
         if self.positive_class is None:
             return ""
         counts = self.pool_counts()
-        return f"positive class {self.positive_class!r}: {counts[1]:,} of {sum(counts):,} train images"
+        return f"positive class {self.positive_class!r}: {counts[1]:,} of {sum(counts):,} training images (train and val)"
 
     def to(self, device) -> "Splits":
         moved = {k: getattr(self, k) for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}

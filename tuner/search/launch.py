@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuner.errors import Terminated
 from tuner.machine import usable_cpus
 
 
@@ -121,5 +122,5 @@ def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=No
         for s, h in old.items():
             signal.signal(s, h)
     if signals:
-        raise KeyboardInterrupt
+        raise Terminated if signals[0] == signal.SIGTERM else KeyboardInterrupt
     return max(p.returncode for p in procs)
