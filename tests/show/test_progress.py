@@ -37,3 +37,24 @@ def test_clock_and_trial_line():
 def test_failed_trials_that_another_carries_on_are_not_counted_as_failed():
     assert failed_words({"FAIL": 3, "QUEUED_AGAIN": 2}) == "1 failed, 2 queued again to resume"
     assert failed_words({"FAIL": 1, "QUEUED_AGAIN": 0}) == "1 failed"
+
+
+def test_a_trial_another_machine_ran_is_named_with_its_worker():
+    import io
+
+    from rich.console import Console
+
+    from tuner.search.study import worker_name
+    from tuner.show.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress("lines", 1, Console(file=out, width=200))
+    s = {"target": 4, "finished": 0, "complete": 0, "pruned": 0, "running": 0, "waiting": 0, "failed": 0, "queued_again": 0,
+         "best": None, "workers": [], "ended": []}
+    progress.update(s)
+    trial = {"state": "FAIL", "value": None, "params": "gamma=1.000 alpha=0.500", "epochs": 1, "duration_s": 1.0,
+             "queued_as": None, "note": "an error"}
+    progress.update({**s, "ended": [{**trial, "trial": 0, "worker": "elsewhere:3"}, {**trial, "trial": 1, "worker": worker_name(0)}]})
+    lines = out.getvalue().splitlines()
+    assert any(line.endswith("trial 0 fail: gamma=1.000 alpha=0.500, 1 epoch, 1.0 s (an error), by worker elsewhere:3") for line in lines)
+    assert any(line.endswith("trial 1 fail: gamma=1.000 alpha=0.500, 1 epoch, 1.0 s (an error)") for line in lines)  # ours

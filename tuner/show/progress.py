@@ -143,7 +143,7 @@ class Progress:
             if t["trial"] not in self.shown:
                 self.shown.add(t["trial"])
                 if not self._told_by_worker(t):
-                    self.say(trial_line(t))
+                    self.say(trial_line(t) + ("" if self._ours(t) or not t["worker"] else f", by worker {t['worker']}"))
         if self.live:
             self.live.refresh()
         elif self.mode == "lines":
@@ -154,7 +154,11 @@ class Progress:
 
     def _told_by_worker(self, t: dict) -> bool:
         """In log lines, this run's own workers print their finished trials on the same stream."""
-        if self.mode != "lines" or self.workers is None or t["state"] not in ("COMPLETE", "PRUNED"):
+        return self.mode == "lines" and t["state"] in ("COMPLETE", "PRUNED") and self._ours(t)
+
+    def _ours(self, t: dict) -> bool:
+        """Whether one of this run's workers ran the trial (another run's, or another machine's, is named)."""
+        if self.workers is None:
             return False
         from tuner.search.study import worker_name
 
