@@ -122,7 +122,12 @@ def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):
                     "--set", f"data.root={changed}", "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
     assert_user_error(resumed, "not those study 'smoke' was created with")
     missing = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
-    assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'}", "--data-root PATH")
+    assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'} on this machine (it was "
+                      f"created with those at {home / 'images'}); pass --data-root PATH")
+    inside = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed / "train"), cwd=tmp_path)
+    assert_user_error(inside, f"--data-root {changed / 'train'} is the train/ folder of {changed}; pass --data-root {changed},")
+    elsewhere = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.root=gone", cwd=tmp_path)
+    assert_user_error(elsewhere, f"are not at {tmp_path / 'gone'} on this machine", "; set data.root=PATH, the folder")
     assert finished(db) == before  # nothing ran, nothing stored was lost
     shutil.copytree(home / "images" / "train", tmp_path / "train-only" / "train")  # a worker never reads test/
     worker = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "train-only", "--max-trials", "1", cwd=tmp_path)

@@ -237,7 +237,7 @@ def _with_root(stored, name: str, cfg):
     """The stored settings with this run's image folder (the study file's data.root, or --set's)."""
     from tuner.search.study import with_data_root
 
-    return with_data_root(stored, name, cfg.data.root if stored.data.kind == "imagefolder" else None)
+    return with_data_root(stored, name, cfg.data.root if stored.data.kind == "imagefolder" else None, "data.root")
 
 
 def _as_stored(study, cfg, data, loaded):

@@ -260,21 +260,28 @@ def check_same_images(study: optuna.Study, fingerprints: dict[str, str], root: s
     for part in parts:
         if stored.get(part) and fingerprints.get(part) and stored[part] != fingerprints[part]:
             raise UserError(f"the {part} images under {root} ({fingerprints[part]}) are not those study {study.study_name!r} was "
-                            f"created with ({stored[part]}); point data.root (or --data-root) at a copy of the same images, "
-                            "or start a new study with --study-name")
+                            f"created with ({stored[part]}); point data.root (or --data-root) at a copy of the same images; to tune on "
+                            "these images, start a new study with --study-name")
 
 
-def with_data_root(cfg: StudyConfig, name: str, data_root: str | None) -> StudyConfig:
-    """The stored settings with this machine's image folder: ``data_root`` (``--data-root``) or the
-    stored root; an error when the images are not there."""
+def with_data_root(cfg: StudyConfig, name: str, data_root: str | None, option: str = "--data-root") -> StudyConfig:
+    """The stored settings with this machine's image folder: ``data_root`` (given by ``option``,
+    --data-root or a resumed start-study's data.root) or the stored root; an error when the images
+    are not there."""
     if cfg.data.kind != "imagefolder":
-        if data_root:
+        if data_root and option == "--data-root":
             raise UserError(f"--data-root is for image-folder studies, but study {name!r} uses data.kind = {cfg.data.kind!r}; "
                             "leave --data-root out")
         return cfg
     root = config_mod.absolute(data_root) if data_root else cfg.data.root
+    pass_ = (lambda path: f"pass --data-root {path}") if option == "--data-root" else (lambda path: f"set data.root={path}")
+    given = f"{option} {root}" if data_root else f"the stored data.root {root}"
+    if Path(root).name in ("train", "test") and (Path(root).parent / "train").is_dir() and not (Path(root) / "train").is_dir():
+        raise UserError(f"{given} is the {Path(root).name}/ folder of {Path(root).parent}; {pass_(Path(root).parent)}, "
+                        "the folder holding train/")
     if not Path(root).is_dir():
-        raise UserError(f"the images of study {name!r} are not at {root} on this machine; pass --data-root PATH, "
+        made = f" (it was created with those at {cfg.data.root})" if root != cfg.data.root else ""
+        raise UserError(f"the images of study {name!r} are not at {root} on this machine{made}; {pass_('PATH')}, "
                         "the folder holding a copy of the same train/<class>/ images")
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
