@@ -45,6 +45,27 @@ def test_grid_sampler_sweeps_the_grid(tmp_path):
     assert len(study.trials) == 4
 
 
+def test_a_grid_cut_short_at_creation_is_completed_when_the_study_resumes(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = cfg_with(study={"name": "g", "sampler": "grid", "grid_points": 3, "reference_trials": False, "n_trials": 9})
+    real, calls = optuna.Study.enqueue_trial, []
+
+    def cut(self, *args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C while the grid is queued
+        calls.append(real(self, *args, **kwargs))
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", cut)
+    with pytest.raises(KeyboardInterrupt):
+        create_or_resume(cfg, url, "g")
+    monkeypatch.undo()
+    study, notes = create_or_resume(cfg, url, "g")
+    assert notes == ["study 'g' had 5 of its grid's points not queued yet (its creation was cut short); queued them now"]
+    points = {tuple(t.system_attrs["fixed_params"].values()) for t in study.trials}
+    assert len(study.trials) == len(points) == 9 and study.user_attrs["n_trials"] == 9
+    assert create_or_resume(cfg, url, "g")[1] == []  # nothing more to queue
+
+
 def test_claiming_stops_at_exactly_n_trials_and_runs_queued_trials_first(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     cfg = cfg_with(study={"name": "c", "n_trials": 3})

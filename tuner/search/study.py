@@ -174,13 +174,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         if cfg.study.reference_trials:  # first: the searched trials are measured against them
             for params, label, attrs in reference_trials(cfg):
                 study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
-        if cfg.study.sampler == "grid":
-            # Queued rather than Optuna's GridSampler, which stops the study from inside tell().
-            space = distributions(cfg)
-            axes = [np.geomspace(d.low, d.high, cfg.study.grid_points) if d.log else np.linspace(d.low, d.high, cfg.study.grid_points)
-                    for d in space.values()]
-            for point in itertools.product(*(a.tolist() for a in axes)):
-                study.enqueue_trial(dict(zip(space, point)), user_attrs={keys.GRID: True})
+        queue_grid(study, cfg)
     else:
         stored = stored_config(existing)
         check_same_images(existing, fingerprints or {}, cfg.data.root)
@@ -197,6 +191,9 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                             "--study-name NEW")
         if changed:
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
+        if added := queue_grid(existing, stored):
+            notes.append(f"study {name!r} had {added} of its grid's points not queued yet (its creation was cut short); "
+                         "queued them now")
         if stored.study.artifacts != cfg.study.artifacts and artifacts is None:  # e.g. the study file run from another folder
             notes.append(f"study {name!r} keeps its checkpoints and model files in {stored.study.artifacts}, "
                          f"not {cfg.study.artifacts}")
@@ -244,6 +241,23 @@ def move_aside(artifacts: Path, name: str) -> Path | None:
         raise UserError(f"cannot move the files an earlier study named {name!r} left in {folder} aside ({e.strerror}); "
                         "move them yourself, or pass another --study-name")
     return aside
+
+
+def queue_grid(study: optuna.Study, cfg: StudyConfig) -> int:
+    """Queue the points of ``study.sampler = "grid"`` that the study does not hold yet (all at its
+    creation; a creation cut short left some out); returns how many. Queued rather than Optuna's
+    GridSampler, which stops the study from inside tell()."""
+    if cfg.study.sampler != "grid":
+        return 0
+    space = distributions(cfg)
+    axes = [np.geomspace(d.low, d.high, cfg.study.grid_points) if d.log else np.linspace(d.low, d.high, cfg.study.grid_points)
+            for d in space.values()]
+    have = {tuple((t.params or t.system_attrs.get("fixed_params", {})).get(k) for k in space)
+            for t in study.get_trials(deepcopy=False) if t.user_attrs.get(keys.GRID)}
+    missing = [point for point in itertools.product(*(a.tolist() for a in axes)) if point not in have]
+    for point in missing:
+        study.enqueue_trial(dict(zip(space, point)), user_attrs={keys.GRID: True})
+    return len(missing)
 
 
 def queued_at_creation(cfg: StudyConfig) -> int:
