@@ -90,6 +90,12 @@ def test_unreachable_storage(study_file, url, words, cli):
     assert "s3cret" not in proc.stderr + proc.stdout
 
 
+def test_a_storage_url_naming_a_folder_says_so(tmp_path, cli):
+    for cmd in (["status"], ["list"]):
+        assert_user_error(cli(*cmd, "--storage", f"sqlite:///{tmp_path}", cwd=tmp_path),
+                          f"names the folder {tmp_path}, not a database file", f"sqlite:///{tmp_path / 'tuner.db'}")
+
+
 def test_unknown_study_name(tmp_path, cli):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="other")
     for cmd in (["best", "--json"], ["status"], ["worker"]):

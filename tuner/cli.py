@@ -633,6 +633,7 @@ def export(storage: Storage = None, study_name: StudyName = None,
     """One row per trial: state, gamma, alpha, value, metrics, epochs, duration, notes."""
     from tuner.show.export import FORMATS, trial_rows, write_rows
 
+    fmt = fmt.lower()  # JSON as well as json
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not supported; use --format csv or --format json")
     write_rows(trial_rows(_study(_url(storage), study_name)), fmt, out_file)

@@ -83,6 +83,9 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
         # readers (dashboard, status) read while a writer writes.
         engine_kwargs = {"connect_args": {"timeout": 120}}
         if parsed.database and parsed.database != ":memory:":
+            if Path(parsed.database).is_dir():
+                raise UserError(f"storage URL {mask(url)!r} names the folder {parsed.database}, not a database file; "
+                                f"name a file in it, e.g. sqlite:///{Path(parsed.database) / 'tuner.db'}")
             if (existing or not create) and not Path(parsed.database).is_file():
                 raise UserError(f"no study exists in {mask(url)} yet (the file {parsed.database} does not exist); "
                                 "run tuner start-study first, or pass --storage")
