@@ -371,7 +371,7 @@ def _table(trials, best, metric, second) -> str:
     body = []
     for t in rows:
         ref = t.user_attrs.get(keys.REFERENCE)
-        note = " ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
+        note = "; ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
         cls = "best" if t.number == best.number else "ref" if ref else ""
         cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _weights(t),
                  _fmt(t.value), "± " + _fmt(t.user_attrs.get(keys.FOLD_SPREAD)), _fmt(t.user_attrs.get(keys.BALANCED_ACCURACY)),
