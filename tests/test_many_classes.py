@@ -12,6 +12,7 @@ from conftest import assert_user_error, tuner
 from tuner.errors import UserError
 from tuner.learn.weights import class_balanced_weights
 from tuner.show.predict import cut_with
+from tuner.show.progress import cut_text
 
 COUNTS = {"eight": 6, "five": 12, "one": 24, "zero": 48}  # a long tail, by name, not sorted by count
 
@@ -56,7 +57,7 @@ def test_the_driver_says_how_classes_are_weighted(folder):
     # every model on test with its own per-class thresholds (the final model's are predict's) and its confusion matrix
     final = json.loads(tuner("best", "--json", cwd=folder[0]).stdout)["final"]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("  the final model (the mean of trials"))
-    assert ("at thresholds " + ", ".join(f"{c} {v:.3f}" for c, v in zip(COUNTS, final["class_thresholds"]))) in line
+    assert ("at thresholds " + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(COUNTS, final["class_thresholds"]))) in line
     assert f"confusion {final['confusion_matrix']} (rows true, columns predicted: 'eight', 'five', 'one', 'zero')" in line
     # The cross-entropy reference stores a beta Optuna needs but trains without it: no line shows one.
     assert re.search(r"trial 0 gamma=0\.000 no class weights \(cross-entropy", proc.stderr), proc.stderr
@@ -135,8 +136,8 @@ def test_the_report_names_the_decision_rule_and_scores_every_class(folder, tmp_p
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     best = json.loads(cli("best", "--json", cwd=root).stdout)
-    cuts = ", ".join(f"{c} {v:.3f}" for c, v in zip(COUNTS, best["final"]["class_thresholds"]))
-    assert f"decisions at per-class thresholds chosen on validation for balanced accuracy ({cuts})" in page
+    cuts = ", ".join(f"{c} {cut_text(v)}" for c, v in zip(COUNTS, best["final"]["class_thresholds"]))
+    assert f"deciding at per-class thresholds chosen on validation for balanced accuracy ({cuts})" in page
     assert f"balanced accuracy {best['final']['balanced_accuracy']:.4f}" in page
     # beta is searched here, not alpha, and the cross-entropy reference (trial 0) has no class weights
     assert "Objective over gamma x 1 - beta" in page and "<th>beta</th>" in page and "<th>alpha</th>" not in page
@@ -238,8 +239,8 @@ def test_the_report_says_how_the_screening_model_decides(screening, tmp_path, cl
     assert cli("report", "--out", str(tmp_path / "r"), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     page = (tmp_path / "r" / "index.html").read_text()
     best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
-    assert (f"decided when its probability over the largest other one reaches the threshold "
-            f"{best['final']['class_thresholds'][0]:.4f} chosen on validation for recall&gt;=0.9") in page
+    assert (f"deciding for &#x27;eight&#x27; when its probability over the largest other one reaches "
+            f"{cut_text(best['final']['class_thresholds'][0])}, chosen on validation for recall&gt;=0.9") in page
     assert "recall of &#x27;eight&#x27;" in page
     assert "Note: Only 6 validation images of &#x27;eight&#x27;: recall&gt;=0.9 must find every one" in page
 
@@ -262,7 +263,7 @@ def test_a_tie_for_the_rarest_class_under_a_recall_rule_is_a_one_line_error_befo
     (tmp_path / "tie.toml").write_text(study.replace('name = "tail"', 'name = "tie"\noperating_point = "recall>=0.9"'))
     proc = tuner("start-study", "tie.toml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: classes 'a', 'b' all have 4 training images") and "data.positive_class=a" in proc.stderr
+    assert proc.stderr.startswith("error: classes 'a', 'b' both have 4 training images") and "data.positive_class=a" in proc.stderr
     assert not (tmp_path / "tuner.db").exists()
 
 

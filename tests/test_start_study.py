@@ -227,7 +227,7 @@ def test_progress_lines_in_logs(finished):
         by_driver = re.findall(rf"^\d\d:\d\d:\d\d trial {t.number} {t.state.name.lower()}\b", proc.stderr, flags=re.M)
         assert (len(by_worker), len(by_driver)) == ((0, 1) if t.state == TrialState.FAIL else (1, 0)), t.number
     assert re.search(r"\[worker \d\] trial \d+ .* -> pruned \((pruner at epoch \d|diverged)\)", proc.stderr)
-    assert re.search(r"\[worker \d\] trial \d+ gamma=0.000 alpha=0.500 \(cross-entropy \(gamma=0\)\) -> complete", proc.stderr)
+    assert re.search(r"\[worker \d\] trial \d+ gamma=0.000 alpha=0.500 \(cross-entropy, gamma=0\) -> complete", proc.stderr)
 
 
 def test_quiet_sends_worker_output_to_log_files(tmp_path):
@@ -262,7 +262,7 @@ def test_a_finished_study_run_again_starts_no_trial(finished, cli):
     assert "[worker" not in proc.stderr and "no workers here" in proc.stderr and "best trial" in proc.stdout
     assert len(load(folder).trials) == before
     lower = cli("start-study", "smoke.toml", "--workers", "2", "--n-trials", "3", cwd=folder)
-    assert "the study has 8 finished trials, past its target of 3; raise --n-trials to run more" in lower.stderr
+    assert "already has 8 finished trials, past the target of 3: no more trials run; raise --n-trials to run more" in lower.stderr
     assert cli("start-study", "smoke.toml", "--workers", "0", "--n-trials", "8", cwd=folder).returncode == 0  # as it was
 
 

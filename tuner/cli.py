@@ -155,7 +155,7 @@ def start_study(
         except BaseException:
             launch.discard(procs)
             raise
-        from tuner.search.config import FEW_RARE
+        from tuner.search.config import FEW_RARE, unused_range
         from tuner.search.storage import mask
         from tuner.show.summary import few_to_find
 
@@ -170,6 +170,8 @@ def start_study(
                         f"class to detect {cfg.data.positive_class!r} ({data.pool_counts()[data.classes.index(cfg.data.positive_class)]:,} "
                         f"of {sum(data.pool_counts()):,} training images, train and val), decided when its probability over the largest other "
                         f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
+        if note := unused_range(cfg):
+            progress.say(f"note: {note}")
         if cfg.model.kind != "simple_cnn" and min(data.pool_counts()) < FEW_RARE:
             progress.say(f"note: model.kind = {cfg.model.kind!r} has no fused form for k folds, so its trials are scored on one "
                          f"validation split holding {min(data.val_counts())} images of {rarest_name(data)!r}, too few to rank trials "
@@ -326,7 +328,8 @@ def _print_best(s: dict) -> None:
             print(f"  note: {note}")
     elif not s["test_split"]:
         print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
-              "add data.root/test/<class>/ images to check the models on images no trial chose on")
+              "put the class folders in data.root/train/ and test images in data.root/test/<class>/ to check the models "
+              "on images no trial chose on")
 
 
 def _metric_words(s: dict) -> str:
@@ -340,17 +343,19 @@ def _metric_words(s: dict) -> str:
 
 def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") -> None:
     """How a model decides (``d``: its threshold, class_thresholds and temperature), in one line."""
+    from tuner.show.progress import cut_text
+
     if d["threshold"] is not None:
         print(f"  {whose}threshold {d['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
               f"(chosen {where} for {s['operating_point']}; temperature {d['temperature']:.3f}){then}")
     if d.get("class_thresholds") and s["positive_class"]:
-        print(f"  {whose}threshold {d['class_thresholds'][s['positive_class']]:.4f} on p({s['positive_class']}) / the largest "
+        print(f"  {whose}threshold {cut_text(d['class_thresholds'][s['positive_class']])} on p({s['positive_class']}) / the largest "
               f"other class's probability (chosen {where} for {s['operating_point']}; below it, the most probable "
               f"other class; temperature {d['temperature']:.3f}){then}")
     elif d.get("class_thresholds"):
         print(f"  {whose}per-class thresholds (the class with the largest calibrated probability / threshold wins; chosen "
               f"{where} for {s['operating_point']}; temperature {d['temperature']:.3f}): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in d["class_thresholds"].items()) + then)
+              + ", ".join(f"{k} {cut_text(v)}" for k, v in d["class_thresholds"].items()) + then)
 
 
 def _sources(s: dict) -> str:
@@ -372,6 +377,8 @@ def _params(p: dict, unweighted: bool) -> str:
 
 
 def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | None) -> None:
+    from tuner.show.progress import cut_text
+
     if "threshold" in t:
         print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
                   f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
@@ -381,8 +388,8 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
         detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         # each model's own thresholds: the final model's are the ones predict uses
         cuts = "" if not classes or not t.get("class_thresholds") else (
-            f" at threshold {t['class_thresholds'][classes.index(positive)]:.4f} on p({positive}) / the largest other"
-            if positive in classes else f" at thresholds {', '.join(f'{c} {v:.3f}' for c, v in zip(classes, t['class_thresholds']))}")
+            f" at threshold {cut_text(t['class_thresholds'][classes.index(positive)])} on p({positive}) / the largest other"
+            if positive in classes else f" at thresholds {', '.join(f'{c} {cut_text(v)}' for c, v in zip(classes, t['class_thresholds']))}")
         confusion = (f"; confusion {t['confusion_matrix']} (rows true, columns predicted: {', '.join(map(repr, classes))})"
                      if classes and "confusion_matrix" in t else "")
         print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
@@ -443,7 +450,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
-    """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, note."""
+    """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, worker, note."""
     from tuner.show.progress import failed_words
     from tuner.show.summary import status_rows, threshold_rule
     from tuner.search.study import counts
@@ -563,14 +570,16 @@ def best(storage: Storage = None, study_name: StudyName = None,
 
 def _cut_phrase(saved: dict) -> str:
     """Where a saved model decides, in words (``saved``: its .json settings)."""
+    from tuner.show.progress import cut_text
+
     classes, positive, t = saved["classes"], saved["positive_class"], saved["class_thresholds"]
     where = f" (chosen on validation for {saved['operating_point']}; temperature {saved['temperature']:.3f})"
     if len(classes) == 2:
         return f"at threshold {saved['threshold']:.4f} on the calibrated probability of {positive!r}" + where
     if t and positive in classes:
-        return f"{positive!r} at threshold {t[classes.index(positive)]:.4f} on p({positive}) / the largest other" + where
+        return f"{positive!r} at threshold {cut_text(t[classes.index(positive)])} on p({positive}) / the largest other" + where
     if t:
-        return "at per-class thresholds " + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, t)) + where
+        return "at per-class thresholds " + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(classes, t)) + where
     return "by the most probable class"
 
 
@@ -653,6 +662,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     divided by its threshold, chosen on validation)."""
     from tuner.learn.checkpoints import detected_class
     from tuner.show.predict import classify, image_files, load_model, operating_threshold
+    from tuner.show.progress import cut_text
 
     net, payload = load_model(model)
     classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
@@ -673,11 +683,11 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point')}"
         print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
-              f"{cut:.4f} ({how}), else the most probable class", file=sys.stderr)
+              f"{cut_text(cut)} ({how}), else the most probable class", file=sys.stderr)
     elif payload.get("class_thresholds"):
         print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
               f"(chosen on validation for {payload.get('operating_point')}: "
-              + ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
+              + ", ".join(f"{c} {cut_text(t)}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
     else:
         print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
     if as_json:  # each row says the cut its decision was made at, as stderr does
@@ -689,7 +699,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     table.writerow(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"])
     for r in rows:
         values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]
-        table.writerow([r["path"], r["predicted"], *(f"{v:.4f}" for v in values)])
+        table.writerow([r["path"], r["predicted"], *(cut_text(v) for v in values)])
 
 
 def quiet_libraries() -> None:

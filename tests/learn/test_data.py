@@ -211,7 +211,7 @@ def test_an_image_too_large_for_pil_is_skipped_with_the_reason(tmp_path, monkeyp
     make_tree(tmp_path, {"a": 40, "b": 40})
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "train" / "a" / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels: over twice the limit, as a giant scan would be
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable images .*huge.png \(DecompressionBombError: Image size \(4096 pixels\)"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image .*huge.png \(DecompressionBombError: Image size \(4096 pixels\)"):
         assert load_data(balanced_cfg(tmp_path, max_bad_fraction=0.05), cache_dir=str(tmp_path / "c")).skipped == 1
 
 
@@ -491,10 +491,10 @@ def test_naming_a_class_under_balanced_accuracy_with_many_classes_is_an_error_th
 
 
 def test_a_tie_for_the_rarest_of_many_classes_asks_for_the_class_to_detect():
-    with pytest.raises(UserError, match=r"classes 'a', 'c' all have 5 training images.*--set data.positive_class=a"):
+    with pytest.raises(UserError, match=r"classes 'a', 'c' both have 5 training images.*--set data.positive_class=a"):
         class_to_detect(["a", "b", "c"], [5, 40, 5], "", "recall>=0.9")
     # alpha for "the rarest class" under balanced accuracy: which one? (class-balanced weights need none)
-    with pytest.raises(UserError, match=r"classes 'a', 'c' all have 5 training images, so none is the rarest that "
+    with pytest.raises(UserError, match=r"classes 'a', 'c' both have 5 training images, so none is the rarest that "
                                         r"search.alpha_mode = \"rare\" weights"):
         class_to_detect(["a", "b", "c"], [5, 40, 5], "", "balanced_accuracy", "rare")
     assert class_to_detect(["a", "b", "c"], [5, 40, 5], "", "balanced_accuracy", "auto") is None

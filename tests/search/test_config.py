@@ -131,3 +131,21 @@ def test_a_study_file_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
     text = (ROOT / "studies" / "digits-rare.toml").read_text()
     (tmp_path / "bom.toml").write_text("\ufeff" + text, encoding="utf-8")
     assert load_config(tmp_path / "bom.toml") == load_config(ROOT / "studies" / "digits-rare.toml")
+
+
+def test_a_range_the_alpha_mode_does_not_search_is_named():
+    from tuner.search.config import unused_range
+
+    many = from_dict({"search": {"alpha": [0.3, 0.4]}, "data": {"kind": "synthetic"}}).resolved(5, None, 10)
+    assert unused_range(many) == ("search.alpha = [0.3, 0.4] is not searched: with class-balanced weights "
+                                  "(search.alpha_mode) the search tunes search.beta = [0.9, 0.9999]")
+    two = from_dict({"search": {"beta": [0.9, 0.99]}, "data": {"kind": "synthetic"}}).resolved(2, "rare", 10)
+    assert "search.beta = [0.9, 0.99] is not searched" in unused_range(two)
+    assert unused_range(from_dict({"data": {"kind": "synthetic"}}).resolved(5, None, 10)) is None  # the defaults: no word
+
+
+def test_a_class_named_by_a_number_is_a_name():
+    cfg = load_config(ROOT / "studies" / "digits-rare.toml", ["data.positive_class=9", "study.name=2024"])
+    assert (cfg.data.positive_class, cfg.study.name) == ("9", "2024")
+    assert load_config(ROOT / "studies" / "digits-rare.toml", ["data.folds=3"]).data.folds == 3  # "auto" keys stay numbers
+    assert from_dict({"data": {"positive_class": 7}}).data.positive_class == "7"  # in the file, too

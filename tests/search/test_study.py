@@ -217,3 +217,12 @@ def test_a_grid_study_runs_its_reference_trials_first_and_counts_every_queued_tr
         order.append(keys.REFERENCE in trial.user_attrs)
         study.tell(trial, 0.5)
     assert order == [True, True, False, False, False, False]
+
+
+def test_a_reference_trial_outside_the_search_space_is_left_out_with_a_note(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, notes = create_or_resume(cfg_with(study={"name": "n"}, search={"gamma": [0.5, 3.0]}), url, "n")
+    assert [t.user_attrs["reference"] for t in study.trials] == ["focal default, gamma=2, alpha=0.25"]
+    assert notes == ["the search space leaves out the reference trial (cross-entropy, gamma=0): not run, so nothing is "
+                     "measured against it; widen search.gamma or search.alpha to include it"]
+    assert create_or_resume(cfg_with(study={"name": "w"}), url, "w")[1] == []  # both fit: no word

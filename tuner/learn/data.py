@@ -70,7 +70,7 @@ class Splits:
         return f"{len(self.train_y):,} train / {len(self.val_y):,} val images"
 
     def describe_positive(self) -> str:
-        """E.g. "positive class 'nine': 63 of 1,275 training images (train and val)"; "" with more than two classes."""
+        """E.g. "positive class 'nine': 64 of 1,277 training images (train and val)"; "" with more than two classes."""
         if self.positive_class is None:
             return ""
         counts = self.pool_counts()
@@ -135,7 +135,7 @@ def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str
                             'study.operating_point = "balanced_accuracy" weighs every class alike; remove data.positive_class, '
                             f'or set study.operating_point to "f1" or "recall>=X" (e.g. "recall>=0.95") for {named!r}.')
         if alpha_mode == "rare" and len(tied) > 1:
-            raise UserError(f"classes {', '.join(map(repr, tied))} all have {min(counts)} training images, so none is the rarest "
+            raise UserError(f"classes {', '.join(map(repr, tied))} {'both' if len(tied) == 2 else 'all'} have {min(counts)} training images, so none is the rarest "
                             'that search.alpha_mode = "rare" weights with alpha; use search.alpha_mode = "class_balanced" (the '
                             'default with more than two classes), or an "f1" or "recall>=X" operating point with '
                             f"data.positive_class naming the class, e.g. --set data.positive_class={tied[0]}")
@@ -143,7 +143,7 @@ def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str
     if named:
         return named
     if len(tied) > 1:
-        raise UserError(f"classes {', '.join(map(repr, tied))} all have {min(counts)} training images, so none is the rare one "
+        raise UserError(f"classes {', '.join(map(repr, tied))} {'both' if len(tied) == 2 else 'all'} have {min(counts)} training images, so none is the rare one "
                         f"that study.operating_point = {rule!r} is for; set data.positive_class to the class to detect, "
                         f"e.g. --set data.positive_class={tied[0]}")
     return tied[0]

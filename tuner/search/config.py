@@ -196,6 +196,18 @@ class StudyConfig:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(StudyConfig)}
 
 
+def unused_range(cfg: StudyConfig) -> str | None:
+    """A sentence when a resolved study sets the search range its alpha_mode does not search."""
+    s, default = cfg.search, SearchConfig()
+    if s.alpha_mode == "class_balanced" and s.alpha != default.alpha:
+        return (f"search.alpha = {list(s.alpha)} is not searched: with class-balanced weights (search.alpha_mode) the "
+                f"search tunes search.beta = {list(s.beta)}")
+    if s.alpha_mode == "rare" and s.beta != default.beta:
+        return (f"search.beta = {list(s.beta)} is not searched: with search.alpha_mode = \"rare\" the search tunes "
+                f"search.alpha = {list(s.alpha)}")
+    return None
+
+
 def absolute(root: str) -> str:
     return str(Path(root).expanduser().absolute()) if root else root
 
@@ -231,9 +243,11 @@ def apply_override(raw: dict, item: str) -> None:
         value = text
     if section not in SECTIONS:
         raise UserError(f"--set {item}: unknown section [{section}]; known sections: {', '.join(SECTIONS)}")
-    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if name not in known:
-        raise UserError(f"--set {item}: unknown key {section}.{name}; known keys of [{section}]: {', '.join(known)}")
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    if name not in fields:
+        raise UserError(f"--set {item}: unknown key {section}.{name}; known keys of [{section}]: {', '.join(fields)}")
+    if isinstance(fields[name].default, str) and not isinstance(value, str) and f"{section}.{name}" not in AUTO_KEYS:
+        value = text.strip()  # a class named 9, a study named 2024: the text as given, not a number
     if not isinstance(raw.get(section, {}), dict):
         raise UserError(f"[{section}] in the study file must be a table")
     raw.setdefault(section, {})[name] = value
@@ -290,6 +304,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         value = tuple(float(v) for v in value) if ok else value
         want = "a range [low, high] of two numbers"
     else:
+        if isinstance(value, int) and not isinstance(value, bool):  # positive_class = 9 names the folder 9
+            value = str(value)
         ok = isinstance(value, str)
         want = "a string"
     if not ok:

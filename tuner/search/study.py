@@ -174,6 +174,12 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         if cfg.study.reference_trials:  # first: the searched trials are measured against them
             for params, label, attrs in reference_trials(cfg):
                 study.enqueue_trial(params, user_attrs={keys.REFERENCE: label, **attrs})
+            kept = {label for _, label, _ in reference_trials(cfg)}
+            mode = "class_balanced" if cfg.search.alpha_mode == "class_balanced" else "rare"
+            if left := [label for _, label, _ in REFERENCES[mode] if label not in kept]:
+                them = "them" if len(left) > 1 else "it"
+                notes.append(f"the search space leaves out the reference trial{'s' * (len(left) > 1)} ({'; '.join(left)}): "
+                             f"not run, so nothing is measured against {them}; widen search.gamma or search.alpha to include {them}")
         queue_grid(study, cfg)
     else:
         stored = stored_config(existing)

@@ -64,6 +64,11 @@ def failed_words(c: dict[str, int]) -> str:
     return f"{c['FAIL'] - again} failed" + (f", {again} queued again to resume" if again else "")
 
 
+def cut_text(v: float, digits: int = 4) -> str:
+    """A threshold or probability with its digits: per-class thresholds can be 4e-05, which 0.000 hides."""
+    return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -(digits - 1) else f"{v:.2e}"
+
+
 def trial_line(t: dict) -> str:
     value = "" if t["value"] is None else f" {t['value']:.4f}"
     took = "" if t["duration_s"] is None else f", {t['duration_s']:.1f} s"

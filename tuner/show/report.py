@@ -27,7 +27,7 @@ from tuner.show.summary import (best_trial, few_to_find, final_decision, final_l
                                 notes_on_test)
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_trial, n_queued_again, queued_again, stored_config
-from tuner.show.progress import failed_words
+from tuner.show.progress import cut_text, failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
 
@@ -101,7 +101,7 @@ def _decision_note(study, cfg, best, data) -> str:
     members = final_members(study, cfg)
     if len(members) == 1:
         cut = best.user_attrs.get(keys.THRESHOLD if data.num_classes == 2 else keys.CLASS_THRESHOLDS)
-        name, temperature = f"Best trial {best.number}", best.user_attrs.get(keys.TEMPERATURE, 1.0)
+        name, temperature = f"Best trial {best.number}, the final model", best.user_attrs.get(keys.TEMPERATURE, 1.0)
     elif decision := final_decision(study, members):
         cut, temperature = decision["threshold"], decision["temperature"]
         cut = cut if data.num_classes == 2 else [decision["class_thresholds"][c] for c in data.classes]
@@ -111,29 +111,29 @@ def _decision_note(study, cfg, best, data) -> str:
                 "finishes, tuner best --retrain or --save-model now.")
     if cut is None:
         return ""
-    return (f"{name}, the final model (what tuner best --save-model writes), decides "
-            f"{cut_words(cfg, cut, data.classes, data.positive_class)}, with the temperature {temperature:.3f}.")
+    return (f"{name} (what tuner best --save-model writes) decides {cut_words(cfg, cut, data.classes, data.positive_class)}, "
+            f"with the temperature {temperature:.3f}.")
 
 
 def cut_words(cfg, cut, classes: list[str], positive: str | None) -> str:
-    """Where a model decides (``cut``: its threshold, or per-class thresholds), in words."""
+    """Where a model decides (``cut``: its threshold, or per-class thresholds), in words after "decides"."""
     if len(classes) == 2:
-        return (f"at the threshold {cut:.4f} on the calibrated probability of {positive!r}, chosen on validation "
+        return (f"at the threshold {cut_text(cut)} on the calibrated probability of {positive!r}, chosen on validation "
                 f"({cfg.study.operating_point})")
-    return decisions_words(cfg, {"class_thresholds": cut}, classes)
+    if not cut:
+        return "for the most probable class"
+    if cfg.study.operating_point == "balanced_accuracy":
+        return ("at per-class thresholds chosen on validation for balanced accuracy ("
+                + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(classes, cut)) + ")")
+    positive = cfg.data.positive_class
+    return (f"for {positive!r} when its probability over the largest other one reaches {cut_text(cut[classes.index(positive)])}, "
+            f"chosen on validation for {cfg.study.operating_point}, else for the most probable class")
 
 
 def decisions_words(cfg, metrics: dict, classes: list[str]) -> str:
     """How a model of more than two classes decides, in words, with its thresholds."""
     t = metrics.get("class_thresholds")
-    if not t:
-        return "argmax decisions"
-    if cfg.study.operating_point == "balanced_accuracy":
-        return ("decisions at per-class thresholds chosen on validation for balanced accuracy ("
-                + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, t)) + ")")
-    positive = cfg.data.positive_class
-    return (f"{positive!r} decided when its probability over the largest other one reaches the threshold "
-            f"{t[classes.index(positive)]:.4f} chosen on validation for {cfg.study.operating_point}, else the most probable class")
+    return "argmax decisions" if not t else f"deciding {cut_words(cfg, t, classes, None)}"
 
 
 def _alpha_note(study, cfg) -> str:
@@ -400,7 +400,8 @@ def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
     ]
     for title, path, note in sections:
         parts.append(f"<h2>{e(title)}</h2>{_img(path)}" + (f"<p>{e(note)}</p>" if note else ""))
-    parts.append(f"<h2>The final model on the test split</h2><p>{e(test_note)}</p>")
+    heading = "The final model on the test split" if test_sections else "The final model"
+    parts.append(f"<h2>{heading}</h2><p>{e(test_note)}</p>")
     parts += [f"<p><b>{e(note)}</b></p>" for note in notes_on_test(study)]
     for title, path, note in test_sections:
         parts.append(f"<h3>{e(title)}</h3>{_img(path)}")
