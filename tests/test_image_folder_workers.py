@@ -74,11 +74,11 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
         assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
         # decoded once, as stored (8 pixels): the copied cache of the original folder, and the copy's own
         assert len(list((copy / ".tuner-cache").glob("imagefolder-*.pt"))) == 2
-        asked = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
-                      "--set", f"data.root={copy}", "--set", "data.positive_class=normal", "--workers", "0", cwd=tmp_path)
+        asked = cli("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                    "--set", f"data.root={copy}", "--set", "data.positive_class=normal", "--workers", "0", cwd=tmp_path)
         assert_user_error(asked, "study 'smoke' exists and detects 'finding', not 'normal'", "--study-name NEW")
-        own = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
-                    "--set", f"data.root={copy}", "--artifacts", str(home / "tuner-artifacts"), "--workers", "1", cwd=tmp_path)
+        own = cli("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                  "--set", f"data.root={copy}", "--artifacts", str(home / "tuner-artifacts"), "--workers", "0", cwd=tmp_path)
         assert own.returncode == 0 and "keeps its checkpoints" not in own.stderr  # --artifacts names the folder it uses
         assert len(finished(db)) == 3
         load(db).set_user_attr(keys.TARGET, 4)
@@ -108,7 +108,7 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
     assert "from checkpoints, to m.pt" in saved.stderr and (tmp_path / "m.pt").is_file()
 
 
-def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):
+def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path, cli):
     home, study_file = created
     db = home / "tuner.db"
     before = finished(db)
@@ -124,9 +124,9 @@ def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path):
     missing = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
     assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'} on this machine (it was "
                       f"created with those at {home / 'images'}); pass --data-root PATH")
-    inside = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed / "train"), cwd=tmp_path)
+    inside = cli("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed / "train"), cwd=tmp_path)
     assert_user_error(inside, f"--data-root {changed / 'train'} is the train/ folder of {changed}; pass --data-root {changed},")
-    elsewhere = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.root=gone", cwd=tmp_path)
+    elsewhere = cli("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.root=gone", cwd=tmp_path)
     assert_user_error(elsewhere, f"are not at {tmp_path / 'gone'} on this machine", "; set data.root=PATH, the folder")
     assert finished(db) == before  # nothing ran, nothing stored was lost
     shutil.copytree(home / "images" / "train", tmp_path / "train-only" / "train")  # a worker never reads test/
@@ -164,7 +164,7 @@ def test_best_and_report_read_another_copy_of_the_images_and_refuse_other_images
     assert not (tmp_path / "m2.pt").exists()
 
 
-def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check(tmp_path):
+def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check(tmp_path, cli):
     write_images(tmp_path / "images")
     shutil.move(tmp_path / "images" / "train", tmp_path / "flat")  # torchvision's layout: the class folders in the root
     study_file = write_study(tmp_path, n_trials=2, epochs=1)
@@ -174,17 +174,17 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     assert "test set" not in proc.stdout and "no test check: the image folder has no test/ split" in proc.stdout
     assert load(tmp_path / "tuner.db").user_attrs[keys.DATA]["fingerprints"]["test"] == ""
     # the threshold predict will use is said all the same: the final model's, not the best trial's
-    saved = tuner("best", "--save-model", "m.pt", cwd=tmp_path)
+    saved = cli("best", "--save-model", "m.pt", cwd=tmp_path)
     cut = json.loads((tmp_path / "m.pt.json").read_text())["threshold"]
     assert saved.returncode == 0 and f"it decides at threshold {cut:.4f} on the calibrated probability of 'finding'" in saved.stderr
     assert f"the final model's threshold {cut:.4f} on the calibrated probability of 'finding'" in proc.stdout
     assert "  its threshold " in proc.stdout  # the best trial's own, marked as such
     assert re.search(r"^best trial \d+: average_precision of 'finding' ", proc.stdout, re.M)  # whose AP it is
-    assert tuner("report", "--out", "rep", cwd=tmp_path).returncode == 0
+    assert cli("report", "--out", "rep", cwd=tmp_path).returncode == 0
     assert f"at the threshold {cut:.4f} on the calibrated probability of 'finding'" in html.unescape((tmp_path / "rep" / "index.html").read_text())
     study, first = load(tmp_path / "tuner.db"), load(tmp_path / "tuner.db").trials[0]
     study.add_trial(optuna.trial.create_trial(params=first.params, distributions=first.distributions, value=0.1))  # joins the mean
-    assert "the final model's threshold is not chosen for these trials yet" in tuner("best", cwd=tmp_path).stdout
+    assert "the final model's threshold is not chosen for these trials yet" in cli("best", cwd=tmp_path).stdout
 
 
 def test_wrong_image_folder_roots_are_one_line_errors(tmp_path, cli):

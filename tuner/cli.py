@@ -228,10 +228,15 @@ def _data_settings(url: str, name: str, cfg):
     from tuner.search.storage import open_storage
     from tuner.search.study import stored_config
 
+    storage = None
     try:
-        stored = stored_config(optuna.load_study(study_name=name, storage=open_storage(url, existing=True)))
+        storage = open_storage(url, existing=True)
+        stored = stored_config(optuna.load_study(study_name=name, storage=storage))
     except (UserError, KeyError):  # no storage or no such study yet: a new one
         return cfg.data, cfg.study.seed
+    finally:
+        if storage is not None:
+            storage.engine.dispose()  # the run opens its own: hold no connection for it
     return _with_root(stored, name, cfg).data, stored.study.seed
 
 
