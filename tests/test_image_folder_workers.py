@@ -176,7 +176,7 @@ def test_a_study_on_class_folders_without_a_test_split_says_it_has_no_test_check
     # the threshold predict will use is said all the same: the final model's, not the best trial's
     saved = cli("best", "--save-model", "m.pt", cwd=tmp_path)
     cut = json.loads((tmp_path / "m.pt.json").read_text())["threshold"]
-    assert saved.returncode == 0 and f"it decides at threshold {cut:.4f} on the calibrated probability of 'finding'" in saved.stderr
+    assert saved.returncode == 0 and f"it decides at the threshold {cut:.4f} on the calibrated probability of 'finding'" in saved.stderr
     assert f"the final model's threshold {cut:.4f} on the calibrated probability of 'finding'" in proc.stdout
     assert "  its threshold " in proc.stdout  # the best trial's own, marked as such
     assert re.search(r"^best trial \d+: average_precision of 'finding' ", proc.stdout, re.M)  # whose AP it is

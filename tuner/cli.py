@@ -575,17 +575,11 @@ def best(storage: Storage = None, study_name: StudyName = None,
 
 def _cut_phrase(saved: dict) -> str:
     """Where a saved model decides, in words (``saved``: its .json settings)."""
-    from tuner.show.progress import cut_text
+    from tuner.show.summary import decision_words
 
-    classes, positive, t = saved["classes"], saved["positive_class"], saved["class_thresholds"]
-    where = f" (chosen on validation for {saved['operating_point']}; temperature {saved['temperature']:.3f})"
-    if len(classes) == 2:
-        return f"at threshold {saved['threshold']:.4f} on the calibrated probability of {positive!r}" + where
-    if t and positive in classes:
-        return f"{positive!r} at threshold {cut_text(t[classes.index(positive)])} on p({positive}) / the largest other" + where
-    if t:
-        return "at per-class thresholds " + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(classes, t)) + where
-    return "by the most probable class"
+    cut = saved["threshold"] if len(saved["classes"]) == 2 else saved["class_thresholds"]
+    return (decision_words(cut, saved["classes"], saved["positive_class"], saved["operating_point"])
+            + f", with the temperature {saved['temperature']:.3f}")
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

@@ -23,11 +23,11 @@ from tuner import keys
 from tuner.learn.checkpoints import decision_cut
 from tuner.errors import UserError
 from tuner.show.results import final_model, study_data
-from tuner.show.summary import (best_trial, few_to_find, final_decision, final_label, final_members, final_words, margin_notes,
+from tuner.show.summary import (best_trial, decision_words, few_to_find, final_decision, final_label, final_members, final_words, margin_notes,
                                 notes_on_test)
 from tuner.search.config import StudyConfig
 from tuner.search.study import describe_trial, n_queued_again, queued_again, stored_config
-from tuner.show.progress import cut_text, failed_words
+from tuner.show.progress import failed_words
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
 
@@ -111,29 +111,15 @@ def _decision_note(study, cfg, best, data) -> str:
                 "finishes, tuner best --retrain or --save-model now.")
     if cut is None:
         return ""
-    return (f"{name} (what tuner best --save-model writes) decides {cut_words(cfg, cut, data.classes, data.positive_class)}, "
+    words = decision_words(cut, data.classes, data.positive_class or cfg.data.positive_class, cfg.study.operating_point)
+    return (f"{name} (what tuner best --save-model writes) decides {words}, "
             f"with the temperature {temperature:.3f}.")
-
-
-def cut_words(cfg, cut, classes: list[str], positive: str | None) -> str:
-    """Where a model decides (``cut``: its threshold, or per-class thresholds), in words after "decides"."""
-    if len(classes) == 2:
-        return (f"at the threshold {cut_text(cut)} on the calibrated probability of {positive!r}, chosen on validation "
-                f"({cfg.study.operating_point})")
-    if not cut:
-        return "for the most probable class"
-    if cfg.study.operating_point == "balanced_accuracy":
-        return ("at per-class thresholds chosen on validation for balanced accuracy ("
-                + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(classes, cut)) + ")")
-    positive = cfg.data.positive_class
-    return (f"for {positive!r} when its probability over the largest other one reaches {cut_text(cut[classes.index(positive)])}, "
-            f"chosen on validation for {cfg.study.operating_point}, else for the most probable class")
 
 
 def decisions_words(cfg, metrics: dict, classes: list[str]) -> str:
     """How a model of more than two classes decides, in words, with its thresholds."""
     t = metrics.get("class_thresholds")
-    return "argmax decisions" if not t else f"deciding {cut_words(cfg, t, classes, None)}"
+    return "argmax decisions" if not t else f"deciding {decision_words(t, classes, cfg.data.positive_class, cfg.study.operating_point)}"
 
 
 def _alpha_note(study, cfg) -> str:

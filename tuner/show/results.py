@@ -127,8 +127,8 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     best = best_trial(study)
     data = data or study_data(study, cfg)
     loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
-    final = None
-    if len(final_members(study, cfg)) > 1:
+    final, mean = None, len(final_members(study, cfg)) > 1
+    if mean:
         model, payload, source = final_model(study, cfg, data, retrain, loaded)
         study.set_user_attr(keys.FINAL_DECISION, decision_of(payload, best.number))
     if data.test_x is None:
@@ -136,7 +136,7 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     focus = focus_class(cfg, data.classes)
     out, final_outputs = check_on_test(*loaded[best.number], data, focus)
     out = {"trial": best.number, **out}
-    if len(final_members(study, cfg)) > 1:
+    if mean:
         final, final_outputs = check_on_test(model, payload, source, data, focus)
         final = {"trials": payload["trials"], "best_trial": best.number, **final}
     refs = []

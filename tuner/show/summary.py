@@ -14,7 +14,7 @@ from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
 from tuner.search.study import KEEP_MODELS, counts, stored_config, trial_duration, trial_note
-from tuner.show.progress import failed_words
+from tuner.show.progress import cut_text, failed_words
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -80,13 +80,13 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         "final_model": final_words(cfg, members),
         "final_trials": [t.number for t in members],
         "final_decision": final_decision(study, members),
-        "final": final_test(study),
+        "final": final_test(study, members),
         "notes": margin_notes(study, cfg),
         "seed": best.user_attrs.get(keys.SEED),
         "test": test,
         # an image folder without test/ has none: say so rather than leave the test check out unexplained
         "test_split": study.user_attrs.get(keys.DATA, {}).get("fingerprints", {}).get("test") != "",
-        "test_notes": notes_on_test(study) if test else [],
+        "test_notes": notes_on_test(study, members) if test else [],
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "QUEUED_AGAIN", "RUNNING", "WAITING")},
     }
@@ -111,7 +111,7 @@ def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
     return notes
 
 
-def notes_on_test(study: optuna.Study) -> list[str]:
+def notes_on_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> list[str]:
     """A sentence per reference trial on how it compares on the test split with the model the study
     hands back (``final_model``), on average precision and balanced accuracy, told apart from the
     test split's noise: a difference counts only when it exceeds twice its bootstrap standard
@@ -119,9 +119,10 @@ def notes_on_test(study: optuna.Study) -> list[str]:
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
-    if stale := stale_test(study):  # its comparisons with the references were of that model
+    members = final_members(study, stored_config(study)) if members is None else members
+    if stale := stale_test(study, members):  # its comparisons with the references were of that model
         return [stale]
-    final = final_test(study)
+    final = final_test(study, members)
     if final:
         ours, short = final_label(final["trials"]), "the final model"
     else:
@@ -257,33 +258,47 @@ def final_words(cfg: StudyConfig, members: list[optuna.trial.FrozenTrial] | None
             "validation predictions")
 
 
-def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial]) -> dict | None:
-    """The stored temperature and thresholds of the final model when it is a mean of trials, and of
-    these ``members`` (``final_members``): a later trial can change who they are."""
-    stored = study.user_attrs.get(keys.FINAL_DECISION)
-    ok = stored and len(members) > 1 and set(stored["trials"]) == {t.number for t in members}
-    return stored if ok else None
+def _of_members(study: optuna.Study, key: str, members: list[optuna.trial.FrozenTrial] | None) -> dict | None:
+    """What the driver stored under ``key`` for the final model when it is a mean of trials, while
+    it averages the same trials (``members``: ``final_members``; a trial finished since, by another
+    worker say, can change them)."""
+    stored = study.user_attrs.get(key)
+    members = final_members(study, stored_config(study)) if members is None else members
+    return stored if stored and len(members) > 1 and set(stored.get("trials", [])) == {t.number for t in members} else None
 
 
-def final_test(study: optuna.Study) -> dict | None:
-    """The stored test check of the final model when it is a mean of trials, and of the trials it
-    averages now (a trial finished since, by another worker say, can change them)."""
-    final = study.user_attrs.get(keys.FINAL_TEST)
-    return final if final and set(final.get("trials", [])) == set(_now(study)) else None
+def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
+    """The stored temperature and thresholds of the final model (``_of_members``)."""
+    return _of_members(study, keys.FINAL_DECISION, members)
 
 
-def stale_test(study: optuna.Study) -> str | None:
+def final_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
+    """The stored test check of the final model (``_of_members``)."""
+    return _of_members(study, keys.FINAL_TEST, members)
+
+
+def stale_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial]) -> str | None:
     """A sentence when the stored test check of the final model is of other trials than it averages now."""
     final = study.user_attrs.get(keys.FINAL_TEST)
-    if not final or set(final.get("trials", [])) == set(_now(study)):
+    if not final or final_test(study, members):
         return None
     return (f"The stored test check is of an earlier final model (the mean of trials {', '.join(map(str, final['trials']))}); "
-            f"trials finished since make it the mean of trials {', '.join(map(str, _now(study)))}: run tuner best --retrain "
-            "(or start-study again) to check that one.")
+            f"trials finished since make it the mean of trials {', '.join(str(t.number) for t in members)}: run tuner best "
+            "--retrain (or start-study again) to check that one.")
 
 
-def _now(study: optuna.Study) -> list[int]:
-    return [t.number for t in final_members(study, stored_config(study))]
+def decision_words(cut, classes: list[str], positive: str | None, rule: str) -> str:
+    """Where a model decides, in words after "decides" (``cut``: its threshold, or per-class thresholds;
+    ``positive``: the positive class, or the class to detect among more)."""
+    if len(classes) == 2:
+        return f"at the threshold {cut_text(cut)} on the calibrated probability of {positive!r}, chosen on validation for {rule}"
+    if not cut:
+        return "for the most probable class"
+    if rule == "balanced_accuracy":
+        return ("at per-class thresholds chosen on validation for balanced accuracy ("
+                + ", ".join(f"{c} {cut_text(v)}" for c, v in zip(classes, cut)) + ")")
+    return (f"for {positive!r} when its probability over the largest other one reaches {cut_text(cut[classes.index(positive)])}, "
+            f"chosen on validation for {rule}, else for the most probable class")
 
 
 def few_to_find(cfg, data) -> str | None:
