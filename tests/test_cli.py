@@ -103,13 +103,13 @@ def test_unknown_study_name(tmp_path, cli):
         assert_user_error(proc, "missing", "other")
 
 
-def test_study_clash_keeps_stored_trials(study_file):
+def test_study_clash_keeps_stored_trials(study_file, cli):
     folder = study_file.parent
     first = tuner("start-study", str(study_file), cwd=folder)
     assert first.returncode == 0, first.stderr
     url = f"sqlite:///{folder / 'tuner.db'}"
     before = [(t.number, t.state, t.value) for t in optuna.load_study(study_name="smoke", storage=url).trials]
-    proc = tuner("start-study", str(study_file), "--set", "search.gamma=[1.0, 2.0]", cwd=folder)
+    proc = cli("start-study", str(study_file), "--set", "search.gamma=[1.0, 2.0]", cwd=folder)
     assert_user_error(proc, "smoke", "another search space")
     after = [(t.number, t.state, t.value) for t in optuna.load_study(study_name="smoke", storage=url).trials]
     assert before == after and len(after) == 2

@@ -116,12 +116,12 @@ def test_a_copy_that_is_not_the_same_images_is_refused(created, tmp_path, cli):
     changed = tmp_path / "changed"
     shutil.copytree(home / "images", changed)
     (changed / "train" / "normal" / "3.png").unlink()
-    worker = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed), cwd=tmp_path)
+    worker = cli("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed), cwd=tmp_path)
     assert_user_error(worker, f"the train images under {changed} (51 files", "(52 files", "not those study 'smoke' was created with")
-    resumed = tuner("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
-                    "--set", f"data.root={changed}", "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
+    resumed = cli("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",
+                  "--set", f"data.root={changed}", "--set", "data.image_size=8", "--workers", "1", cwd=tmp_path)
     assert_user_error(resumed, "not those study 'smoke' was created with")
-    missing = tuner("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
+    missing = cli("worker", "--storage", f"sqlite:///{db}", "--data-root", "nowhere", cwd=tmp_path)
     assert_user_error(missing, f"the images of study 'smoke' are not at {tmp_path / 'nowhere'} on this machine (it was "
                       f"created with those at {home / 'images'}); pass --data-root PATH")
     inside = cli("worker", "--storage", f"sqlite:///{db}", "--data-root", str(changed / "train"), cwd=tmp_path)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from conftest import write_study
 
-EPOCHS = 6
+EPOCHS = 4
 # Epochs of half a second or more, so that the cut lands while worker A trains, not while it writes.
 SETTINGS = ["--set", "data.n_samples=2400", "--set", "data.image_size=32", "--set", "study.heartbeat_interval=1",
             "--set", "study.grace_period=3"]
