@@ -74,7 +74,8 @@ def run_in_terminal(args, cwd, columns=120, timeout=300):
 
 def test_live_view_on_a_terminal(tmp_path):
     study_file = write_study(tmp_path, n_trials=6, epochs=2)
-    out, chunks = run_in_terminal(["start-study", str(study_file), "--workers", "2"], tmp_path)
+    # enough images that a trial outlasts a few frames on an idle machine (300 took 0.1 s a trial)
+    out, chunks = run_in_terminal(["start-study", str(study_file), "--workers", "2", "--set", "data.n_samples=3000"], tmp_path)
     first = next(t for t, c in chunks if "elapsed 0:00:0" in c)
     # A first frame (the clock and what the driver does) before Optuna, torch and the data load.
     # Loose for a busy machine: on 2 cores shared with other test runs (load average 7) it came in 1.0-1.5 s.
