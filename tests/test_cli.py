@@ -338,6 +338,8 @@ def test_one_trial_without_reference_trials_runs_exactly_one(study_file):
     assert 'note: train.optimizer = "sgd" with train.lr = 0.001, a learning rate for Adam' in proc.stderr
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{study_file.parent / 'tuner.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    took = re.search(r"-> complete \S+ after 1 epoch \(([\d.]+) s\)", proc.stderr)  # the worker's line: the stored duration
+    assert took and took[1] == f"{study.trials[0].user_attrs['duration_s']:.1f}", proc.stderr
 
 
 def absent_cuda_devices():
@@ -366,3 +368,9 @@ def test_a_study_whose_every_trial_was_pruned_is_not_told_to_run_more(tmp_path, 
                       "tuner status says why")
     study.set_user_attr("n_trials", 3)
     assert_user_error(cli("best", cwd=tmp_path), "has no completed trial yet", "run tuner start-study or tuner worker")
+
+
+def test_a_wrong_command_line_names_the_help_to_read(tmp_path, cli):
+    assert_user_error(cli("export", "-f", cwd=tmp_path), "Option '-f' requires an argument", "(see tuner export --help)")
+    assert_user_error(cli("export", "--bogus", cwd=tmp_path), "--bogus", "(see tuner export --help)")
+    assert_user_error(cli("nosuch", cwd=tmp_path), "No such command 'nosuch'", "(see tuner --help)")

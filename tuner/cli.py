@@ -68,7 +68,11 @@ def _url(storage: str | None) -> str:
 def _study(url: str, name: str | None):
     from tuner.search.study import load, only_study
 
-    return load(url, name or only_study(url))
+    study = load(url, name or only_study(url))
+    if len(study.directions) > 1:  # not one tuner made: each trial has several values
+        raise UserError(f"study {study.study_name!r} has {len(study.directions)} objectives; tuner reads studies of one "
+                        "objective, as it creates them (tuner dashboard shows any study)")
+    return study
 
 
 def _version(value: bool) -> None:
@@ -296,11 +300,12 @@ def _check_device(device: str | None) -> None:
 
 
 def _print_best(s: dict) -> None:
-    from tuner.show.progress import failed_words
+    from tuner.show.progress import counts_words
+    from tuner.show.summary import NOT_CHOSEN, metric_words
 
-    c = s["counts"]
-    print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {failed_words(c)}")
-    print(f"best trial {s['trial']}: {_metric_words(s)} {s['value']:.4f} with {_params(s['params'], s['unweighted'])}")
+    print(counts_words(s["counts"]))
+    print(f"best trial {s['trial']}: {metric_words(s['metric'], s['classes'], s['positive_class'])} {s['value']:.4f} "
+          f"with {_params(s['params'], s['unweighted'])}")
     if s["alpha_per_class"] and (s["alpha_mode"] == "class_balanced" or len(s["classes"] or []) > 2):  # whom alpha weights
         print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
     mean = len(s["final_trials"]) > 1  # the final model then has its own threshold: predict uses that one
@@ -312,8 +317,7 @@ def _print_best(s: dict) -> None:
         _print_decision("the final model's ", s["final_decision"], s, "on its trials' averaged validation predictions",
                         "; predict uses it")
     elif mean:
-        print("  the final model's threshold is not chosen for these trials yet: start-study chooses it when the study "
-              "finishes, tuner best --retrain or --save-model now")
+        print(f"  {NOT_CHOSEN}")
     for r in s["references"]:
         value = "-" if r["value"] is None else f"{r['value']:.4f}"
         print(f"  reference trial {r['trial']} ({r['label']}): {value}, {r['state'].lower()}")
@@ -331,19 +335,13 @@ def _print_best(s: dict) -> None:
                 _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"], s["classes"])
         for note in s["test_notes"]:
             print(f"  note: {note}")
-    elif not s["test_split"]:
+    elif s["test_split"]:
+        before = "" if s["earlier_test"] is None else f" (the stored one is of trial {s['earlier_test']}, the best trial then)"
+        print(f"no test check of these trials yet{before}: start-study makes it when its run ends, tuner best --retrain now")
+    else:
         print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
               "put the class folders in data.root/train/ and test images in data.root/test/<class>/ to check the models "
               "on images no trial chose on")
-
-
-def _metric_words(s: dict) -> str:
-    """The objective with whom it is of: AP of the positive class, or macro over the classes."""
-    classes = s["classes"] or []
-    if s["metric"] != "average_precision" or not classes:
-        return s["metric"]
-    return (f"average_precision of {s['positive_class']!r}" if len(classes) == 2 else
-            f"average_precision (macro over the {len(classes)} classes)")
 
 
 def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") -> None:
@@ -351,7 +349,7 @@ def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") ->
     from tuner.show.progress import cut_text
 
     if d["threshold"] is not None:
-        print(f"  {whose}threshold {d['threshold']:.4f} on the calibrated probability of {s['positive_class']!r} "
+        print(f"  {whose}threshold {cut_text(d['threshold'])} on the calibrated probability of {s['positive_class']!r} "
               f"(chosen {where} for {s['operating_point']}; temperature {d['temperature']:.3f}){then}")
     if d.get("class_thresholds") and s["positive_class"]:
         print(f"  {whose}threshold {cut_text(d['class_thresholds'][s['positive_class']])} on p({s['positive_class']}) / the largest "
@@ -386,7 +384,7 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
 
     if "threshold" in t:
         print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {t['threshold']:.4f}; "
+                  f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {cut_text(t['threshold'])}; "
                   f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}"
                   + (f" (rows true, columns predicted: {', '.join(map(repr, classes))})" if classes else ""))
     else:
@@ -456,7 +454,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, worker, note."""
-    from tuner.show.progress import failed_words
+    from tuner.show.progress import cut_text, failed_words
     from tuner.show.summary import status_rows, threshold_rule
     from tuner.search.study import counts
 
@@ -472,7 +470,8 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         table.add_row(str(r["trial"]), r["state"], fmt(r["gamma"], ".3f"), fmt(r[second], ".4f" if second == "beta" else ".3f"),
-                      fmt(r["value"], ".4f"), fmt(r["threshold"], ".3f"), str(r["epochs"]), fmt(r["duration_s"], ".1f"),
+                      fmt(r["value"], ".4f"), "-" if r["threshold"] is None else cut_text(r["threshold"]), str(r["epochs"]),
+                      fmt(r["duration_s"], ".1f"),
                       r["worker"] or "-", str(r["note"]))
     out().print(table)
     out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
@@ -677,7 +676,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
-        print(f"threshold {cut:.4f} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
+        print(f"threshold {cut_text(cut)} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
     elif payload.get("class_thresholds") and (detect := detected_class(payload)):
         cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point')}"
@@ -693,12 +692,14 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         print(json.dumps([{**r, "threshold": cut} for r in rows], indent=1))
         return
     shown = classes if all_classes else [positive] if positive else [detect] if (detect := detected_class(payload)) else None
-    # csv quotes a field only where a path or class name holds a tab, a newline or a quote
-    table = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
-    table.writerow(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"])
+    # csv quotes a field only where a path or class name holds a tab, a newline or a quote; a carriage
+    # return is no part of this line terminator, so a row with one is quoted whole
+    plain, quoted = (csv.writer(sys.stdout, delimiter="\t", lineterminator="\n", quoting=q) for q in (csv.QUOTE_MINIMAL, csv.QUOTE_ALL))
+    write = lambda row: (quoted if any("\r" in f for f in row) else plain).writerow(row)  # noqa: E731
+    write(["path", "predicted", *(f"p({c})" for c in shown)] if shown else ["path", "predicted", "p(predicted)"])
     for r in rows:
         values = [r["probabilities"][c] for c in shown] if shown else [r["probabilities"][r["predicted"]]]
-        table.writerow([r["path"], r["predicted"], *(cut_text(v) for v in values)])
+        write([r["path"], r["predicted"], *(cut_text(v) for v in values)])
 
 
 def quiet_libraries() -> None:
@@ -745,7 +746,9 @@ def notes_for_warnings() -> None:
     ours = Path(__file__).resolve().parent
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if category is UserWarning and Path(filename).resolve().is_relative_to(ours):
+        # PIL's warning of an image of 89 to 179 million pixels, which it reads: a note, as ours are
+        if (category is UserWarning and Path(filename).resolve().is_relative_to(ours)
+                or category.__name__ == "DecompressionBombWarning"):
             print(f"note: {message}", file=sys.stderr, flush=True)
         else:
             plain(message, category, filename, lineno, file, line)
@@ -775,7 +778,10 @@ def main() -> None:
         sys.exit(130)
     except TyperException as e:  # the command line itself is wrong: unknown option, bad integer...
         ctx = getattr(e, "ctx", None)
-        where = f"tuner {ctx.info_name} --help" if ctx and ctx.info_name not in (None, "tuner") else "tuner --help"
+        named = ctx.info_name if ctx and ctx.info_name not in (None, "tuner") else None
+        # an option missing its value is found before the command's context exists: the command is the first word
+        named = named or next((a for a in sys.argv[1:2] if a in {c.name for c in app.registered_commands}), None)
+        where = f"tuner {named} --help" if named else "tuner --help"
         print(f"error: {e.format_message()} (see {where})", file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)  # typer returns the code of typer.Exit here

@@ -165,7 +165,8 @@ def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path,
 
     proc = cli("best", "--retrain", "--json", "--save-model", "retrained.pt", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "retrained.pt.json").read_text())["source"] == "checkpoint"  # the retrained file
+    assert json.loads((tmp_path / "retrained.pt.json").read_text())["source"] == "retrained"  # read back from the file the retrain wrote
+    assert "retrained, as a model file was not found here, to" in proc.stderr
     assert (tmp_path / "tuner-artifacts" / "smoke" / f"trial-{best}.pt").is_file()
     payload = torch.load(tmp_path / "retrained.pt", weights_only=True)
     got, stored = _test_metrics(ByHand(payload).eval(), stored_config(study), payload), load(tmp_path).user_attrs[FINAL_TEST]
@@ -296,3 +297,99 @@ def test_a_best_trial_that_is_a_reference_is_said_so_and_checked_against_the_fin
     (mine,) = [r for r in s["references"] if r["trial"] == ref.number]
     assert mine["test"]["against_final"]["average_precision_std"] >= 0  # checked against the mean it is part of
     assert any(f"reference trial {ref.number} (cross-entropy, gamma=0)" in note for note in s["test_notes"])
+
+
+def test_export_never_writes_over_a_database_or_a_model(folder, saved_model, tmp_path, cli):
+    db = tmp_path / "copy.db"
+    shutil.copy(folder / "tuner.db", db)
+    before, url = db.read_bytes(), f"sqlite:///{db}"
+    for target in (db, saved_model):
+        assert_user_error(cli("export", "--storage", url, "--out", str(target), cwd=folder),
+                          f"--out {target} is a file that is not a CSV or JSON export")
+    assert db.read_bytes() == before and torch.load(saved_model, weights_only=True)
+    (tmp_path / "old.csv").write_text("trial,state\n")  # an earlier export is written over
+    assert cli("export", "--storage", url, "--out", str(tmp_path / "old.csv"), cwd=folder).returncode == 0
+    assert (tmp_path / "old.csv").read_text().startswith("trial,state,gamma")
+    assert_user_error(cli("export", "--storage", url, "--out", str(db / "trials.csv"), cwd=folder),
+                      f"cannot write {db / 'trials.csv'}: {db} is a file, not a folder")
+    assert_user_error(cli("best", "--storage", url, "--save-model", str(db / "m.pt"), cwd=folder), f"{db} is a file, not a folder")
+
+
+def test_a_full_disk_leaves_the_saved_model_as_it_was(folder, saved_model, small_filesystem, cli):
+    from conftest import fill
+
+    target = small_filesystem / "best.pt"
+    shutil.copy(saved_model, target)
+    shutil.copy(f"{saved_model}.json", f"{target}.json")
+    model, settings = target.read_bytes(), (small_filesystem / "best.pt.json").read_bytes()
+    fill(small_filesystem)
+    proc = cli("best", "--study-name", "smoke", "--save-model", str(target), cwd=folder)
+    assert_user_error(proc, f"cannot write the model to {target}: No space left on device")
+    assert target.read_bytes() == model and (small_filesystem / "best.pt.json").read_bytes() == settings
+    assert sorted(p.name for p in small_filesystem.iterdir()) == ["best.pt", "best.pt.json", "filler"]  # no half-written file
+
+
+def test_a_study_of_several_objectives_is_one_error_line(tmp_path, cli):
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    study = optuna.create_study(study_name="multi", storage=url, directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    for cmd in (["status"], ["status", "--json"], ["export"], ["best"], ["report", "--out", "r"]):
+        assert_user_error(cli(*cmd, "--storage", url, cwd=tmp_path), "study 'multi' has 2 objectives")
+    assert not (tmp_path / "r").exists()
+    assert cli("list", "--storage", url, cwd=tmp_path).returncode == 0
+
+
+def test_status_and_export_show_what_each_trial_trains_with(tmp_path, cli):
+    from optuna.distributions import FloatDistribution
+    from tuner.show.summary import shown_params
+
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="plain", storage=url, direction="maximize")
+    space = {"gamma": FloatDistribution(0, 5), "one_minus_beta": FloatDistribution(1e-4, 0.1, log=True)}
+    # an unweighted trial (its 1 - beta only fills Optuna's space) with a tiny threshold, and a queued one
+    study.add_trial(optuna.trial.create_trial(params={"gamma": 0.0, "one_minus_beta": 0.1}, distributions=space, value=0.9,
+                                              user_attrs={"unweighted": True, "threshold": 4e-05}))
+    study.enqueue_trial({"gamma": 2.0, "one_minus_beta": 0.001})
+    status = json.loads(cli("status", "--storage", url, "--json", cwd=tmp_path).stdout)["trials"]
+    rows = json.loads(cli("export", "--storage", url, "-f", "json", cwd=tmp_path).stdout)
+    for got in (status, rows):
+        assert [(r["state"], r["gamma"], r["beta"]) for r in got] == [("COMPLETE", 0.0, None), ("WAITING", 2.0, pytest.approx(0.999))]
+    assert shown_params(study.trials[0]) == {"gamma": 0.0}
+    assert "4.00e-05" in cli("status", "--storage", url, cwd=tmp_path).stdout
+
+
+def test_best_says_what_is_not_checked_yet_and_keeps_what_save_model_chose(folder, tmp_path, cli):
+    from tuner.keys import FINAL_DECISION
+
+    shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")
+    study = load(tmp_path)
+    other = next(t.number for t in study.trials if t.state.name == "COMPLETE" and t.number != study.best_trial.number)
+    # as after more trials ran with no driver watching: the best trial changed since the test check
+    study.set_user_attr(BEST_TEST, {**study.user_attrs[BEST_TEST], "trial": other})
+    study.set_user_attr(FINAL_DECISION, None)
+    study.ask()  # and one still runs
+    shown = cli("best", cwd=tmp_path).stdout
+    assert ", 1 running, 0 failed" in shown.splitlines()[0]
+    assert f"no test check of these trials yet (the stored one is of trial {other}, the best trial then)" in shown
+    assert "the final model's threshold is not chosen for these trials yet" in shown
+    assert cli("best", "--save-model", "m.pt", cwd=tmp_path).returncode == 0
+    threshold = json.loads((tmp_path / "m.pt.json").read_text())["threshold"]
+    shown = cli("best", cwd=tmp_path).stdout
+    assert "not chosen" not in shown and f"the final model's threshold {threshold:.4f} on the calibrated probability" in shown
+
+
+def test_predict_keeps_small_thresholds_odd_names_and_large_images_readable(folder, saved_model, tmp_path, cli):
+    good = tmp_path / "cr\rname.png"  # csv quotes only its line terminator's characters: not a carriage return
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(good)
+    proc = cli("predict", str(saved_model), str(good), "--threshold", "0.00004", cwd=folder)
+    assert proc.returncode == 0 and "threshold 4.00e-05 on the calibrated probability" in proc.stderr, proc.stderr
+    header, *rows = list(csv.reader(io.StringIO(proc.stdout, newline=""), delimiter="\t"))
+    assert [r[0] for r in rows] == [str(good)] and len(rows[0]) == 3
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = cli("predict", str(saved_model), str(tmp_path / "broken.png"), cwd=folder)
+    assert_user_error(broken, f"cannot read image {tmp_path / 'broken.png'}: cannot identify image file; ")  # the path once
+    big = tmp_path / "big.png"  # above PIL's warning size (89 million pixels), below its error size
+    Image.new("1", (10000, 9000)).save(big)
+    proc = cli("predict", str(saved_model), str(big), cwd=folder)
+    assert proc.returncode == 0 and "note: Image size (90000000 pixels) exceeds limit" in proc.stderr, proc.stderr
+    assert "warnings.warn" not in proc.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from conftest import assert_user_error, tuner, write_study
@@ -79,6 +80,9 @@ def test_report_speaks_of_the_positive_class_and_the_threshold_chosen_on_validat
     threshold = study.best_trial.user_attrs["threshold"]
     assert f"at the threshold {threshold:.4f} on the calibrated probability of 'rare' chosen on validation (balanced_accuracy)" in text
     assert "recall of 'rare' " in text
+    assert "Metric: validation average_precision of 'rare' (higher is better)" in text  # whose AP, as tuner best says
+    assert f"Best trial {study.best_trial.number}</b>: average_precision of 'rare' " in text
+    assert "± -" not in text  # one split: no fold spread to show
     assert "alpha is the weight of the positive class 'rare' in the loss; the other class, 'background', gets 1 - alpha" in text
     assert re.search(r"expected calibration error [0-9.]+ before and [0-9.]+ after the temperature", text)
 
@@ -111,6 +115,7 @@ def test_report_without_test_split_and_one_complete_trial(tmp_path, monkeypatch)
     study, _ = create_or_resume(cfg, url, "folder")
     with pytest.raises(UserError, match="no completed trial"):
         build_report(study, tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()  # nothing to show: no empty folder left behind
     for value, state in ((0.6, optuna.trial.TrialState.COMPLETE), (None, optuna.trial.TrialState.PRUNED)):
         study.add_trial(optuna.trial.create_trial(params={"gamma": 1.0 + (value is None), "alpha": 0.5}, distributions=distributions(cfg),
                                                   value=value, state=state, intermediate_values={1: 0.6 if value else 0.2},
@@ -236,3 +241,14 @@ def test_reference_labels_stay_inside_the_plane(tmp_path):
     for text in ax.texts:
         box = text.get_window_extent(renderer)
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()
+
+
+def test_many_class_names_under_the_confusion_matrix_do_not_overlap():
+    from tuner.show.report import confusion_plot
+
+    for names in (["eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"], [f"class {i}" for i in range(20)]):
+        fig = confusion_plot(np.eye(len(names), dtype=int).tolist(), names)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        boxes = [t.get_window_extent(canvas.get_renderer()) for t in fig.axes[0].get_xticklabels()]
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), names

@@ -224,6 +224,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     if state == State.COMPLETE:
         checkpoints.save_trial_model(w.cfg, w.study.study_name, trial.number, result.model, data,
                                      r.gamma, r.alpha, r.seed, result.history[-1], study_key=w.key)
+    took = round(time.time() - r.started, 2)  # one reading, stored and logged alike
 
     def tell() -> bool:
         """False when the trial was finished by someone else: a sweep while we were cut off."""
@@ -238,7 +239,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
                 trial.set_user_attr(keys.RETRY_REASON, why if state == State.RETRIED
                                     else f"{why}, not retried: study.max_retries = {w.cfg.study.max_retries} reached")
         else:
-            trial.set_user_attr(keys.DURATION_S, round(time.time() - r.started, 2))
+            trial.set_user_attr(keys.DURATION_S, took)
             if state == State.PRUNED:
                 trial.set_user_attr(keys.PRUNE_REASON, reason)
         w.study.tell(trial, result.value if state == State.COMPLETE else None, state=TOLD_AS[state])
@@ -271,7 +272,7 @@ def _final_tell(r: TrialRun, outcome: str, result=None, data=None, error: Except
     label = f" ({r.reference})" if r.reference else ""
     how = f"{state.value} ({reason})" if state == State.PRUNED else state.value
     w.log(f"trial {trial.number} {describe_trial(trial)}{label} -> {how} {w.cfg.study.metric}={value} "
-          f"after {result.epochs} epoch{'s' * (result.epochs != 1)} ({time.time() - r.started:.1f} s)")
+          f"after {result.epochs} epoch{'s' * (result.epochs != 1)} ({took:.1f} s)")
 
 
 def keep_best(cfg, study: optuna.Study, keep: int = KEEP_MODELS) -> None:

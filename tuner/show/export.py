@@ -6,10 +6,12 @@
 'checkpoint'
 """
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +42,9 @@ def trial_rows(study: optuna.Study) -> list[dict]:
     for t in trials:
         a = t.user_attrs
         history = t.system_attrs.get("retry_history")
-        rows.append({"trial": t.number, "state": t.state.name, "gamma": t.params.get("gamma"), "alpha": t.params.get("alpha"),
-                     "beta": None if a.get(keys.UNWEIGHTED) else shown_params(t).get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
+        params = shown_params(t)
+        rows.append({"trial": t.number, "state": t.state.name, "gamma": params.get("gamma"), "alpha": params.get("alpha"),
+                     "beta": params.get("beta"), "value": t.value, **{c: a.get(k) for k, c in METRICS.items()},
                      "epochs": a.get(keys.EPOCHS, 0),
                      "duration_s": trial_duration(t), "prune_reason": a.get(keys.PRUNE_REASON), "reference": a.get(keys.REFERENCE),
                      "stop_reason": a.get(keys.STOP_REASON) or (SILENT if silent(t) else None), "error": a.get(keys.ERROR),
@@ -67,11 +70,40 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
     if out is None:
         sys.stdout.write(text)
         return
+    if Path(out).is_file() and binary(Path(out)):
+        raise UserError(f"--out {out} is a file that is not a CSV or JSON export (a database, a model?); pass another "
+                        "path, or delete that file first")
+    write_whole({Path(out): text.encode()}, f"{out}", "pass an --out path in a writable folder")
+
+
+def binary(path: Path) -> bool:
+    """Whether a file holds bytes no text export writes (SQLite's header has a NUL, so has a model)."""
     try:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)  # as best --save-model and report --out do
-        Path(out).write_text(text)
+        with open(path, "rb") as f:
+            return b"\0" in f.read(4096)
+    except OSError:
+        return False
+
+
+def write_whole(files: dict[Path, bytes], what: str, advice: str) -> None:
+    """Write each file whole or not at all: to a temporary file beside it, renamed over it once all are
+    written, so a full disk leaves neither half a file nor a new model beside its old settings."""
+    done = {}
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)  # as report --out does
+            done[path] = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            done[path].write_bytes(data)
+        for path, tmp in done.items():
+            os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}; pass an --out path in a folder that exists and is writable")
+        for tmp in done.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        # mkdir says "File exists" where a folder on the way is a file
+        blocked = next((p for path in files for p in reversed(path.parents) if p.is_file()), None)
+        why = f"{blocked} is a file, not a folder" if blocked else e.strerror
+        raise UserError(f"cannot write {what}: {why}; {advice}")
 
 
 def saved_by_tuner(path: Path) -> bool:
@@ -92,7 +124,7 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
     import torch  # here, not at the top: ``tuner export`` writes rows without loading torch
 
     from tuner.learn.checkpoints import detected_class
-    from tuner.show.results import final_model
+    from tuner.show.results import decision_of, final_model
 
     path = Path(path)
     if path.is_dir():
@@ -118,11 +150,12 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
                 "threshold": payload["threshold"], "class_thresholds": payload.get("class_thresholds"),
                 "temperature": payload["temperature"],
                 "data": {"kind": cfg.data.kind, "image_size": cfg.data.image_size, "grayscale": cfg.data.grayscale},
-                "source": source, "test": test}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, path)
-        Path(f"{path}.json").write_text(json.dumps(settings, indent=1) + "\n")
-    except OSError as e:
-        raise UserError(f"cannot write the model to {path}: {e.strerror}; pass a --save-model path in a writable folder")
+                # a model file --retrain wrote is a retrained one, though read back from the file
+                "source": "retrained" if (test or {}).get("source") == "retrained" else source, "test": test}
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # in memory: torch's own file writer turns a full disk into errors without an errno
+    write_whole({path: buf.getvalue(), Path(f"{path}.json"): (json.dumps(settings, indent=1) + "\n").encode()},
+                f"the model to {path}", "pass a --save-model path in a writable folder")
+    if "members" in payload:  # best and the report show the threshold predict will use
+        study.set_user_attr(keys.FINAL_DECISION, decision_of(payload, best.number))
     return settings

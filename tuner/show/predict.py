@@ -62,6 +62,7 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
         a = decode_image(path, channels, size)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on bad files
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        reason = reason.replace(f" {str(path)!r}", "").rstrip(".")  # PIL names the file again, and ends with a stop
         raise Unreadable(f"cannot read image {path}: {reason}")
     return torch.from_numpy(a)
 

@@ -64,6 +64,12 @@ def failed_words(c: dict[str, int]) -> str:
     return f"{c['FAIL'] - again} failed" + (f", {again} queued again to resume" if again else "")
 
 
+def counts_words(c: dict[str, int]) -> str:
+    """E.g. "4 complete, 8 pruned, 1 running, 0 failed": running and waiting trials when there are any."""
+    busy = "".join(f", {c[k]} {k.lower()}" for k in ("RUNNING", "WAITING") if c.get(k))
+    return f"{c['COMPLETE']} complete, {c['PRUNED']} pruned{busy}, {failed_words(c)}"
+
+
 def cut_text(v: float, digits: int = 4) -> str:
     """A threshold or probability with its digits: per-class thresholds can be 4e-05, which 0.000 hides."""
     return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -(digits - 1) else f"{v:.2e}"

@@ -23,11 +23,11 @@ from tuner import keys
 from tuner.learn.checkpoints import decision_cut
 from tuner.errors import UserError
 from tuner.show.results import final_model, study_data
-from tuner.show.summary import (best_trial, decision_words, few_to_find, final_decision, final_label, final_members, final_words, margin_notes,
-                                notes_on_test)
+from tuner.show.summary import (NOT_CHOSEN, best_trial, decision_words, few_to_find, final_decision, final_label, final_members, final_words, margin_notes,
+                                metric_words, notes_on_test)
 from tuner.search.config import StudyConfig
-from tuner.search.study import describe_trial, n_queued_again, queued_again, stored_config
-from tuner.show.progress import failed_words
+from tuner.search.study import counts, describe_trial, queued_again, stored_config
+from tuner.show.progress import counts_words, cut_text
 from tuner.learn.train import heldout_metrics, predict, probabilities
 from tuner.learn.weights import focus_class
 
@@ -42,16 +42,18 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder for the report (it is created when missing)")
+    cfg = cfg or stored_config(study)
+    best = best_trial(study)  # before the folder: a study with nothing to show leaves no empty folder behind
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the report folder {out}: {e.strerror}; pass a writable --out folder")
-    cfg = cfg or stored_config(study)
-    best = best_trial(study)
     trials = study.get_trials(deepcopy=False)
-    metric = cfg.study.metric
+    classes, positive = study.user_attrs.get(keys.DATA, {}).get("classes"), cfg.data.positive_class
+    words = metric_words(cfg.study.metric, classes, positive)
+    metric = metric_words(cfg.study.metric, classes, positive and plot_name(positive))  # the plots' label
     sections = [
-        (f"Objective over gamma x {'alpha' if _second(cfg) == 'alpha' else '1 - beta'}", _save(out, "plane.png", plane(trials, cfg, best)), _alpha_note(study, cfg)),
+        (f"Objective over gamma x {'alpha' if _second(cfg) == 'alpha' else '1 - beta'}", _save(out, "plane.png", plane(trials, cfg, best, metric)), _alpha_note(study, cfg)),
         ("Optimization history", _save(out, "history.png", history(trials, metric)), ""),
         ("Intermediate values per epoch", _save(out, "intermediate.png", intermediate(trials, metric)),
          "Pruned trials are dashed red lines ending in a cross."),
@@ -76,7 +78,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
         made = "as saved by the workers" if source == "checkpoint" else "retrained with the trials' parameters and seeds"
         if data.positive_class:
             test_note = (f"{name} on the test split ({len(data.test_y)} images, {made}), at the threshold "
-                         f"{s['threshold']:.4f} on the calibrated probability of {data.positive_class!r} chosen on validation "
+                         f"{cut_text(s['threshold'])} on the calibrated probability of {data.positive_class!r} chosen on validation "
                          f"({cfg.study.operating_point}): average precision {s['average_precision']:.4f}, balanced accuracy "
                          f"{s['balanced_accuracy']:.4f}, recall of {data.positive_class!r} {s['recall']:.4f}, precision {s['precision']:.4f}; expected "
                          f"calibration error {s['ece']:.4f} before and {s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
@@ -92,7 +94,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
     if few:
         test_note += f" Note: {few[0].upper()}{few[1:]}"
     page = out / "index.html"
-    page.write_text(_page(study, cfg, best, trials, sections, test_note, test_sections))
+    page.write_text(_page(study, cfg, best, trials, words, sections, test_note, test_sections))
     return page
 
 
@@ -107,8 +109,7 @@ def _decision_note(study, cfg, best, data) -> str:
         cut = cut if data.num_classes == 2 else [decision["class_thresholds"][c] for c in data.classes]
         name = final_label(decision["trials"]).capitalize()
     else:
-        return ("The final model's threshold is not chosen for these trials yet: start-study chooses it when the study "
-                "finishes, tuner best --retrain or --save-model now.")
+        return NOT_CHOSEN[0].upper() + NOT_CHOSEN[1:] + "."
     if cut is None:
         return ""
     words = decision_words(cut, data.classes, data.positive_class or cfg.data.positive_class, cfg.study.operating_point)
@@ -163,12 +164,12 @@ def _last(t) -> float | None:
     return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
 
 
-def plane(trials, cfg, best) -> Figure:
+def plane(trials, cfg, best, metric: str | None = None) -> Figure:
     """Complete trials coloured by value (over a filled contour from MIN_FOR_CONTOUR of them on);
     pruned as grey crosses; the legend outside the axes, where it hides no point."""
     fig = Figure(figsize=(6.4, 5))
     ax = fig.add_subplot()
-    y_name = _second(cfg)
+    y_name, metric = _second(cfg), metric or cfg.study.metric
     done = [t for t in _finished(trials, second=y_name) if t.value is not None and math.isfinite(t.value)]
     g, a, v = (np.array([t.params["gamma"] for t in done]), np.array([t.params[y_name] for t in done]),
                np.array([t.value for t in done]))
@@ -181,7 +182,7 @@ def plane(trials, cfg, best) -> Figure:
             pass  # collinear or repeated points: the scatter alone still shows them
     if done:
         points = ax.scatter(g, a, c=v, cmap="viridis", edgecolors="black", s=60, zorder=3, label="complete")
-        fig.colorbar(points, ax=ax, label=cfg.study.metric)
+        fig.colorbar(points, ax=ax, label=metric)
     pruned = _finished(trials, TrialState.PRUNED, y_name)
     if pruned:
         ax.scatter([t.params["gamma"] for t in pruned], [t.params[y_name] for t in pruned], marker="x", c="grey",
@@ -193,7 +194,7 @@ def plane(trials, cfg, best) -> Figure:
     else:
         lo, hi = cfg.search.beta
         ax.set(ylabel="1 - beta (class-balanced weights)", yscale="log", ylim=((1 - hi) / 1.3, (1 - lo) * 1.3))
-    ax.set(xlabel="gamma", xlim=_pad(cfg.search.gamma), title=f"{cfg.study.metric} over gamma x {y_name.replace('_', ' ')}")
+    ax.set(xlabel="gamma", xlim=_pad(cfg.search.gamma), title=f"{metric} over gamma x {'alpha' if y_name == 'alpha' else '1 - beta'}")
     again = queued_again(trials)  # a stopped attempt: its retry is the reference now
     for t in trials:
         if keys.REFERENCE in t.user_attrs and "gamma" in t.params and y_name in t.params and t.number not in again:
@@ -289,7 +290,8 @@ def plot_name(name: str) -> str:
 
 
 def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
-    fig = Figure(figsize=(4.8, 4.2))
+    n = len(classes)
+    fig = Figure(figsize=(max(4.8, 1.5 + 0.33 * n), max(4.2, 1.5 + 0.3 * n)))  # a long tail's cells keep room for their counts
     ax = fig.add_subplot()
     m = np.array(cm)
     ax.imshow(m, cmap="Blues")
@@ -298,7 +300,9 @@ def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
     names = [plot_name(c) for c in classes]
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=names, yticklabels=names,
            xlabel="predicted", ylabel="true", title="test confusion matrix")
-    if max(map(len, names)) > 8:  # long names side by side would overlap
+    if len(names) > 4:  # many side by side would overlap: upright, one per column
+        ax.tick_params(axis="x", labelrotation=90)
+    elif max(map(len, names)) > 8:  # a few long names
         ax.tick_params(axis="x", labelrotation=30)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
@@ -320,7 +324,7 @@ def pr_plot(probs, targets, classes, at=None) -> Figure:
             ax.step(recall, precision, where="post", label=f"{plot_name(name)}: AP {ap:.3f}, prior {truth.mean():.2f}")
     if p.ndim == 1 and at is not None:
         ax.scatter([at["recall"]], [at["precision"]], marker="o", s=80, c="red", edgecolors="black", zorder=3,
-                   label=f"threshold {at['threshold']:.3f} (chosen on validation)")
+                   label=f"threshold {cut_text(at['threshold'])} (chosen on validation)")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title="test precision-recall")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -360,22 +364,19 @@ def _table(trials, best, metric, second) -> str:
         note = "; ".join(x for x in ("best" if t.number == best.number else "", f"reference: {ref}" if ref else "") if x)
         cls = "best" if t.number == best.number else "ref" if ref else ""
         cells = (rank.get(t.number, "-"), t.number, t.state.name, _fmt(t.params.get("gamma"), ".3f"), _weights(t),
-                 _fmt(t.value), "± " + _fmt(t.user_attrs.get(keys.FOLD_SPREAD)), _fmt(t.user_attrs.get(keys.BALANCED_ACCURACY)),
+                 _fmt(t.value), "-" if t.user_attrs.get(keys.FOLD_SPREAD) is None else "± " + _fmt(t.user_attrs[keys.FOLD_SPREAD]), _fmt(t.user_attrs.get(keys.BALANCED_ACCURACY)),
                  _fmt(t.user_attrs.get(keys.MACRO_F1)),
                  t.user_attrs.get(keys.EPOCHS, 0), note)
         body.append(f'<tr class="{cls}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _page(study, cfg, best, trials, sections, test_note, test_sections) -> str:
+def _page(study, cfg, best, trials, words, sections, test_note, test_sections) -> str:
     e = html.escape
-    states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    failed = failed_words({"FAIL": states[TrialState.FAIL], "QUEUED_AGAIN": n_queued_again(trials)})
     parts = [
         f"<h1>Study {e(study.study_name)}</h1>",
-        f"<p>{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-        f"{failed}. Metric: validation {e(cfg.study.metric)} (higher is better).</p>",
-        f"<p><b>Best trial {best.number}</b>: {e(cfg.study.metric)} {best.value:.4f} with "
+        f"<p>{len(trials)} trials: {counts_words(counts(study))}. Metric: validation {e(words)} (higher is better).</p>",
+        f"<p><b>Best trial {best.number}</b>: {e(words)} {best.value:.4f} with "
         f"{e(describe_trial(best).replace('=', ' '))}.</p>",
         f"<h2>Top trials and reference trials</h2>{_table(trials, best, cfg.study.metric, _second(cfg))}",
         "<p>" + e(f"The final model: {final_words(cfg, final_members(study, cfg))}. " + (

@@ -36,11 +36,27 @@ def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int], focus:
 
 
 def shown_params(trial: optuna.trial.FrozenTrial) -> dict:
-    """The trial's parameters, with beta next to the searched 1 - beta."""
-    params = dict(trial.params)
-    if "one_minus_beta" in params:
+    """The parameters the trial trains with (a queued trial's are fixed already), with beta next to
+    the searched 1 - beta; a trial without class weights has no 1 - beta: Optuna's search space
+    needs a value, which it never trained with."""
+    params = dict(trial.params or trial.system_attrs.get("fixed_params", {}))
+    if trial.user_attrs.get(keys.UNWEIGHTED):
+        params.pop("one_minus_beta", None)
+    elif "one_minus_beta" in params:
         params["beta"] = 1.0 - params["one_minus_beta"]
     return params
+
+
+NOT_CHOSEN = ("the final model's threshold is not chosen for these trials yet: tuner start-study chooses it when its run "
+              "ends, tuner best --save-model or --retrain now")
+
+
+def metric_words(metric: str, classes: list[str] | None, positive: str | None) -> str:
+    """The objective with whom it is of: AP of the positive class, or macro over the classes."""
+    if metric != "average_precision" or not classes:
+        return metric
+    return (f"average_precision of {positive!r}" if len(classes) == 2 else
+            f"average_precision (macro over the {len(classes)} classes)")
 
 
 def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
@@ -87,6 +103,7 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
         # an image folder without test/ has none: say so rather than leave the test check out unexplained
         "test_split": study.user_attrs.get(keys.DATA, {}).get("fingerprints", {}).get("test") != "",
         "test_notes": notes_on_test(study, members) if test else [],
+        "earlier_test": (study.user_attrs.get(keys.BEST_TEST) or {}).get("trial") if not test else None,
         "references": refs,
         "counts": {k: v for k, v in counts(study).items() if k in ("COMPLETE", "PRUNED", "FAIL", "QUEUED_AGAIN", "RUNNING", "WAITING")},
     }
@@ -204,15 +221,13 @@ def status_rows(study: optuna.Study, focus: int | None) -> list[dict]:
     """One row per trial; ``focus`` as ``threshold_rule`` gives it."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        params = t.params or t.system_attrs.get("fixed_params", {})  # a queued trial's are fixed already
-        omb = params.get("one_minus_beta")  # Optuna needs one for the unweighted reference too; it trained without it
-        beta = None if omb is None or t.user_attrs.get(keys.UNWEIGHTED) else 1.0 - omb
+        params = shown_params(t)
         rows.append({
             "trial": t.number,
             "state": t.state.name,
             "gamma": params.get("gamma"),
             "alpha": params.get("alpha"),
-            "beta": beta,
+            "beta": params.get("beta"),
             "value": t.value,
             "threshold": trial_threshold(t, focus),
             "epochs": t.user_attrs.get(keys.EPOCHS, 0),
