@@ -252,3 +252,17 @@ def test_many_class_names_under_the_confusion_matrix_do_not_overlap():
         canvas.draw()
         boxes = [t.get_window_extent(canvas.get_renderer()) for t in fig.axes[0].get_xticklabels()]
         assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), names
+
+
+def test_the_pr_curve_marks_where_the_class_to_detect_is_decided():
+    import torch
+
+    from tuner.show.report import pr_plot
+
+    probs, y = torch.softmax(torch.randn(30, 3, generator=torch.Generator().manual_seed(0)), 1), torch.arange(30) % 3
+    at = {"recall": 0.8, "precision": 0.5, "class_thresholds": [1.0, 0.3, 1.0]}
+    ax = pr_plot(probs, y, ["a", "finding", "c"], at, focus=1).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "threshold 0.3000 on p(finding) / largest other (chosen on validation)" in labels
+    assert [0.8, 0.5] in [c.get_offsets().tolist()[0] for c in ax.collections]
+    assert len(pr_plot(probs, y, ["a", "finding", "c"], at).axes[0].collections) == 0  # no class to detect: no one point

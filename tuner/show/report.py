@@ -90,7 +90,7 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
                          + f"; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(s["confusion_matrix"], data.classes)), ""),
-                         ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes, s)), "")]
+                         ("Test precision-recall curve", _save(out, "pr-curve.png", pr_plot(probs, data.test_y, data.classes, s, focus)), "")]
     if few:
         test_note += f" Note: {few[0].upper()}{few[1:]}"
     page = out / "index.html"
@@ -310,9 +310,10 @@ def confusion_plot(cm: list[list[int]], classes: list[str]) -> Figure:
     return fig
 
 
-def pr_plot(probs, targets, classes, at=None) -> Figure:
+def pr_plot(probs, targets, classes, at=None, focus: int | None = None) -> Figure:
     """Precision-recall of the positive class (classes[1]) with the operating point ``at`` (its
-    test recall and precision at the threshold) marked; one curve per class when C > 2."""
+    test recall and precision at the threshold) marked; one curve per class when C > 2, with the
+    operating point of the class to detect (``focus``) marked, which its ratio cut decides."""
     fig = Figure(figsize=(5.2, 4.2))
     ax = fig.add_subplot()
     p, y = probs.detach().float().cpu().numpy(), targets.cpu().numpy()
@@ -322,9 +323,11 @@ def pr_plot(probs, targets, classes, at=None) -> Figure:
             precision, recall, _ = precision_recall_curve(truth, score)
             ap = average_precision_score(truth, score)
             ax.step(recall, precision, where="post", label=f"{plot_name(name)}: AP {ap:.3f}, prior {truth.mean():.2f}")
-    if p.ndim == 1 and at is not None:
+    if at is not None and "recall" in at and (p.ndim == 1 or focus is not None):
+        cut = (cut_text(at["threshold"]) if p.ndim == 1 else
+               f"{cut_text(at['class_thresholds'][focus])} on p({plot_name(classes[focus])}) / largest other")
         ax.scatter([at["recall"]], [at["precision"]], marker="o", s=80, c="red", edgecolors="black", zorder=3,
-                   label=f"threshold {cut_text(at['threshold'])} (chosen on validation)")
+                   label=f"threshold {cut} (chosen on validation)")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.05), title="test precision-recall")
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
