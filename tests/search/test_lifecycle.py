@@ -120,6 +120,17 @@ def test_the_pruner_never_stops_a_reference_trial(worker):
     assert reference.report(1, METRICS) is False and other.report(1, METRICS) is True
 
 
+def test_successive_halving_judges_other_trials_against_the_reference_trials(worker):
+    # the pruner records a rung value only when asked: a reference never asked left its rungs empty
+    worker.study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+    worker.study.enqueue_trial({"gamma": 0.0, "alpha": 0.5}, user_attrs={keys.REFERENCE: "cross-entropy"})
+    reference, other = claim(worker, 2)
+    reference.start(), other.start()
+    assert reference.report(1, {**METRICS, "average_precision": 0.9}) is False
+    assert "completed_rung_0" in frozen(worker, reference).system_attrs
+    assert other.report(1, {**METRICS, "average_precision": 0.2}) is True  # below the reference in its rung
+
+
 def test_a_trainer_that_raises_fails_its_trial_and_the_worker_goes_on(worker, data):
     (run,) = claim(worker)
     assert run_trials(worker, [run], trainer(worker, data, RuntimeError("CUDA error: boom")), data) == [State.FAILED]

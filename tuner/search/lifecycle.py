@@ -131,8 +131,11 @@ class TrialRun:
             for key, value in metrics.items():
                 self.trial.set_user_attr(key, value)
             self.trial.set_user_attr(keys.EPOCHS, epoch)
-            # a reference runs to the end: the final model is measured against it
-            return self.reference is None and self.trial.should_prune()
+            # asked for every trial: successive halving and hyperband record a trial's rung value only
+            # when asked, and the reference trials are what other trials are judged against; a
+            # reference itself runs to the end, as the final model is measured against it
+            prune = self.trial.should_prune()
+            return prune and self.reference is None
 
         try:
             return self.w.db(f"reporting epoch {epoch}", write)
