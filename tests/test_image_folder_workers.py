@@ -248,3 +248,20 @@ def test_skipped_images_are_one_note_line_not_a_python_warning(tmp_path, cli):
     assert proc.returncode == 2 and error.startswith("error: class 'finding' has 1 readable image(s)")
     assert note.startswith("note: skipped 1 unreadable image under") and "torn.png (UnidentifiedImageError" in note
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+
+
+def test_a_new_study_reads_its_images_once(tmp_path, cli, monkeypatch):
+    from tuner.learn import data
+
+    loads = []
+    real = data.load_data
+    monkeypatch.setattr(data, "load_data", lambda *a, **k: loads.append(a) or real(*a, **k))  # the real load, counted
+    write_images(tmp_path / "images")
+    (tmp_path / "images" / "train" / "normal" / "torn.png").write_bytes(b"not a png")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = cli("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+               "--set", "data.image_size=8", "--set", "data.max_bad_fraction=0.1", "--set", "study.reference_trials=false",
+               "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("note: skipped 1 unreadable image under") == 1, proc.stderr
+    assert len(loads) == 1  # it loaded them a second time, with the settings as stored

@@ -145,8 +145,10 @@ def start_study(
             data = load_data(*loaded)  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
                                      cfg.search.alpha_mode)
-            derived = cfg.derived()
+            derived, asked = cfg.derived(), (cfg.data, cfg.study.seed)
             cfg = cfg.resolved(data.num_classes, detect, min(data.pool_counts()))
+            if loaded == asked:  # no stored study: resolving named the positive class, the folds and the absolute
+                loaded = (cfg.data, cfg.study.seed)  # root, which load_data reads alike, so a new study needs no second load
             progress.step("opening the study")
             study, notes = create_or_resume(cfg, url, name, n_trials, data.classes, data.class_counts(), data.fingerprints,
                                             derived, None if artifacts is None else str(artifacts))
@@ -159,7 +161,7 @@ def start_study(
         except BaseException:
             launch.discard(procs)
             raise
-        from tuner.search.config import FEW_RARE, unused_range
+        from tuner.search.config import FEW_RARE, unused_range, unused_settings
         from tuner.search.storage import mask
         from tuner.show.summary import few_to_find
 
@@ -188,6 +190,8 @@ def start_study(
         if cfg.train.optimizer == "sgd" and cfg.train.lr < 0.01:
             progress.say(f"note: train.optimizer = \"sgd\" with train.lr = {cfg.train.lr:g}, a learning rate for Adam (the default "
                          "optimizer): SGD with momentum learns little at it in a few epochs; set train.lr, e.g. --set train.lr=0.05")
+        for note in unused_settings(cfg, derived):
+            progress.say(f"note: {note}")
         p = cfg.pruner
         wait = p.n_warmup_steps if p.kind == "median" else p.min_resource if p.kind != "none" else 0
         key = "n_warmup_steps" if p.kind == "median" else "min_resource"

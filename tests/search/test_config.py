@@ -149,3 +149,35 @@ def test_a_class_named_by_a_number_is_a_name():
     assert (cfg.data.positive_class, cfg.study.name) == ("9", "2024")
     assert load_config(ROOT / "studies" / "digits-rare.toml", ["data.folds=3"]).data.folds == 3  # "auto" keys stay numbers
     assert from_dict({"data": {"positive_class": 7}}).data.positive_class == "7"  # in the file, too
+
+
+@pytest.mark.parametrize("text, words", [
+    ("n_trials = 4\n[study]\nname = 'x'\n", ["n_trials in", "comes before any [section] line (study.n_trials is the key of that name)"]),
+    ("[train]\nfolds = 5\n", ["unknown key train.folds", "(data.folds is the key of that name)"]),
+    ("[study]\npruner = 'none'\n", ["unknown key study.pruner", "([pruner] is a section of its own)"]),
+    ("[data]\nn_startup_trials = 2\n", ["(study.n_startup_trials and pruner.n_startup_trials are the keys of that name)"]),
+])
+def test_a_key_in_the_wrong_place_says_where_it_belongs(tmp_path, text, words):
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(tmp_path / "s.toml")
+    assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(UserError, match=r"--set train.folds=3: unknown key train.folds \(data.folds is the key of that name\)"):
+        load_config(ROOT / "studies" / "digits-rare.toml", ["train.folds=3"])
+
+
+def test_settings_the_chosen_pruner_sampler_or_optimizer_does_not_use_are_named():
+    from tuner.search.config import unused_settings
+
+    given = from_dict({"pruner": {"kind": "hyperband", "n_warmup_steps": 3, "n_startup_trials": 10},
+                       "study": {"grid_points": 9, "sampler": "random", "n_startup_trials": 2}, "train": {"optimizer": "adamw"}})
+    assert unused_settings(given, set()) == [
+        "pruner.n_startup_trials = 10 is not used by pruner.kind = 'hyperband'",
+        "pruner.n_warmup_steps = 3 is not used by pruner.kind = 'hyperband'",
+        "study.grid_points = 9 is not used by study.sampler = 'random'",
+        "study.n_startup_trials = 2 is not used by study.sampler = 'random' (it is TPE's)",
+        'train.optimizer = "adamw" with train.weight_decay = 0 is Adam: set train.weight_decay, e.g. --set '
+        "train.weight_decay=0.01 (torch's AdamW default)"]
+    resolved = from_dict({}).resolved(2, "rare", 30)  # "auto" made a number: not the user's setting
+    assert unused_settings(resolved, from_dict({}).derived()) == []
+    assert unused_settings(from_dict({"train": {"optimizer": "adamw", "weight_decay": 0.01}}), set()) == []

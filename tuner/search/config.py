@@ -126,8 +126,10 @@ class SearchConfig:
 class PrunerConfig:
     kind: str = "median"
     n_startup_trials: int = 4  # median: trials finished before any pruning
-    n_warmup_steps: int | str = "auto"  # median: epochs never pruned; "auto": the first third of train.epochs
-    min_resource: int | str = "auto"  # hyperband / successive_halving: first rung; "auto": after a third of train.epochs
+    # Optuna's steps are epochs, counted from 1: n_warmup_steps = N lets the median pruner stop a trial
+    # from epoch N on (0 and 1 alike: from the first); "auto": the epoch after the first third
+    n_warmup_steps: int | str = "auto"
+    min_resource: int | str = "auto"  # hyperband / successive_halving: the first epoch judged; "auto": likewise
     reduction_factor: int = 3  # hyperband / successive_halving
 
 
@@ -161,7 +163,7 @@ class StudyConfig:
             folds = min(AUTO_FOLDS, rare_count) if rare_count < FEW_RARE and self.model.kind == "simple_cnn" else 1
         elif folds > rare_count:
             raise UserError(f"data.folds = {folds} is more than the {rare_count} training images of the rarest class, so "
-                            f"{folds - rare_count} folds would validate on none of them; use at most {rare_count} folds, "
+                            f"{folds - rare_count} fold{'s' * (folds - rare_count != 1)} would validate on none of them; use at most {rare_count} folds, "
                             'or data.folds = "auto"')
         return dataclasses.replace(self, search=dataclasses.replace(self.search, alpha_mode=mode), pruner=self.pruner_resolved(),
                                    study=dataclasses.replace(self.study, artifacts=absolute(self.study.artifacts)),
@@ -208,6 +210,27 @@ def unused_range(cfg: StudyConfig) -> str | None:
     return None
 
 
+UNUSED_BY = {"median": ("min_resource", "reduction_factor"), "none": ("n_startup_trials", "n_warmup_steps", "min_resource",
+              "reduction_factor"), "hyperband": ("n_startup_trials", "n_warmup_steps"),
+             "successive_halving": ("n_startup_trials", "n_warmup_steps")}
+
+
+def unused_settings(cfg: StudyConfig, derived: set[str]) -> list[str]:
+    """A sentence per setting given a value that the chosen pruner, sampler or optimizer does not use
+    (``derived``: the keys the study file left to "auto", see ``StudyConfig.derived``)."""
+    p, s, default = cfg.pruner, cfg.study, StudyConfig()
+    notes = [f"pruner.{k} = {getattr(p, k)!r} is not used by pruner.kind = {p.kind!r}" for k in UNUSED_BY[p.kind]
+             if getattr(p, k) != getattr(default.pruner, k) and f"pruner.{k}" not in derived]
+    if s.sampler != "grid" and s.grid_points != default.study.grid_points:
+        notes.append(f"study.grid_points = {s.grid_points} is not used by study.sampler = {s.sampler!r}")
+    if s.sampler != "tpe" and s.n_startup_trials != default.study.n_startup_trials:
+        notes.append(f"study.n_startup_trials = {s.n_startup_trials} is not used by study.sampler = {s.sampler!r} (it is TPE's)")
+    if cfg.train.optimizer == "adamw" and cfg.train.weight_decay == 0:
+        notes.append('train.optimizer = "adamw" with train.weight_decay = 0 is Adam: set train.weight_decay, e.g. '
+                     "--set train.weight_decay=0.01 (torch's AdamW default)")
+    return notes
+
+
 def absolute(root: str) -> str:
     return str(Path(root).expanduser().absolute()) if root else root
 
@@ -245,7 +268,8 @@ def apply_override(raw: dict, item: str) -> None:
         raise UserError(f"--set {item}: unknown section [{section}]; known sections: {', '.join(SECTIONS)}")
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
     if name not in fields:
-        raise UserError(f"--set {item}: unknown key {section}.{name}; known keys of [{section}]: {', '.join(fields)}")
+        raise UserError(f"--set {item}: unknown key {section}.{name}{elsewhere(name, section)}; known keys of [{section}]: "
+                        f"{', '.join(fields)}")
     if isinstance(fields[name].default, str) and not isinstance(value, str) and f"{section}.{name}" not in AUTO_KEYS:
         value = text.strip()  # a class named 9, a study named 2024: the text as given, not a number
     if not isinstance(raw.get(section, {}), dict):
@@ -256,6 +280,9 @@ def apply_override(raw: dict, item: str) -> None:
 def from_dict(raw: dict[str, Any], source: str = "study file") -> StudyConfig:
     """Build and validate a StudyConfig from parsed TOML (or a stored ``to_dict()``)."""
     for section in raw:
+        if section not in SECTIONS and not isinstance(raw[section], dict):  # a key above the first [section]
+            raise UserError(f"{section} in {source} comes before any [section] line{elsewhere(section)}; move it under "
+                            "its section")
         if section not in SECTIONS:
             raise UserError(f"unknown section [{section}] in {source}; known sections: {', '.join(SECTIONS)}")
     sections = {}
@@ -269,12 +296,21 @@ def from_dict(raw: dict[str, Any], source: str = "study file") -> StudyConfig:
     return cfg
 
 
+def elsewhere(key: str, section: str | None = None) -> str:
+    """Where a key of that name lives, for an error about one put in the wrong place ("" if nowhere)."""
+    homes = [f"{s}.{key}" for s, factory in SECTIONS.items() if s != section and key in {f.name for f in dataclasses.fields(factory)}]
+    if key in SECTIONS:
+        return f" ([{key}] is a section of its own)"
+    return f" ({' and '.join(homes)} {'is the key' if len(homes) == 1 else 'are the keys'} of that name)" if homes else ""
+
+
 def _build(cls, section: str, values: dict, source: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            raise UserError(f"unknown key {section}.{key} in {source}; known keys of [{section}]: {', '.join(known)}")
+            raise UserError(f"unknown key {section}.{key} in {source}{elsewhere(key, section)}; known keys of [{section}]: "
+                            f"{', '.join(known)}")
         kwargs[key] = _coerce(f"{section}.{key}", value, known[key].default)
     return cls(**kwargs)
 
