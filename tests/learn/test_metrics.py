@@ -366,6 +366,18 @@ def test_recall_rule_on_one_of_many_classes_is_the_highest_cut_that_keeps_its_re
     higher = ratio[ratio > t[2]]
     if len(higher):  # the next cut up loses the target
         assert ((ratio >= higher.min() + 1e-12) & (y == 2)).sum() / (y == 2).sum() < target
+    if (ratio < t[2]).any():  # halfway on the log scale between the last ratio taken and the next one down
+        assert t[2] == pytest.approx(np.sqrt(ratio[ratio >= t[2]].min() * ratio[ratio < t[2]].max()), rel=1e-12)
+
+
+def test_a_cut_on_a_ratio_lies_halfway_on_its_log_scale():
+    ratio, pos = np.array([300.0, 154.0, 15.6, 0.2]), np.array([True, True, True, False])
+    # recall>=0.6 keeps 2 of the 3: the cut lies between 154 and 15.6, not next to 154 as their mean would
+    assert choose_threshold(ratio, pos, "recall>=0.6", ratio=True) == pytest.approx(np.sqrt(154 * 15.6))
+    assert choose_threshold(ratio, pos, "recall>=0.6") == pytest.approx((154 + 15.6) / 2)
+    assert choose_threshold(ratio, pos, "recall>=1", ratio=True) == pytest.approx(np.sqrt(15.6 * 0.2))
+    odd = np.array([True, False, True])  # the last positive is the lowest score: half of it, as on a probability
+    assert choose_threshold(ratio[:3], odd, "recall>=1", ratio=True) == pytest.approx(15.6 / 2)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -50,7 +50,7 @@ def misses_allowed(n: int, target: float) -> int:
     return int(n * (1 - target) + 1e-9)  # 10 * (1 - 0.9) is 0.99999... in floating point
 
 
-def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> float:
+def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str, ratio: bool = False) -> float:
     """The decision threshold (predict positive when score >= it) that the rule picks on these scores.
 
     - ``balanced_accuracy``: the positive class's share of these images. On calibrated probabilities
@@ -61,7 +61,10 @@ def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> floa
     - ``recall>=X``: the highest that keeps the recall of the positive class at or above X.
     For these two, tied scores are decided together and the threshold lies halfway between the lowest
     score taken as positive and the next lower score (or 0), so that new images a little below the
-    last positive still count. Scores with no positives or no negatives give 0.5.
+    last positive still count; ``ratio``: the scores are ratios of probabilities (0 to infinity), and
+    halfway is on their log scale (the log-odds with two classes), since halfway on the ratio itself
+    would sit next to the last positive when it is far above the next image (154 and 15.6 gave 85).
+    Scores with no positives or no negatives give 0.5.
     """
     target = check_operating_point(rule)
     pos = np.asarray(positive, dtype=bool)
@@ -81,6 +84,8 @@ def choose_threshold(score: np.ndarray, positive: np.ndarray, rule: str) -> floa
     else:
         k = int(np.argmax(2 * tp / (n_pos + tp + fp)))
     below = s[last[k] + 1] if last[k] + 1 < len(s) else 0.0
+    if ratio and below > 0:
+        return float(np.sqrt(s[last[k]] * below))
     return float((s[last[k]] + below) / 2)
 
 
@@ -116,13 +121,14 @@ def focus_thresholds(p: np.ndarray, y: np.ndarray, rule: str, focus: int) -> lis
     """Per-class thresholds for C > 2 classes that put the ``f1`` or ``recall>=X`` rule on one class
     (``focus``, the class to detect): the others get 1, so the argmax decides among them, and the
     focus class wins when its probability divided by the largest other one reaches its threshold,
-    chosen by the rule on that ratio as ``choose_threshold`` chooses on a binary score. With two
-    classes the ratio is p / (1 - p), so this is the binary rule."""
+    chosen by the rule on that ratio as ``choose_threshold`` chooses on a binary score, halfway on the
+    ratio's log scale. With two classes the ratio is the odds p / (1 - p): the same ranking as the
+    binary rule, with the cut halfway in log-odds rather than in probability."""
     q = np.asarray(p, dtype=np.float64)
     rival = np.delete(q, focus, axis=1).max(axis=1)
     ratio = q[:, focus] / np.clip(rival, 1e-300, None)
     t = [1.0] * q.shape[1]
-    t[focus] = choose_threshold(ratio, np.asarray(y) == focus, rule)
+    t[focus] = choose_threshold(ratio, np.asarray(y) == focus, rule, ratio=True)
     return t
 
 
