@@ -169,6 +169,8 @@ def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screeni
     assert "threshold" in proc.stdout and "on p(eight) / the largest other class's probability" in proc.stdout
     assert ": average_precision (macro over the 4 classes) " in proc.stdout  # not the AP of 'eight'
     assert "recall of 'eight'" in proc.stdout
+    # its own AP beside the macro one, on the test split (by its probability)
+    assert ", AP of 'eight' " in proc.stdout and 0 <= best["final"]["class_average_precision"] <= 1
     # status and export give each trial's cut for 'eight' and say what it cuts
     status = json.loads(cli("status", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert status["threshold_of"] == "on p(eight) / the largest other class's probability"

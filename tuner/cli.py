@@ -392,7 +392,8 @@ def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | N
                   f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}"
                   + (f" (rows true, columns predicted: {', '.join(map(repr, classes))})" if classes else ""))
     else:
-        detect = f", recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
+        own = f", AP of {positive!r} {t['class_average_precision']:.4f}" if "class_average_precision" in t else ""  # older checks lack it
+        detect = f"{own}, recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
         # each model's own thresholds: the final model's are the ones predict uses
         cuts = "" if not classes or not t.get("class_thresholds") else (
             f" at threshold {cut_text(t['class_thresholds'][classes.index(positive)])} on p({positive}) / the largest other"

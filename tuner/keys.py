@@ -11,6 +11,7 @@ BALANCED_ACCURACY = "balanced_accuracy"  # at the trial's operating point
 MACRO_F1 = "macro_f1"
 RECALL = "recall"  # of the positive class, at the threshold
 PRECISION = "precision"
+CLASS_AVERAGE_PRECISION = "class_average_precision"  # C > 2, of the class to detect, by its probability
 BALANCED_ACCURACY_HALF = "balanced_accuracy@0.5"  # at the naive cut 0.5, for comparison
 MACRO_F1_HALF = "macro_f1@0.5"
 THRESHOLD = "threshold"  # on the calibrated probability of the positive class

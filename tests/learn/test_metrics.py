@@ -406,6 +406,7 @@ def test_scores_with_a_class_to_detect_report_its_recall_and_precision_and_keep_
     assert got["recall"] == pytest.approx(skm.recall_score(y == 2, pred == 2), abs=TOL) and got["recall"] >= 0.9
     assert got["precision"] == pytest.approx(skm.precision_score(y == 2, pred == 2), abs=TOL)
     assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=TOL)
+    assert got["class_average_precision"] == pytest.approx(skm.average_precision_score(y == 2, p[:, 2]), abs=TOL)
     plain = scores(torch.from_numpy(p), torch.from_numpy(y), "recall>=0.9")  # no class named: the argmax, as before
     assert "class_thresholds" not in plain and "recall" not in plain
     assert scores(torch.from_numpy(p), torch.from_numpy(y), "balanced_accuracy", focus=2)["class_thresholds"] == \

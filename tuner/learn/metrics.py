@@ -182,8 +182,8 @@ def scores(probs: torch.Tensor, targets: torch.Tensor, threshold: str | float = 
             keys.BALANCED_ACCURACY: balanced_accuracy(y, pred),
             keys.MACRO_F1: macro_f1(y, pred),
         }
-        if focus is not None:
-            out.update(recall_precision(y, pred, focus))
+        if focus is not None:  # macro AP weighs every class alike: the class to detect gets its own too
+            out.update(recall_precision(y, pred, focus), **{keys.CLASS_AVERAGE_PRECISION: average_precision(y == focus, p[:, focus])})
         if isinstance(t, (list, tuple)):
             out[keys.CLASS_THRESHOLDS] = list(t)
     out[keys.ECE] = expected_calibration_error(p, y)

@@ -86,7 +86,8 @@ def build_report(study: optuna.Study, out: Path, cfg: StudyConfig | None = None)
             test_note = (f"{name} on the test split ({len(data.test_y)} images, {made}), {decisions_words(cfg, s, data.classes)}: "
                          f"macro average precision {s['average_precision']:.4f}, balanced accuracy {s['balanced_accuracy']:.4f}, "
                          f"macro-F1 {s['macro_f1']:.4f}"
-                         + (f", recall of {data.classes[focus]!r} {s['recall']:.4f}, precision {s['precision']:.4f}" if focus is not None else "")
+                         + (f", AP of {data.classes[focus]!r} {s['class_average_precision']:.4f}, recall of {data.classes[focus]!r} "
+                            f"{s['recall']:.4f}, precision {s['precision']:.4f}" if focus is not None else "")
                          + f"; expected calibration error (top label) {s['ece']:.4f} before and "
                          f"{s['ece_calibrated']:.4f} after the temperature {temperature:.3f}.")
         test_sections = [("Test confusion matrix", _save(out, "confusion.png", confusion_plot(s["confusion_matrix"], data.classes)), ""),
