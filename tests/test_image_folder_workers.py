@@ -265,3 +265,16 @@ def test_a_new_study_reads_its_images_once(tmp_path, cli, monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("note: skipped 1 unreadable image under") == 1, proc.stderr
     assert len(loads) == 1  # it loaded them a second time, with the settings as stored
+
+
+def test_the_workers_start_study_spawns_do_not_repeat_its_notes_on_the_images(tmp_path):
+    write_images(tmp_path / "images")
+    (tmp_path / "images" / "train" / "normal" / "torn.png").write_bytes(b"not a png")
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    proc = tuner("start-study", str(study_file), "--set", "data.kind=imagefolder", "--set", "data.root=images",
+                 "--set", "data.image_size=8", "--set", "data.max_bad_fraction=0.1", "--set", "study.reference_trials=false",
+                 "--workers", "2", cwd=tmp_path, env={"PYTHONWARNINGS": ""})  # notes come from warnings: as a user runs it
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("skipped 1 unreadable image under") == 1, proc.stderr  # the driver's; each worker said it again
+    joined = tuner("worker", "--max-trials", "1", cwd=tmp_path, env={"PYTHONWARNINGS": ""})  # one of its own says it
+    assert "skipped 1 unreadable image under" in joined.stderr, joined.stderr

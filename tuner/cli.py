@@ -453,7 +453,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
         os.dup2(log, 1)
         os.dup2(log, 2)
     run_worker(_url(None), go["study_name"], go["index"], device, threads, data_root=go["data_root"] or None,
-               artifacts=go["artifacts"] or None)
+               artifacts=go["artifacts"] or None, quiet_data=True)
 
 
 @app.command("status", short_help="The study's trials as a table (or --json).")

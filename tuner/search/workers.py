@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 import zlib
 
 import torch
@@ -68,10 +69,12 @@ def default_index() -> int:
 
 def run_worker(url: str, name: str, index: int | None = None, device: str | None = None,
                threads: int | None = None, max_trials: int | None = None, data_root: str | None = None,
-               artifacts: str | None = None) -> int:
+               artifacts: str | None = None, quiet_data: bool = False) -> int:
     """Run trials of study ``name`` until it is full (or ``max_trials`` ran); returns trials run.
     ``data_root``: this machine's copy of an image-folder study's images, if not at the stored root;
-    ``artifacts``: this machine's folder for checkpoints and model files, if not the stored one."""
+    ``artifacts``: this machine's folder for checkpoints and model files, if not the stored one;
+    ``quiet_data``: no notes on the images (skipped, loose): the start-study that spawned this
+    worker read the same images and gave them once."""
     index = default_index() if index is None else index
     if threads:
         torch.set_num_threads(threads)
@@ -80,7 +83,10 @@ def run_worker(url: str, name: str, index: int | None = None, device: str | None
     say = lambda msg: log(f"[worker {index}] {msg}")  # noqa: E731
     w = Worker(study, storage, cfg, index, DbRetry(cfg.study.db_retry_s, f"worker {index}", say), say, stop_on_signals(),
                study.user_attrs.get(keys.STUDY_KEY))
-    data = load_data(cfg.data, seed=cfg.study.seed)
+    with warnings.catch_warnings():
+        if quiet_data:
+            warnings.simplefilter("ignore", UserWarning)
+        data = load_data(cfg.data, seed=cfg.study.seed)
     check_same_images(study, data.fingerprints, cfg.data.root, parts=("train",))
     dev = pick_device(device or cfg.train.device)
     if dev.type == "cuda" and dev.index is None:  # one card per worker, round robin
