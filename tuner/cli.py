@@ -459,7 +459,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, worker, note."""
-    from tuner.show.progress import cut_text, failed_words
+    from tuner.show.progress import counts_words, cut_text
     from tuner.show.summary import status_rows, threshold_rule
     from tuner.search.study import counts
 
@@ -479,7 +479,7 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
                       fmt(r["duration_s"], ".1f"),
                       r["worker"] or "-", str(r["note"]))
     out().print(table)
-    out().print(f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['RUNNING']} running, {c['WAITING']} waiting, {failed_words(c)}")
+    out().print(counts_words(c, every=True))
     if cut:
         out().print(f"threshold: {cut}")
 

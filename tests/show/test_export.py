@@ -355,7 +355,8 @@ def test_status_and_export_show_what_each_trial_trains_with(tmp_path, cli):
     for got in (status, rows):
         assert [(r["state"], r["gamma"], r["beta"]) for r in got] == [("COMPLETE", 0.0, None), ("WAITING", 2.0, pytest.approx(0.999))]
     assert shown_params(study.trials[0]) == {"gamma": 0.0}
-    assert "4.00e-05" in cli("status", "--storage", url, cwd=tmp_path).stdout
+    table = cli("status", "--storage", url, cwd=tmp_path).stdout
+    assert "4.00e-05" in table and "1 complete, 0 pruned, 0 running, 1 waiting, 0 failed" in table  # every state, zeros too
 
 
 def test_best_says_what_is_not_checked_yet_and_keeps_what_save_model_chose(folder, tmp_path, cli):

@@ -64,9 +64,10 @@ def failed_words(c: dict[str, int]) -> str:
     return f"{c['FAIL'] - again} failed" + (f", {again} queued again to resume" if again else "")
 
 
-def counts_words(c: dict[str, int]) -> str:
-    """E.g. "4 complete, 8 pruned, 1 running, 0 failed": running and waiting trials when there are any."""
-    busy = "".join(f", {c[k]} {k.lower()}" for k in ("RUNNING", "WAITING") if c.get(k))
+def counts_words(c: dict[str, int], every: bool = False) -> str:
+    """E.g. "4 complete, 8 pruned, 1 running, 0 failed": running and waiting trials when there are
+    any (``every``: always, as the status table's line has them)."""
+    busy = "".join(f", {c.get(k, 0)} {k.lower()}" for k in ("RUNNING", "WAITING") if every or c.get(k))
     return f"{c['COMPLETE']} complete, {c['PRUNED']} pruned{busy}, {failed_words(c)}"
 
 
