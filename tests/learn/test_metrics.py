@@ -322,6 +322,16 @@ def test_paired_bootstrap_difference_is_that_of_the_scores_on_all_images(classes
     assert got["average_precision"] > 0 and got["average_precision_std"] > 0 and got["balanced_accuracy_std"] > 0
 
 
+def test_paired_bootstrap_with_a_class_to_detect_adds_that_class_s_own_ap_difference():
+    y, a, b = noisy_pair(300, classes=4, seed=2)
+    got = paired_bootstrap(y, a, b, resamples=50, focus=3)
+    own = skm.average_precision_score(y == 3, a[0][:, 3]) - skm.average_precision_score(y == 3, b[0][:, 3])
+    assert got["class_average_precision"] == pytest.approx(own, abs=TOL)
+    assert got["class_average_precision"] != pytest.approx(got["average_precision"], abs=1e-3)  # not the macro AP again
+    assert got["class_average_precision_std"] > 0
+    assert "class_average_precision" not in paired_bootstrap(y, a, b, resamples=5)
+
+
 def test_paired_bootstrap_of_a_model_with_itself_is_zero():
     y, a, _ = noisy_pair(200)
     got = paired_bootstrap(y, a, a, resamples=50)

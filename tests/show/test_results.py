@@ -10,7 +10,8 @@ from tuner.show.summary import final_test, notes_on_test
 SPACE = {"gamma": FloatDistribution(0.0, 5.0), "alpha": FloatDistribution(0.05, 0.95)}
 
 
-def study_with(tmp_path, best_test, refs_test):
+def study_with(tmp_path, best_test, refs_test, classes=None, positive=None):
+    tmp_path.mkdir(exist_ok=True)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", study_name="s", direction="maximize")
     for value, params, label in ((0.90, {"gamma": 0.0, "alpha": 0.5}, "cross-entropy"),
                                  (0.91, {"gamma": 2.0, "alpha": 0.25}, "focal default"),
@@ -19,7 +20,9 @@ def study_with(tmp_path, best_test, refs_test):
         study.add_trial(optuna.trial.create_trial(params=params, distributions=SPACE, value=value, user_attrs=attrs))
     study.set_user_attr(keys.BEST_TEST, best_test)
     study.set_user_attr(keys.REFERENCES_TEST, refs_test)
-    study.set_user_attr(keys.CONFIG, from_dict({"data": {"kind": "synthetic"}}).to_dict())  # the final model: the default mean
+    study.set_user_attr(keys.CONFIG, from_dict({"data": {"kind": "synthetic", "positive_class": positive or ""}}).to_dict())
+    if classes:
+        study.set_user_attr(keys.DATA, {"classes": classes})
     return study
 
 
@@ -102,3 +105,20 @@ def test_the_final_model_is_described_by_the_trials_it_averages(tmp_path):
         cfg, [searched, ref0, ref1])
     assert "(the 2 reference trials)" in final_words(cfg, [ref1, ref0])  # no searched trial finished
     assert "(the best searched trial and" not in final_words(cfg, [searched]) and "the best trial's model" in final_words(cfg, [searched])
+
+
+def test_the_ap_in_a_verdict_is_named_by_class_and_with_a_class_to_detect_is_its_own(tmp_path):
+    best = {"trial": 2, "average_precision": 0.95, "balanced_accuracy": 0.97}
+    ref = gap({"trial": 0, "average_precision": 0.99, "balanced_accuracy": 0.96}, best, 0.004)
+    two = notes_on_test(study_with(tmp_path / "a", best, [ref], classes=["common", "rare"], positive="rare"))
+    assert "AP of 'rare' 0.9900 for the reference against 0.9500" in two[0]
+    three = ["a", "b", "rare"]
+    assert "macro AP 0.9900" in notes_on_test(study_with(tmp_path / "b", best, [ref], classes=three))[0]
+    # the class to detect: its own AP decides (a clear loss on it), though the macro AP is a clear win
+    best = {**best, "class_average_precision": 0.90}
+    ref = {"trial": 0, "average_precision": 0.90, "balanced_accuracy": 0.97, "class_average_precision": 0.98}
+    ref["against_final"] = {"average_precision": -0.05, "average_precision_std": 0.004, "balanced_accuracy": 0.0,
+                            "balanced_accuracy_std": 0.004, "class_average_precision": 0.08, "class_average_precision_std": 0.004}
+    notes = notes_on_test(study_with(tmp_path / "c", best, [ref], classes=three, positive="rare"))
+    assert notes[0].startswith("On the test split reference trial 0 (cross-entropy) scored higher than the best trial 2: "
+                               "AP of 'rare' 0.9800 for the reference against 0.9000 for the best trial")

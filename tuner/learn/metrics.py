@@ -199,25 +199,33 @@ def recall_precision(y: np.ndarray, pred: np.ndarray, c: int) -> dict[str, float
 
 
 def paired_bootstrap(y: np.ndarray, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                     resamples: int = 400, seed: int = 0) -> dict[str, float]:
+                     resamples: int = 400, seed: int = 0, focus: int | None = None) -> dict[str, float]:
     """How far apart two models are on the same images, and how much of that the images alone could
     make: the difference a - b in average precision and in balanced accuracy, and the standard
     deviation of each difference over bootstrap resamples of the images (each class resampled within
     itself, so every resample keeps the class counts). ``a``, ``b``: each model's probabilities (as
-    ``scores`` takes them) and decisions. With a few dozen rare images, a difference under about twice
-    its standard deviation is the luck of which images were drawn, not a better model."""
+    ``scores`` takes them) and decisions; ``focus``: a class to detect among more than two, whose own
+    AP difference is added (``class_average_precision``). With a few dozen rare images, a difference
+    under about twice its standard deviation is the luck of which images were drawn, not a better model."""
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
 
-    def differences(idx: np.ndarray) -> tuple[float, float]:
-        (pa, da), (pb, db), yy = (a[0][idx], a[1][idx]), (b[0][idx], b[1][idx]), y[idx]
-        return (_ap(pa, yy) - _ap(pb, yy), balanced_accuracy(yy, da) - balanced_accuracy(yy, db))
+    names = [keys.AVERAGE_PRECISION, keys.BALANCED_ACCURACY] + ([keys.CLASS_AVERAGE_PRECISION] if focus is not None else [])
 
-    ap, ba = differences(np.arange(len(y)))
+    def differences(idx: np.ndarray) -> list[float]:
+        (pa, da), (pb, db), yy = (a[0][idx], a[1][idx]), (b[0][idx], b[1][idx]), y[idx]
+        out = [_ap(pa, yy) - _ap(pb, yy), balanced_accuracy(yy, da) - balanced_accuracy(yy, db)]
+        if focus is not None:
+            out.append(average_precision(yy == focus, pa[:, focus]) - average_precision(yy == focus, pb[:, focus]))
+        return out
+
+    whole = differences(np.arange(len(y)))
     draws = np.array([differences(np.concatenate([rng.choice(i, len(i)) for i in by_class])) for _ in range(resamples)])
-    return {keys.AVERAGE_PRECISION: ap, keys.AVERAGE_PRECISION + "_std": float(draws[:, 0].std()),
-            keys.BALANCED_ACCURACY: ba, keys.BALANCED_ACCURACY + "_std": float(draws[:, 1].std())}
+    out = {}
+    for i, k in enumerate(names):
+        out |= {k: whole[i], k + "_std": float(draws[:, i].std())}
+    return out
 
 
 def _ap(p: np.ndarray, y: np.ndarray) -> float:

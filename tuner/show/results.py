@@ -145,7 +145,7 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
             if t.number not in loaded:
                 loaded[t.number] = trial_model(study, cfg, t, data, retrain)
             ref, outputs = check_on_test(*loaded[t.number], data, focus)
-            refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs)})
+            refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs, focus=focus)})
     study.set_user_attr(keys.BEST_TEST, out)
     study.set_user_attr(keys.FINAL_TEST, final)
     study.set_user_attr(keys.REFERENCES_TEST, refs)

@@ -136,7 +136,8 @@ def notes_on_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] |
     best = study.user_attrs.get(keys.BEST_TEST)
     if not best or best.get("trial") != best_trial(study).number:  # none yet, or of an earlier best trial
         return []
-    members = final_members(study, stored_config(study)) if members is None else members
+    cfg = stored_config(study)
+    members = final_members(study, cfg) if members is None else members
     if stale := stale_test(study, members):  # its comparisons with the references were of that model
         return [stale]
     final = final_test(study, members)
@@ -145,12 +146,18 @@ def notes_on_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] |
     else:
         final, ours, short = best, f"the best trial {best['trial']}", "the best trial"
     labels = {t.number: t.user_attrs.get(keys.REFERENCE) for t in study.get_trials(deepcopy=False)}
+    classes = study.user_attrs.get(keys.DATA, {}).get("classes") or []
+    positive = cfg.data.positive_class
     notes = []
     for ref in study.user_attrs.get(keys.REFERENCES_TEST, []):
         gap = ref.get("against_final", {})  # checks stored before the bootstrap have none
         who = f"reference trial {ref['trial']} ({labels.get(ref['trial'])})"
         said, real = {}, {}
-        for k, name in ((keys.AVERAGE_PRECISION, "AP"), (keys.BALANCED_ACCURACY, "balanced accuracy")):
+        # the AP of the class to detect where it is known (checks stored before it have only the macro AP)
+        ap = ((keys.CLASS_AVERAGE_PRECISION, f"AP of {positive!r}") if keys.CLASS_AVERAGE_PRECISION + "_std" in gap
+              else (keys.AVERAGE_PRECISION, f"AP of {positive!r}" if len(classes) == 2 and positive else
+                    "macro AP" if len(classes) > 2 else "AP"))
+        for k, name in (ap, (keys.BALANCED_ACCURACY, "balanced accuracy")):
             std = gap.get(k + "_std")
             real[k] = std is None or abs(ref[k] - final[k]) > 2 * std
             said[k] = (f"{name} {ref[k]:.4f} for the reference against {final[k]:.4f} for {short}"
