@@ -84,7 +84,7 @@ def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_o
     folder, proc = finished
     assert "best trial" in proc.stdout and "test set" in proc.stdout and "balanced accuracy" in proc.stdout
     complete = [t for t in load(folder).trials if t.state == TrialState.COMPLETE]
-    final = re.search(r"  the final model \(the mean of trials \d+(, \d+)+\): AP [0-9.]+, balanced accuracy", proc.stdout)
+    final = re.search(r"  the final model \(the mean of trials \d+(, \d+)+\): AP of 'rare' [0-9.]+, balanced accuracy", proc.stdout)
     assert final and len(complete) >= 2  # the pruner never stops a reference trial, so there is always a mean
     assert re.search(r"positive class 'rare': \d+ of \d+ training images \(train and val\); operating point: balanced_accuracy", proc.stderr)
     assert "finished (" not in proc.stdout and "[worker" not in proc.stdout and "positive class" not in proc.stdout
@@ -92,7 +92,7 @@ def test_driver_prints_best_trial_with_test_metrics_on_stdout_and_its_progress_o
     best = load(folder).best_trial
     threshold = best.user_attrs["threshold"]
     assert f"threshold {threshold:.4f} on the calibrated probability of 'rare'" in proc.stdout
-    assert re.search(rf"best trial {best.number}: AP [0-9.]+, balanced accuracy [0-9.]+, recall of 'rare' [0-9.]+, "
+    assert re.search(rf"best trial {best.number}: AP of 'rare' [0-9.]+, balanced accuracy [0-9.]+, recall of 'rare' [0-9.]+, "
                      rf"precision [0-9.]+ at threshold {threshold:.4f}", proc.stdout)
     assert re.search(r"confusion \[\[\d+, \d+\], \[\d+, \d+\]\] \(rows true, columns predicted: 'background', 'rare'\)$", proc.stdout, re.M)
 

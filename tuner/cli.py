@@ -221,11 +221,12 @@ def start_study(
             raise typer.Exit(143 if isinstance(e, Terminated) else 130)
     if code != 0:
         raise UserError(launch.failure(procs, progress.first_worker, logs))
+    from tuner.show.best_text import best_lines
     from tuner.show.results import evaluate_best_on_test
     from tuner.show.summary import best_summary
 
     evaluate_best_on_test(study, cfg, data, retrain=True)
-    _print_best(best_summary(study, cfg))
+    print("\n".join(best_lines(best_summary(study, cfg))))
 
 
 def _data_settings(url: str, name: str, cfg):
@@ -301,107 +302,6 @@ def _check_device(device: str | None) -> None:
         from tuner.learn.train import pick_device
 
         pick_device(device)
-
-
-def _print_best(s: dict) -> None:
-    from tuner.show.progress import counts_words
-    from tuner.show.summary import NOT_CHOSEN, metric_words
-
-    print(counts_words(s["counts"]))
-    print(f"best trial {s['trial']}: {metric_words(s['metric'], s['classes'], s['positive_class'])} {s['value']:.4f} "
-          f"with {_params(s['params'], s['unweighted'])}")
-    if s["alpha_per_class"] and (s["alpha_mode"] == "class_balanced" or len(s["classes"] or []) > 2):  # whom alpha weights
-        print("  class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in s["alpha_per_class"].items()))
-    mean = len(s["final_trials"]) > 1  # the final model then has its own threshold: predict uses that one
-    _print_decision("its " if mean else "", s, s, "on validation")
-    if s["validation"].get("fold_spread") is not None:
-        print(f"  fold spread of {s['metric']}: {s['validation']['fold_spread']:.4f}")
-    print(f"  final model: {s['final_model']}")
-    if s["final_decision"]:
-        _print_decision("the final model's ", s["final_decision"], s, "on its trials' averaged validation predictions",
-                        "; predict uses it")
-    elif mean:
-        print(f"  {NOT_CHOSEN}")
-    for r in s["references"]:
-        value = "-" if r["value"] is None else f"{r['value']:.4f}"
-        print(f"  reference trial {r['trial']} ({r['label']}): {value}, {r['state'].lower()}")
-    for note in s["notes"]:
-        print(f"  note: {note}")
-    if s["test"]:
-        print(f"test set, {s['test']['n']} images ({_sources(s)}):")
-        _print_test(f"best trial {s['trial']}", s["test"], s["positive_class"], s["classes"])
-        if s["final"]:
-            from tuner.show.summary import final_label
-
-            _print_test(final_label(s["final"]["trials"]), s["final"], s["positive_class"], s["classes"])
-        for r in s["references"]:
-            if r["test"] and r["trial"] != s["trial"]:
-                _print_test(f"reference trial {r['trial']}", r["test"], s["positive_class"], s["classes"])
-        for note in s["test_notes"]:
-            print(f"  note: {note}")
-    elif s["test_split"]:
-        before = "" if s["earlier_test"] is None else f" (the stored one is of trial {s['earlier_test']}, the best trial then)"
-        print(f"no test check of these trials yet{before}: start-study makes it when its run ends, tuner best --retrain now")
-    else:
-        print("no test check: the image folder has no test/ split, so every value above is out-of-fold or validation; "
-              "put the class folders in data.root/train/ and test images in data.root/test/<class>/ to check the models "
-              "on images no trial chose on")
-
-
-def _print_decision(whose: str, d: dict, s: dict, where: str, then: str = "") -> None:
-    """How a model decides (``d``: its threshold, class_thresholds and temperature), in one line."""
-    from tuner.show.progress import cut_text
-
-    if d["threshold"] is not None:
-        print(f"  {whose}threshold {cut_text(d['threshold'])} on the calibrated probability of {s['positive_class']!r} "
-              f"(chosen {where} for {s['operating_point']}; temperature {d['temperature']:.3f}){then}")
-    if d.get("class_thresholds") and s["positive_class"]:
-        print(f"  {whose}threshold {cut_text(d['class_thresholds'][s['positive_class']])} on p({s['positive_class']}) / the largest "
-              f"other class's probability (chosen {where} for {s['operating_point']}; below it, the most probable "
-              f"other class; temperature {d['temperature']:.3f}){then}")
-    elif d.get("class_thresholds"):
-        print(f"  {whose}per-class thresholds (the class with the largest calibrated probability / threshold wins; chosen "
-              f"{where} for {s['operating_point']}; temperature {d['temperature']:.3f}): "
-              + ", ".join(f"{k} {cut_text(v)}" for k, v in d["class_thresholds"].items()) + then)
-
-
-def _sources(s: dict) -> str:
-    """Where the test check's models came from; the final model's "retrained" means one of its members was."""
-    found = {s["test"]["source"]} | {r["test"]["source"] for r in s["references"] if r["test"]}
-    if s["final"]:
-        found.add(s["final"]["source"])
-    if found == {"checkpoint"}:
-        return "each trial's model as its worker saved it"
-    if found == {"retrained"}:
-        return "each trial's model retrained with its parameters and seed"
-    return "the models as their workers saved them; those whose files were not here retrained with their parameters and seed"
-
-
-def _params(p: dict, unweighted: bool) -> str:
-    from tuner.search.study import describe_params
-
-    return describe_params(p, unweighted).replace("=", " ")
-
-
-def _print_test(name: str, t: dict, positive: str | None, classes: list[str] | None) -> None:
-    from tuner.show.progress import cut_text
-
-    if "threshold" in t:
-        print(f"  {name}: AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f} at threshold {cut_text(t['threshold'])}; "
-                  f"ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated; confusion {t['confusion_matrix']}"
-                  + (f" (rows true, columns predicted: {', '.join(map(repr, classes))})" if classes else ""))
-    else:
-        own = f", AP of {positive!r} {t['class_average_precision']:.4f}" if "class_average_precision" in t else ""  # older checks lack it
-        detect = f"{own}, recall of {positive!r} {t['recall']:.4f}, precision {t['precision']:.4f}" if positive and "recall" in t else ""
-        # each model's own thresholds: the final model's are the ones predict uses
-        cuts = "" if not classes or not t.get("class_thresholds") else (
-            f" at threshold {cut_text(t['class_thresholds'][classes.index(positive)])} on p({positive}) / the largest other"
-            if positive in classes else f" at thresholds {', '.join(f'{c} {cut_text(v)}' for c, v in zip(classes, t['class_thresholds']))}")
-        confusion = (f"; confusion {t['confusion_matrix']} (rows true, columns predicted: {', '.join(map(repr, classes))})"
-                     if classes and "confusion_matrix" in t else "")
-        print(f"  {name}: macro AP {t['average_precision']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}, "
-                  f"macro-F1 {t['macro_f1']:.4f}{detect}{cuts}; ECE {t['ece']:.4f} -> {t['ece_calibrated']:.4f} calibrated{confusion}")
 
 
 @app.command("worker", short_help="Join a study from any machine and run trials.")
@@ -565,7 +465,9 @@ def best(storage: Storage = None, study_name: StudyName = None,
     if as_json:
         print(json.dumps(summary))
     elif save_model is None:
-        _print_best(summary)
+        from tuner.show.best_text import best_lines
+
+        print("\n".join(best_lines(summary)))
     if save_model is not None:
         from tuner.show.export import save_best_model
 
@@ -574,16 +476,9 @@ def best(storage: Storage = None, study_name: StudyName = None,
 
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
         how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
-        print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {_cut_phrase(saved)}", file=sys.stderr)
+        from tuner.show.best_text import cut_phrase
 
-
-def _cut_phrase(saved: dict) -> str:
-    """Where a saved model decides, in words (``saved``: its .json settings)."""
-    from tuner.show.summary import decision_words
-
-    cut = saved["threshold"] if len(saved["classes"]) == 2 else saved["class_thresholds"]
-    return (decision_words(cut, saved["classes"], saved["positive_class"], saved["operating_point"])
-            + f", with the temperature {saved['temperature']:.3f}")
+        print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {cut_phrase(saved)}", file=sys.stderr)
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")
