@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 import warnings
 
@@ -11,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
 from tuner.learn.data import Splits, class_to_detect, decode_image, load_data, orient
-from tuner.search.config import DataConfig
+from tuner.search.config import DataConfig, apply_override
 from tuner.errors import UserError
 
 
@@ -506,3 +507,26 @@ def test_a_named_class_that_is_not_in_the_data_is_an_error_with_any_number_of_cl
         orient(labels, ["a", "b", "c"], labels, "cancer")
     got, classes = orient(labels, ["a", "b", "c"], labels, "b")  # more classes keep their labels
     assert (got == labels).all() and classes == ["a", "b", "c"]
+
+
+def suggested_set(message: str) -> str:
+    """The value of the ``--set`` argument an error suggests, read back as a shell would split the line."""
+    words = shlex.split(message.split("e.g. ", 1)[1])
+    assert words[0] == "--set" and len(words) == 2, words  # one argument: a space in a class name does not split it
+    return words[1]
+
+
+def test_a_suggested_positive_class_with_a_space_can_be_pasted_into_a_shell(tmp_path):
+    make_tree(tmp_path / "tie", {"Class A": 5, "Class B": 5})
+    with pytest.raises(UserError) as tie:
+        load_data(folder_cfg(tmp_path / "tie"), cache_dir=str(tmp_path / "c"))
+    raw = {}
+    apply_override(raw, suggested_set(str(tie.value)))  # as start-study reads --set
+    named = load_data(folder_cfg(tmp_path / "tie", **raw["data"]), cache_dir=str(tmp_path / "c"))
+    assert named.positive_class == "Class B" and named.classes == ["Class A", "Class B"]
+    for rule, mode in (("recall>=0.9", "auto"), ("balanced_accuracy", "rare")):  # a tie for the rarest of many
+        with pytest.raises(UserError) as many:
+            class_to_detect(["Dr. O'Neil's", "b", "c"], [5, 40, 5], "", rule, mode)
+        assert suggested_set(str(many.value)) == "data.positive_class=Dr. O'Neil's"
+    assert "--set data.positive_class=b" in str(pytest.raises(UserError, orient, np.array([0, 1]), ["a", "b"],
+                                                               np.array([0, 1]), "").value)  # a plain name stays unquoted

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import shlex
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -112,9 +113,15 @@ def orient(labels: np.ndarray, classes: list[str], train_labels: np.ndarray, pos
         counts = np.bincount(train_labels, minlength=2)
         if counts[0] == counts[1]:
             raise UserError(f"classes {classes[0]!r} and {classes[1]!r} both have {counts[0]} training images, so neither is "
-                            f"the rare one; set data.positive_class to the class to detect, e.g. --set data.positive_class={classes[1]}")
+                            f"the rare one; set data.positive_class to the class to detect, e.g. --set {set_class(classes[1])}")
         p = int(np.argmin(counts))
     return (labels == p).astype(np.int64), [classes[1 - p], classes[p]]
+
+
+def set_class(name: str) -> str:
+    """The argument of ``--set`` that names ``name`` as data.positive_class, quoted for a shell when
+    the folder name needs it (a space, a quote...), so the suggestion can be pasted as it is."""
+    return shlex.quote(f"data.positive_class={name}")
 
 
 def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str, alpha_mode: str = "auto") -> str | None:
@@ -138,14 +145,14 @@ def class_to_detect(classes: list[str], counts: list[int], named: str, rule: str
             raise UserError(f"classes {', '.join(map(repr, tied))} {'both' if len(tied) == 2 else 'all'} have {min(counts)} training images, so none is the rarest "
                             'that search.alpha_mode = "rare" weights with alpha; use search.alpha_mode = "class_balanced" (the '
                             'default with more than two classes), or an "f1" or "recall>=X" operating point with '
-                            f"data.positive_class naming the class, e.g. --set data.positive_class={tied[0]}")
+                            f"data.positive_class naming the class, e.g. --set {set_class(tied[0])}")
         return None
     if named:
         return named
     if len(tied) > 1:
         raise UserError(f"classes {', '.join(map(repr, tied))} {'both' if len(tied) == 2 else 'all'} have {min(counts)} training images, so none is the rare one "
                         f"that study.operating_point = {rule!r} is for; set data.positive_class to the class to detect, "
-                        f"e.g. --set data.positive_class={tied[0]}")
+                        f"e.g. --set {set_class(tied[0])}")
     return tied[0]
 
 
