@@ -316,3 +316,34 @@ def test_a_study_deleted_while_it_runs_stops_its_driver_and_workers_with_one_lin
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 2 and "Traceback" not in out, out
     assert "error: the study is no longer in the storage: it was deleted while this command ran" in out
+
+
+def test_a_closed_terminal_stops_the_workers_as_ctrl_c_does(tmp_path):
+    # SIGHUP (the terminal closed) reaches only the driver, as the workers run detached from the terminal:
+    # the driver must stop them too, not die and leave them training with no one to see or stop them.
+    study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
+    slower = ["--set", "data.n_samples=1200"]
+    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2", *slower],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "tuner.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # hang up while trials are early in their epochs
+        time.sleep(0.1)
+        if "smoke" in optuna.get_all_study_names(f"sqlite:///{db}"):
+            if any(t.state == TrialState.RUNNING and len(t.intermediate_values) <= 2 for t in load(tmp_path).trials):
+                break
+    else:
+        driver.kill()
+        pytest.fail("no trial was seen early in its epochs")
+    driver.send_signal(signal.SIGHUP)
+    out, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + signal.SIGHUP, out
+    assert out.splitlines()[-1].endswith(" stopped; run the same command again to resume"), out
+    assert "Traceback" not in out
+    stopped = load(tmp_path).trials
+    time.sleep(5)  # a worker left running would go on claiming and training trials
+    later = load(tmp_path).trials
+    assert [(t.number, t.state) for t in later] == [(t.number, t.state) for t in stopped]
+    assert TrialState.RUNNING not in [t.state for t in later]
+    assert any(t.user_attrs.get("stop_reason") == "interrupted" for t in later)

@@ -128,11 +128,13 @@ def start_study(
         check_study_name(study_name)
     _check_device(device)
     url, mode = _url(storage), "quiet" if quiet else "live" if sys.stderr.isatty() else "lines"
-    with Progress(mode, workers or None) as progress:
+    with Progress(mode, workers or None) as progress, stopped_by_sigterm():
         progress.step("starting workers")
         procs = launch.spawn(url, workers, device, mode) if workers else []
         try:
             progress.step("reading the study file and the data")
+            with signals_held():  # Ctrl-C inside torch's import aborts the process (pybind11): it waits for the import's end
+                import torch  # noqa: F401
             quiet_libraries()
             from tuner.search.config import load_config
             from tuner.learn.data import class_to_detect, load_data
@@ -158,8 +160,11 @@ def start_study(
             if c["FINISHED"] >= goal:
                 launch.discard(procs)  # nothing left to run
                 procs = []
-        except BaseException:
+        except BaseException as e:
             launch.discard(procs)
+            if isinstance(e, KeyboardInterrupt):
+                progress.say("stopped while starting, before any trial of this run: run the same command again to start")
+                raise typer.Exit(e.code if isinstance(e, Terminated) else 130)
             raise
         from tuner.search.config import FEW_RARE, unused_range, unused_settings
         from tuner.search.storage import mask
@@ -218,15 +223,34 @@ def start_study(
         except KeyboardInterrupt as e:
             progress.say("stopped; run the same command again to resume" if procs or workers else
                          "stopped watching; the workers go on (tuner status shows them); run the same command again to watch")
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130)
+            raise typer.Exit(e.code if isinstance(e, Terminated) else 130)
     if code != 0:
         raise UserError(launch.failure(procs, progress.first_worker, logs))
     from tuner.show.best_text import best_lines
     from tuner.show.results import evaluate_best_on_test
     from tuner.show.summary import best_summary
 
-    evaluate_best_on_test(study, cfg, data, retrain=True)
+    _say("checking the final model and the reference trials on the test split", mode)
+    try:
+        with stopped_by_sigterm():
+            evaluate_best_on_test(study, cfg, data, retrain=True)
+    except KeyboardInterrupt as e:
+        _say("stopped during the final test check; every trial is stored: run the same command again (or tuner "
+             "best --retrain) for the result", mode)
+        raise typer.Exit(e.code if isinstance(e, Terminated) else 130)
     print("\n".join(best_lines(best_summary(study, cfg))))
+
+
+def _say(text: str, mode: str) -> None:
+    """A line on stderr once the live view is gone (timestamped in logs, as the progress lines are);
+    a terminal that closed (SIGHUP) takes no more lines."""
+    import time
+
+    if mode != "quiet":
+        try:
+            print(f"{time.strftime('%H:%M:%S')} {text}" if mode == "lines" else text, file=sys.stderr, flush=True)
+        except OSError:
+            pass
 
 
 def _data_settings(url: str, name: str, cfg):
@@ -622,17 +646,32 @@ def rarest_name(data) -> str:
 
 @contextlib.contextmanager
 def stopped_by_sigterm():
-    """SIGTERM (a service manager, kill) stops the block as Ctrl-C does, instead of ending the process unannounced."""
+    """SIGTERM (a service manager, kill) and SIGHUP (the terminal closed) stop the block as Ctrl-C does,
+    instead of ending the process unannounced."""
     import signal
 
     def stop(signum, frame):
-        raise Terminated
+        raise Terminated(signum)
 
-    old = signal.signal(signal.SIGTERM, stop)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block ends, and then act as they would have."""
+    import signal
+
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def notes_for_warnings() -> None:
@@ -672,8 +711,8 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Terminated:
-        sys.exit(143)
+    except Terminated as e:
+        sys.exit(e.code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except TyperException as e:  # the command line itself is wrong: unknown option, bad integer...

@@ -15,4 +15,9 @@ class DiskError(UserError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM: stops a command as Ctrl-C does, and it exits with 143 (128 + SIGTERM), not Ctrl-C's 130."""
+    """SIGTERM, or SIGHUP (the terminal closed): stops a command as Ctrl-C does, and it exits with 128 plus
+    the signal's number (143 after SIGTERM, 129 after SIGHUP), not Ctrl-C's 130."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.code = 128 + signum

@@ -60,3 +60,18 @@ def test_sigterm_stops_the_workers_and_ends_as_terminated_not_as_ctrl_c():
     with pytest.raises(Terminated):
         supervise(procs, update, poll_s=0.1)
     assert procs[0].returncode == -signal.SIGTERM  # forwarded to the worker
+
+
+def test_sighup_of_a_closed_terminal_stops_the_workers_and_ends_with_its_own_code():
+    # The workers are detached from the terminal, so a closed terminal's SIGHUP reaches only the driver:
+    # it must stop them as Ctrl-C does, not die and leave them running unwatched.
+    procs, sent = [sleeper(60)], []
+
+    def update():
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGHUP))
+
+    with pytest.raises(Terminated) as stopped:
+        supervise(procs, update, poll_s=0.1)
+    assert procs[0].returncode == -signal.SIGTERM  # forwarded as the stop the workers understand
+    assert stopped.value.code == 128 + signal.SIGHUP

@@ -83,8 +83,10 @@ def signal_name(number: int) -> str:
 
 def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=None, first: int = 0) -> int:
     """Wait for the workers, calling ``update()`` about every ``poll_s`` (and once at the end);
-    returns the worst exit code. The first signal is forwarded as SIGTERM (the workers queue their
-    trials again and exit), the second as SIGKILL; then KeyboardInterrupt is raised here. ``say``
+    returns the worst exit code. The first signal (SIGINT, SIGTERM, or SIGHUP when the terminal closes:
+    the workers are detached from the terminal, so only this process hears it) is forwarded as SIGTERM (the
+    workers queue their trials again and exit), the second as SIGKILL; then KeyboardInterrupt (after
+    SIGINT) or Terminated is raised here. ``say``
     hears of a worker (numbered from ``first``) that ends badly while the others run on."""
     signals, told = [], set()
 
@@ -107,7 +109,7 @@ def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=No
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL if len(signals) > 1 else signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while True:
             running = any(p.poll() is None for p in procs)
@@ -122,5 +124,5 @@ def supervise(procs: list[subprocess.Popen], update, poll_s: float = 1.0, say=No
         for s, h in old.items():
             signal.signal(s, h)
     if signals:
-        raise Terminated if signals[0] == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt if signals[0] == signal.SIGINT else Terminated(signals[0])
     return max(p.returncode for p in procs)

@@ -38,7 +38,7 @@ def log(msg: str) -> None:
 
 
 def stop_on_signals() -> threading.Event:
-    """First SIGINT/SIGTERM: set the event (the trials under way stop between two batches and are
+    """First SIGINT/SIGTERM/SIGHUP (a terminal closed under ``tuner worker``): set the event (the trials under way stop between two batches and are
     queued again; the worker then exits 0). A second one: exit at once."""
     stop = threading.Event()
 
@@ -47,7 +47,7 @@ def stop_on_signals() -> threading.Event:
             os._exit(130)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handle)
     return stop
 

@@ -3,6 +3,7 @@ trials per minute, ETA, each worker's trial) with one line per finished trial ke
 logs and CI the same as plain timestamped lines, where the workers' own lines already tell the
 trials they finished; nothing with --quiet."""
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -128,20 +129,32 @@ class Progress:
     def __exit__(self, kind, *exc):
         if self.live:
             self.live.transient = kind is not None  # an error line alone, not under a stale frame
-            self.live.stop()
+            with self._unless_gone():
+                self.live.stop()
+
+    @contextlib.contextmanager
+    def _unless_gone(self):
+        """A terminal that closed (SIGHUP) fails every write (EIO): from then on show nothing, so the
+        driver still stops its workers and exits as the signal says."""
+        try:
+            yield
+        except OSError:
+            self.mode, self.live = "quiet", None
 
     def say(self, text: str) -> None:
         """A line for the history: above the live view, or a timestamped log line."""
-        if self.mode == "live":
-            self.console.print(text, soft_wrap=True)
-        elif self.mode == "lines":
-            self.console.print(time.strftime("%H:%M:%S"), text, soft_wrap=True)
+        with self._unless_gone():
+            if self.mode == "live":
+                self.console.print(text, soft_wrap=True)
+            elif self.mode == "lines":
+                self.console.print(time.strftime("%H:%M:%S"), text, soft_wrap=True)
 
     def step(self, phase: str) -> None:
         """What the driver does before the first snapshot, shown with the clock."""
         self.phase = phase
         if self.live:
-            self.live.refresh()
+            with self._unless_gone():
+                self.live.refresh()
 
     def update(self, s: dict) -> None:
         self.s = s  # first: printing a line above the live view redraws it, from this
@@ -157,7 +170,8 @@ class Progress:
                 if not self._told_by_worker(t):
                     self.say(trial_line(t) + ("" if self._ours(t) or not t["worker"] else f", by worker {t['worker']}"))
         if self.live:
-            self.live.refresh()
+            with self._unless_gone():
+                self.live.refresh()
         elif self.mode == "lines":
             key = (s["finished"], s["running"], s["failed"], s["best"])
             if key != self.last:
