@@ -204,3 +204,19 @@ def test_fused_resume_refuses_states_of_different_epochs(data):
     train_fused(cfg, data, [(0.0, None, 1), (2.0, 0.25, 2)], save=lambda i, s: saved.setdefault((i, s["epoch"]), s))
     with pytest.raises(ValueError, match="same epoch"):
         train_fused(cfg, data, [(0.0, None, 1), (2.0, 0.25, 2)], resume=[saved[0, 1], saved[1, 2]])
+
+
+def test_scoring_chunks_shrink_with_the_pixels_and_give_the_same_logits():
+    from tuner.learn.fused import score
+    from tuner.learn.train import eval_chunk, predict
+
+    assert eval_chunk(torch.zeros(1, 1, 32, 32)) == 512  # the size every default was measured at keeps its chunk
+    assert eval_chunk(torch.zeros(1, 3, 224, 224)) == 10  # 512 images there held over 3 GB of activations
+    assert eval_chunk(torch.zeros(1, 1, 4096, 4096)) == 1
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (23, 3, 224, 224), dtype=torch.uint8)
+    model = SimpleCNN(3, 224, 1)
+    assert torch.allclose(predict(model, x), predict(model, x, batch_size=23), atol=1e-5)
+    fused = FusedCNN(2, 3, 224, 1).eval()
+    whole = fused(((x.float() / 127.5) - 1.0))
+    assert torch.allclose(score(fused, x), whole.float(), atol=1e-5)

@@ -24,7 +24,7 @@ from tuner import keys
 from tuner.learn.data import Splits
 from tuner.learn.losses import focal_loss
 from tuner.learn.models import SimpleCNN, build_model
-from tuner.learn.train import TrialResult, logit_metrics, make_optimizer, pick_device, prepare
+from tuner.learn.train import TrialResult, eval_chunk, logit_metrics, make_optimizer, pick_device, prepare
 from tuner.learn.weights import class_weights, focus_class
 
 FusedReporter = Callable[[int, int, dict[str, float]], bool]  # (member index, epoch, metrics) -> prune?
@@ -153,8 +153,8 @@ def train_epoch(model, opt, x, y, order, t, losses: list, stop=None, fmt=torch.c
 @torch.no_grad()
 def score(model: FusedCNN, x: torch.Tensor, fmt=torch.contiguous_format) -> torch.Tensor:
     """Every member's float logits on uint8 images x, (N, members, outputs), in chunks that keep
-    the activations of all members about as large as those of 512 images in one model."""
-    chunk = max(1, 512 // model.k)
+    the activations of all members about as large as those of one model's ``eval_chunk``."""
+    chunk = max(1, eval_chunk(x) // model.k)
     return torch.cat([model(prepare(x[i:i + chunk]).contiguous(memory_format=fmt)) for i in range(0, len(x), chunk)]).float()
 
 

@@ -59,10 +59,17 @@ def prepare(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
+def eval_chunk(x: torch.Tensor, images: int = 512) -> int:
+    """Images per forward pass when scoring: ``images`` at 32x32, fewer as images grow, since the
+    activations grow with the pixels (512 images at 224x224 held over 3 GB)."""
+    return max(1, images * 32 * 32 // (x.shape[-1] * x.shape[-2]))
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits for all images, in evaluation mode."""
     model.eval()
+    batch_size = batch_size or eval_chunk(x)
     out = torch.cat([model(prepare(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
     model.train()
     return out.squeeze(1) if out.shape[1] == 1 else out
