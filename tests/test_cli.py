@@ -368,6 +368,10 @@ def test_a_study_whose_every_trial_was_pruned_is_not_told_to_run_more(tmp_path, 
                       "tuner status says why")
     study.set_user_attr("n_trials", 3)
     assert_user_error(cli("best", cwd=tmp_path), "has no completed trial yet", "run tuner start-study or tuner worker")
+    study.enqueue_trial({})
+    study.ask()  # a worker's trial under way: the answer is to wait, not to start one more
+    assert_user_error(cli("best", cwd=tmp_path), "has no completed trial yet (1 running",
+                      "wait for the running trials to end (tuner status shows them)")
 
 
 def test_a_wrong_command_line_names_the_help_to_read(tmp_path, cli):

@@ -4,6 +4,7 @@ the fold ensemble that report, export, best and predict read."""
 import csv
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -28,8 +29,8 @@ def test_the_driver_names_the_folds_and_the_final_model(folder):
     _, out = folder
     assert "3-fold validation on all" in out and "fold spread of average_precision" in out
     # every training image trains and validates, so no split into train and val images is claimed
-    assert " train images in 3 folds, 2 classes" in out and " val images" not in out
-    assert "[worker 0] joined study" in out and "train images in 3 folds, classes" in out
+    assert re.search(r" train images in 3 folds at 16x16 grayscale, 2 classes", out) and " val images" not in out
+    assert "[worker 0] joined study" in out and re.search(r"train images in 3 folds at 16x16 grayscale, classes", out)
     assert "final model: the mean of the calibrated logits of trials" in out and "each an ensemble of the 3 fold models" in out
 
 

@@ -68,10 +68,11 @@ def test_workers_from_other_folders_and_on_other_copies_of_the_images(created, t
                      "--set", f"data.root={copy}", "--set", "data.image_size=12", "--set", "data.val_fraction=0.5",
                      "--n-trials", "3", "--workers", "1", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "ignoring changed data.image_size, data.val_fraction)" in proc.stderr
+        assert ("ignoring changed data.image_size: stored 8, asked 12; data.val_fraction: stored 0.2, asked 0.5)"
+                in proc.stderr)
         assert (f"study 'smoke' keeps its checkpoints and model files in {home / 'tuner-artifacts'}, "
                 f"not {tmp_path / 'tuner-artifacts'}") in proc.stderr
-        assert "42 train / 10 val images" in proc.stderr and "test set, 13 images" in proc.stdout
+        assert "42 train / 10 val images at 8x8 grayscale" in proc.stderr and "test set, 13 images" in proc.stdout
         # decoded once, as stored (8 pixels): the copied cache of the original folder, and the copy's own
         assert len(list((copy / ".tuner-cache").glob("imagefolder-*.pt"))) == 2
         asked = cli("start-study", str(study_file), "--storage", f"sqlite:///{db}", "--set", "data.kind=imagefolder",

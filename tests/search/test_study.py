@@ -105,8 +105,9 @@ def test_resume_keeps_stored_settings_and_raises_the_target(tmp_path):
 def test_another_search_space_under_the_same_name_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_or_resume(cfg_with(study={"name": "x"}), url, "x")
-    with pytest.raises(UserError, match="another search space"):
+    with pytest.raises(UserError, match="another search space") as refused:
         create_or_resume(cfg_with(study={"name": "x"}, search={"alpha": [0.1, 0.2]}), url, "x")
+    assert "(search.alpha: stored [0.05, 0.95], asked [0.1, 0.2]);" in str(refused.value)  # only what differs
 
 
 @pytest.mark.parametrize("mode, unused, used", [("class_balanced", "alpha", "beta"), ("rare", "beta", "alpha")])
@@ -201,7 +202,7 @@ def test_a_resumed_study_names_only_the_settings_the_user_changed(tmp_path):
     again = cfg_with(train={"epochs": 9})  # so "auto" works out another pruner warm-up: not the user's change
     assert {"pruner.n_warmup_steps", "pruner.min_resource", "data.folds"} <= again.derived()
     _, notes = create_or_resume(again.resolved(2, "rare", 50), url, "s", derived=again.derived())
-    assert notes == ["study 's' exists; resuming with its stored settings (ignoring changed train.epochs)"]
+    assert notes == ["study 's' exists; resuming with its stored settings (ignoring changed train.epochs: stored 6, asked 9)"]
 
 
 def test_a_grid_study_runs_its_reference_trials_first_and_counts_every_queued_trial(tmp_path):

@@ -101,9 +101,12 @@ def test_the_final_model_is_described_by_the_trials_it_averages(tmp_path):
     study = study_with(tmp_path, {}, [])
     cfg = from_dict({"data": {"kind": "synthetic", "folds": 1}})
     ref0, ref1, searched = study.trials
-    assert "(the best searched trial and the 2 reference trials)" in final_words(
+    assert "trials 2, 0, 1 (the best searched trial 2 and the 2 reference trials 0 and 1)" in final_words(
         cfg, [searched, ref0, ref1])
-    assert "(the 2 reference trials)" in final_words(cfg, [ref1, ref0])  # no searched trial finished
+    # a reference trial first, as the best: the words still say which trial was searched
+    assert "trials 0, 2, 1 (the best searched trial 2 and the 2 reference trials 0 and 1)" in final_words(
+        cfg, [ref0, searched, ref1])
+    assert "(the 2 reference trials 1 and 0)" in final_words(cfg, [ref1, ref0])  # no searched trial finished
     assert "(the best searched trial and" not in final_words(cfg, [searched]) and "the best trial's model" in final_words(cfg, [searched])
 
 

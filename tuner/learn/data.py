@@ -64,11 +64,14 @@ class Splits:
         return torch.bincount(self.val_y.cpu(), minlength=self.num_classes).tolist()
 
     def describe_images(self, folds: int) -> str:
-        """E.g. "50 train / 13 val images", or with k-fold validation, which trains and validates on
-        both, "63 train images in 5 folds"."""
+        """E.g. "50 train / 13 val images at 32x32 grayscale", or with k-fold validation, which trains
+        and validates on both, "63 train images in 5 folds at 64x64 RGB": the size and colours every
+        image was made to, whatever its file's."""
+        h, w = self.train_x.shape[-2:]
+        made = f"at {h}x{w} {'grayscale' if self.channels == 1 else 'RGB'}"
         if folds > 1:
-            return f"{len(self.train_y) + len(self.val_y):,} train images in {folds} folds"
-        return f"{len(self.train_y):,} train / {len(self.val_y):,} val images"
+            return f"{len(self.train_y) + len(self.val_y):,} train images in {folds} folds {made}"
+        return f"{len(self.train_y):,} train / {len(self.val_y):,} val images {made}"
 
     def describe_positive(self) -> str:
         """E.g. "positive class 'nine': 64 of 1,277 training images (train and val)"; "" with more than two classes."""

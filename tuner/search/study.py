@@ -185,10 +185,11 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         stored = stored_config(existing)
         check_same_images(existing, fingerprints or {}, cfg.data.root)
         if stored.search_space() != cfg.search_space():
-            raise UserError(
-                f"study {name!r} already exists in {mask(url)} with another search space "
-                f"({stored.search_space()} vs {cfg.search_space()}); pass a new --study-name or use the stored settings"
-            )
+            was, asked = stored.search_space(), cfg.search_space()
+            differ = "; ".join(f"{'study' if k == 'metric' else 'search'}.{k}: stored {was.get(k)!r}, asked {asked.get(k)!r}"
+                               for k in {**was, **asked} if was.get(k) != asked.get(k))
+            raise UserError(f"study {name!r} already exists in {mask(url)} with another search space ({differ}); "
+                            "pass a new --study-name or use the stored settings")
         changed = [f"{sec}.{k}" for sec, vals in cfg.to_dict().items() for k, v in vals.items()
                    if stored.to_dict()[sec][k] != v and f"{sec}.{k}" not in {"study.n_trials", "data.root", "study.artifacts", *derived}]
         if "data.positive_class" in changed:  # what alpha weights, AP ranks and the threshold cuts for
@@ -196,7 +197,9 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
                             f"{cfg.data.positive_class!r}; to detect {cfg.data.positive_class!r} start a new study: "
                             "--study-name NEW")
         if changed:
-            notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed {', '.join(changed)})")
+            value = lambda c, key: repr(c.to_dict()[key.split(".")[0]][key.split(".")[1]])  # noqa: E731
+            notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed "
+                         + "; ".join(f"{k}: stored {value(stored, k)}, asked {value(cfg, k)}" for k in changed) + ")")
         if added := queue_grid(existing, stored):
             notes.append(f"study {name!r} had {added} of its grid's points not queued yet (its creation was cut short); "
                          "queued them now")

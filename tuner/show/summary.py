@@ -27,7 +27,8 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
                         f"({c['RUNNING']} running, {c['WAITING']} waiting, {c['PRUNED']} pruned, {failed_words(c)}); "
                         + ("it has its target of finished trials, none complete: tuner status says why each ended (a "
                            "learning rate too high diverges, say); fix the study file and start a new study"
-                           if done else "run tuner start-study or tuner worker"))
+                           if done else "wait for the running trials to end (tuner status shows them)"
+                           if c["RUNNING"] else "run tuner start-study or tuner worker"))
 
 
 def trial_alpha(trial: optuna.trial.FrozenTrial, class_counts: list[int], focus: int | None = None):
@@ -271,10 +272,13 @@ def final_words(cfg: StudyConfig, members: list[optuna.trial.FrozenTrial] | None
         one = f"one model trained on {1 - cfg.data.val_fraction:.0%} of the training images (the rest validated it)"
     if members is None or len(members) < 2:
         return f"the best trial's model, {one}"
-    searched = sum(keys.REFERENCE not in t.user_attrs for t in members)
-    refs = len(members) - searched
-    which = [f"the best {searched} searched trials" if searched > 1 else "the best searched trial" if searched else "",
-             f"the {refs} reference trials" if refs > 1 else "the reference trial" if refs else ""]
+    searched = [str(t.number) for t in members if keys.REFERENCE not in t.user_attrs]
+    refs = [str(t.number) for t in members if keys.REFERENCE in t.user_attrs]
+    both = lambda numbers: ", ".join(numbers[:-1]) + " and " + numbers[-1] if len(numbers) > 1 else numbers[0]  # noqa: E731
+    # by number: the list comes best first, and a reference trial may be the best
+    which = [f"the best {len(searched)} searched trials {both(searched)}" if len(searched) > 1 else
+             f"the best searched trial {searched[0]}" if searched else "",
+             f"the {len(refs)} reference trials {both(refs)}" if len(refs) > 1 else f"the reference trial {refs[0]}" if refs else ""]
     return (f"the mean of the calibrated logits of trials {', '.join(str(t.number) for t in members)} "
             f"({' and '.join(w for w in which if w)}), each {one}; one temperature and threshold chosen on their averaged "
             "validation predictions")
