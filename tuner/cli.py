@@ -144,7 +144,7 @@ def start_study(
             _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
             loaded = _data_settings(url, name, cfg)  # a stored study's images are read as it stored them, once
-            data = load_data(*loaded)  # bad data fails here, before any study exists
+            data = load_data(*loaded, on_decode=functools.partial(_decoding, progress))  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
                                      cfg.search.alpha_mode)
             derived, asked = cfg.derived(), (cfg.data, cfg.study.seed)
@@ -251,6 +251,13 @@ def _say(text: str, mode: str) -> None:
             print(f"{time.strftime('%H:%M:%S')} {text}" if mode == "lines" else text, file=sys.stderr, flush=True)
         except OSError:
             pass
+
+
+def _decoding(progress, done: int, total: int) -> None:
+    """An image folder's first decode can take minutes: say it starts, and count it in the live view."""
+    if done == 0:
+        progress.say(f"decoding {total:,} images, once: later runs and the workers read them from the cache")
+    progress.step(f"decoding images: {done:,} of {total:,}")
 
 
 def _data_settings(url: str, name: str, cfg):

@@ -530,3 +530,13 @@ def test_a_suggested_positive_class_with_a_space_can_be_pasted_into_a_shell(tmp_
         assert suggested_set(str(many.value)) == "data.positive_class=Dr. O'Neil's"
     assert "--set data.positive_class=b" in str(pytest.raises(UserError, orient, np.array([0, 1]), ["a", "b"],
                                                                np.array([0, 1]), "").value)  # a plain name stays unquoted
+
+
+def test_the_first_decode_of_a_folder_is_counted_and_a_cached_load_is_not(tmp_path):
+    make_tree(tmp_path, {"a": 300, "b": 20})
+    told = []
+    load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"), on_decode=lambda done, total: told.append((done, total)))
+    assert told == [(0, 320), (200, 320), (320, 320)]
+    again = []
+    load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"), on_decode=lambda done, total: again.append(done))
+    assert again == []  # read from the cache: nothing to count

@@ -85,10 +85,11 @@ class Splits:
         return dataclasses.replace(self, **{k: None if t is None else t.to(device) for k, t in moved.items()})
 
 
-def load_data(cfg, seed: int = 0, cache_dir: str | None = None) -> Splits:
-    """The splits of the data ``cfg`` (a validated ``tuner.search.config.DataConfig``) describes."""
+def load_data(cfg, seed: int = 0, cache_dir: str | None = None, on_decode=None) -> Splits:
+    """The splits of the data ``cfg`` (a validated ``tuner.search.config.DataConfig``) describes.
+    ``on_decode(done, total)``: told as an image folder's files are decoded (not when read from the cache)."""
     if cfg.kind == "imagefolder":
-        return load_imagefolder(cfg, seed, cache_dir)
+        return load_imagefolder(cfg, seed, cache_dir, on_decode)
     x, y, classes = make_digits(cfg, seed, cache_dir) if cfg.kind == "digits" else make_synthetic(cfg, seed)
     if cfg.positive_class:  # built-in data: the rare class is the positive one unless another is named
         y, classes = orient(y, classes, y, cfg.positive_class)
@@ -237,7 +238,7 @@ def make_synthetic(cfg, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]
     return x.round().clamp(0, 255).to(torch.uint8), y.numpy(), ["background", "rare"]
 
 
-def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
+def load_imagefolder(cfg, seed: int, cache_dir: str | None, on_decode=None) -> Splits:
     root = Path(cfg.root).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"data.root {root} does not exist or is not a folder; point it at a folder with train/<class>/ images.")
@@ -275,7 +276,7 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None) -> Splits:
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir(root)
     stats = [p.stat() for p in paths]
-    x, ok, why = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, stats, cfg)}.pt")
+    x, ok, why = decode_all(paths, cfg, cache / f"imagefolder-{cache_key(root, paths, stats, cfg)}.pt", on_decode)
     bad = [(p, why.get(i, "unreadable")) for i, (p, good) in enumerate(zip(paths, ok)) if not good]
     if len(bad) > cfg.max_bad_fraction * len(paths):
         raise UserError(f"{len(bad)} of {len(paths)} images under {root} cannot be read (first: {bad[0][0]}: {bad[0][1]}), more than "
@@ -367,9 +368,9 @@ def default_cache_dir(root: Path | None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuner"
 
 
-def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+def decode_all(paths: list[Path], cfg, cache: Path, on_decode=None) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """All images as uint8 (N, C, S, S), a mask of the ones that decoded, and why each other one did
-    not (by index); from cache if there."""
+    not (by index); from cache if there, else decoded, telling ``on_decode(done, total)`` from 0 on."""
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
@@ -388,8 +389,12 @@ def decode_all(paths: list[Path], cfg, cache: Path) -> tuple[np.ndarray, np.ndar
         except Exception as e:  # PIL raises many types (OSError, ValueError, SyntaxError, DecompressionBombError...)
             why[i] = f"{type(e).__name__}: {e}"[:200]
 
+    tell = on_decode or (lambda done, total: None)
+    tell(0, len(paths))
     with decode_pool() as pool:
-        list(pool.map(decode, range(len(paths))))
+        for done, _ in enumerate(pool.map(decode, range(len(paths))), 1):
+            if done % 200 == 0 or done == len(paths):
+                tell(done, len(paths))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
