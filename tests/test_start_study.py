@@ -3,6 +3,7 @@
 import json
 import re
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -264,6 +265,17 @@ def test_a_finished_study_run_again_starts_no_trial(finished, cli):
     lower = cli("start-study", "smoke.toml", "--workers", "2", "--n-trials", "3", cwd=folder)
     assert "already has 8 finished trials, past the target of 3: no more trials run; raise --n-trials to run more" in lower.stderr
     assert cli("start-study", "smoke.toml", "--workers", "0", "--n-trials", "8", cwd=folder).returncode == 0  # as it was
+
+
+def test_a_run_on_a_study_with_trials_running_says_so(finished, cli, tmp_path):
+    folder, _ = finished
+    shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")  # the other tests' study stays as it is
+    shutil.copy(folder / "smoke.toml", tmp_path / "smoke.toml")
+    optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path / 'tuner.db'}").ask()  # another run's trial
+    proc = cli("start-study", "smoke.toml", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: 1 trial is running already, by another run or machine (tuner status names the workers)" in proc.stderr
+    assert "note: 1 trial" not in cli("start-study", "smoke.toml", "--workers", "1", cwd=folder).stderr
 
 
 @pytest.mark.parametrize("cmd", [["best", "--json"], ["best"], ["status", "--json"], ["list"], ["export", "-f", "csv"]],

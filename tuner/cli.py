@@ -144,7 +144,7 @@ def start_study(
             _check_device(device or cfg.train.device)
             name = study_name or cfg.study.name
             loaded = _data_settings(url, name, cfg)  # a stored study's images are read as it stored them, once
-            data = load_data(*loaded, on_decode=functools.partial(_decoding, progress))  # bad data fails here, before any study exists
+            data = load_data(*loaded, on_decode=Decoding(progress))  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
                                      cfg.search.alpha_mode)
             derived, asked = cfg.derived(), (cfg.data, cfg.study.seed)
@@ -175,6 +175,10 @@ def start_study(
         progress.say(f"study {name!r} in {mask(url)}: target {goal} finished trials, {c['FINISHED']} already; "
                      f"{data.describe_images(cfg.data.folds)}, {data.num_classes} classes, "
                      f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
+        if c["RUNNING"]:  # two runs on one study is allowed (that is how machines join), but should not surprise
+            progress.say(f"note: {c['RUNNING']} trial{'s are' if c['RUNNING'] > 1 else ' is'} running already, by another run "
+                         "or machine (tuner status names the workers) or left by one that was killed (queued again once "
+                         "its heartbeat is older than study.grace_period); this run's workers take other trials")
         progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
                      if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "
                      + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else
@@ -253,11 +257,21 @@ def _say(text: str, mode: str) -> None:
             pass
 
 
-def _decoding(progress, done: int, total: int) -> None:
-    """An image folder's first decode can take minutes: say it starts, and count it in the live view."""
-    if done == 0:
-        progress.say(f"decoding {total:,} images, once: later runs and the workers read them from the cache")
-    progress.step(f"decoding images: {done:,} of {total:,}")
+class Decoding:
+    """An image folder's first decode can take minutes: counted in the live view, and said in a line
+    once it has taken ``after_s`` (a quick one adds no line, above an error about the images say)."""
+
+    def __init__(self, progress, after_s: float = 3.0):
+        self.progress, self.after_s, self.start, self.said = progress, after_s, None, False
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        self.start = self.start or time.monotonic()
+        if not self.said and time.monotonic() - self.start >= self.after_s:
+            self.said = True
+            self.progress.say(f"decoding {total:,} images, once: later runs and the workers read them from the cache")
+        self.progress.step(f"decoding images: {done:,} of {total:,}")
 
 
 def _data_settings(url: str, name: str, cfg):
@@ -590,7 +604,7 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     an f1 or recall>=X model), or else of the predicted class (the class with the largest probability
     divided by its threshold, chosen on validation)."""
     from tuner.learn.checkpoints import detected_class
-    from tuner.show.predict import classify, image_files, load_model, operating_threshold
+    from tuner.show.predict import classify, image_files, load_model, operating_threshold, resize_note
     from tuner.show.progress import cut_text
 
     net, payload = load_model(model)
@@ -603,6 +617,8 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         for reason in skipped:
             print(f"skipped: {reason}", file=sys.stderr)
         print(f"skipped {len(skipped)} of {len(files)} images that could not be read", file=sys.stderr)
+    if note := resize_note([r["path"] for r in rows], payload["model"]["channels"], payload["model"]["image_size"]):
+        print(f"note: {note}", file=sys.stderr)
     cut = None  # the one cut the decisions were made at, where the model has one
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold

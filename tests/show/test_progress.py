@@ -58,3 +58,26 @@ def test_a_trial_another_machine_ran_is_named_with_its_worker():
     lines = out.getvalue().splitlines()
     assert any(line.endswith("trial 0 fail: gamma=1.000 alpha=0.500, 1 epoch, 1.0 s (an error), by worker elsewhere:3") for line in lines)
     assert any(line.endswith("trial 1 fail: gamma=1.000 alpha=0.500, 1 epoch, 1.0 s (an error)") for line in lines)  # ours
+
+
+def test_a_long_first_decode_is_said_once_and_counted_and_a_quick_one_adds_no_line():
+    import io
+
+    from rich.console import Console
+
+    from tuner.cli import Decoding
+    from tuner.show.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress("lines", 1, Console(file=out, width=200))
+    slow = Decoding(progress, after_s=0)
+    for done in (0, 50, 100):
+        slow(done, 100)
+    assert progress.phase == "decoding images: 100 of 100"
+    said = [line for line in out.getvalue().splitlines() if "decoding" in line]
+    assert len(said) == 1 and said[0].endswith("decoding 100 images, once: later runs and the workers read them from the cache")
+    out = io.StringIO()
+    quick = Decoding(Progress("lines", 1, Console(file=out, width=200)))
+    quick(0, 100)
+    quick(100, 100)
+    assert out.getvalue() == ""

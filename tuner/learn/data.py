@@ -393,7 +393,7 @@ def decode_all(paths: list[Path], cfg, cache: Path, on_decode=None) -> tuple[np.
     tell(0, len(paths))
     with decode_pool() as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), 1):
-            if done % 200 == 0 or done == len(paths):
+            if done % 50 == 0 or done == len(paths):
                 tell(done, len(paths))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

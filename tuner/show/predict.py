@@ -52,6 +52,27 @@ def image_files(paths: list[str]) -> list[str]:
     return files
 
 
+def resize_note(paths: list[str], channels: int, size: int) -> str | None:
+    """A sentence when some images are not of the size the model takes (read from the files' headers):
+    each is resized, and stretched when not square, as the training images were."""
+    from PIL import Image
+
+    other = stretched = 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # read, or skipped, by classify already
+            continue
+        other += (w, h) != (size, size)
+        stretched += w != h
+    if not other:
+        return None
+    return (f"{other} of {len(paths)} images {'is' if other == 1 else 'are'} not {size}x{size}: each is resized to {size}x{size} "
+            f"{'grayscale' if channels == 1 else 'RGB'}, as the model's training images were"
+            + (f", and {stretched} not square are stretched to it (crop them first to keep their proportions)" if stretched else ""))
+
+
 class Unreadable(UserError):
     """An image file that cannot be decoded."""
 
