@@ -116,7 +116,7 @@ def start_study(
     """Create (or resume) a study and run workers until it has n_trials finished trials; then print
     the best trial and its test-set check on stdout."""
     from tuner.search import launch
-    from tuner.show.progress import Progress
+    from tuner.show.progress import Decoding, Progress
 
     from tuner.search.config import check_n_trials, check_study_name
 
@@ -166,47 +166,10 @@ def start_study(
                 progress.say("stopped while starting, before any trial of this run: run the same command again to start")
                 raise typer.Exit(e.code if isinstance(e, Terminated) else 130)
             raise
-        from tuner.search.config import FEW_RARE, unused_range, unused_settings
-        from tuner.search.storage import mask
-        from tuner.show.summary import few_to_find
+        from tuner.show.start_text import start_lines
 
-        for note in notes:
-            progress.say(f"note: {note}")
-        progress.say(f"study {name!r} in {mask(url)}: target {goal} finished trials, {c['FINISHED']} already; "
-                     f"{data.describe_images(cfg.data.folds)}, {data.num_classes} classes, "
-                     f"{len(procs) if procs else 'no'} worker{'s' * (len(procs) != 1)} here")
-        if c["RUNNING"]:  # two runs on one study is allowed (that is how machines join), but should not surprise
-            progress.say(f"note: {c['RUNNING']} trial{'s are' if c['RUNNING'] > 1 else ' is'} running already, by another run "
-                         "or machine (tuner status names the workers) or left by one that was killed (queued again once "
-                         "its heartbeat is older than study.grace_period); this run's workers take other trials")
-        progress.say(data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
-                     if data.positive_class else f"classes {', '.join(data.classes)}: {cfg.search.alpha_mode} class weights, "
-                     + ("per-class thresholds for balanced accuracy" if cfg.study.operating_point == "balanced_accuracy" else
-                        f"class to detect {cfg.data.positive_class!r} ({data.pool_counts()[data.classes.index(cfg.data.positive_class)]:,} "
-                        f"of {sum(data.pool_counts()):,} training images, train and val), decided when its probability over the largest other "
-                        f"one reaches a threshold chosen on validation for {cfg.study.operating_point}, else the most probable class"))
-        if note := unused_range(cfg):
-            progress.say(f"note: {note}")
-        if cfg.model.kind != "simple_cnn" and min(data.pool_counts()) < FEW_RARE:
-            progress.say(f"note: model.kind = {cfg.model.kind!r} has no fused form for k folds, so its trials are scored on one "
-                         f"validation split holding {min(data.val_counts())} images of {rarest_name(data)!r}, too few to rank trials "
-                         "reliably; model.kind = \"simple_cnn\" with data.folds = \"auto\" scores every training image")
-        if cfg.data.folds > 1:
-            progress.say(f"{cfg.data.folds}-fold validation on all {sum(data.pool_counts()):,} training images: every epoch "
-                         "scores each image once, by the fold model that did not train on it")
-        if note := few_to_find(cfg, data):
-            progress.say(f"note: {note}")
-        if cfg.train.optimizer == "sgd" and cfg.train.lr < 0.01:
-            progress.say(f"note: train.optimizer = \"sgd\" with train.lr = {cfg.train.lr:g}, a learning rate for Adam (the default "
-                         "optimizer): SGD with momentum learns little at it in a few epochs; set train.lr, e.g. --set train.lr=0.05")
-        for note in unused_settings(cfg, derived):
-            progress.say(f"note: {note}")
-        p = cfg.pruner
-        wait = p.n_warmup_steps if p.kind == "median" else p.min_resource if p.kind != "none" else 0
-        key = "n_warmup_steps" if p.kind == "median" else "min_resource"
-        if wait >= cfg.train.epochs and f"pruner.{key}" not in derived:  # a value the user gave
-            progress.say(f"note: pruner.{key} = {wait} is not below train.epochs = {cfg.train.epochs}: the {p.kind} pruner "
-                         "never stops a trial early")
+        for line in start_lines(notes, name, url, goal, c, cfg, data, derived, len(procs)):
+            progress.say(line)
         progress.epochs = cfg.train.epochs
         try:
             if procs:
@@ -255,23 +218,6 @@ def _say(text: str, mode: str) -> None:
             print(f"{time.strftime('%H:%M:%S')} {text}" if mode == "lines" else text, file=sys.stderr, flush=True)
         except OSError:
             pass
-
-
-class Decoding:
-    """An image folder's first decode can take minutes: counted in the live view, and said in a line
-    once it has taken ``after_s`` (a quick one adds no line, above an error about the images say)."""
-
-    def __init__(self, progress, after_s: float = 3.0):
-        self.progress, self.after_s, self.start, self.said = progress, after_s, None, False
-
-    def __call__(self, done: int, total: int) -> None:
-        import time
-
-        self.start = self.start or time.monotonic()
-        if not self.said and time.monotonic() - self.start >= self.after_s:
-            self.said = True
-            self.progress.say(f"decoding {total:,} images, once: later runs and the workers read them from the cache")
-        self.progress.step(f"decoding images: {done:,} of {total:,}")
 
 
 def _data_settings(url: str, name: str, cfg):
@@ -660,11 +606,6 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def rarest_name(data) -> str:
-    counts = data.val_counts()
-    return data.classes[counts.index(min(counts))]
 
 
 @contextlib.contextmanager

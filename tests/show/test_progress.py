@@ -65,7 +65,7 @@ def test_a_long_first_decode_is_said_once_and_counted_and_a_quick_one_adds_no_li
 
     from rich.console import Console
 
-    from tuner.cli import Decoding
+    from tuner.show.progress import Decoding
     from tuner.show.progress import Progress
 
     out = io.StringIO()

@@ -108,6 +108,21 @@ def pace(s: dict, elapsed: float, finished_before: int, parallel: int) -> str:
     return f"elapsed {clock(elapsed)}, {rate:.1f} trials/min, ETA {eta}"
 
 
+
+class Decoding:
+    """An image folder's first decode can take minutes: counted in the live view, and said in a line
+    once it has taken ``after_s`` (a quick one adds no line, above an error about the images say)."""
+
+    def __init__(self, progress: "Progress", after_s: float = 3.0):
+        self.progress, self.after_s, self.start, self.said = progress, after_s, None, False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.start = self.start or time.monotonic()
+        if not self.said and time.monotonic() - self.start >= self.after_s:
+            self.said = True
+            self.progress.say(f"decoding {total:,} images, once: later runs and the workers read them from the cache")
+        self.progress.step(f"decoding images: {done:,} of {total:,}")
+
 class Progress:
     """``mode``: "live" (a terminal), "lines" (logs) or "quiet". ``workers``: how many run the
     trials in parallel (None: count the running trials). The clock starts at construction."""
