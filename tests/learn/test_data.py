@@ -540,3 +540,25 @@ def test_the_first_decode_of_a_folder_is_counted_and_a_cached_load_is_not(tmp_pa
     again = []
     load_data(folder_cfg(tmp_path), cache_dir=str(tmp_path / "c"), on_decode=lambda done, total: again.append(done))
     assert again == []  # read from the cache: nothing to count
+
+
+def test_only_the_most_recently_used_image_caches_are_kept(tmp_path):
+    from tuner.learn.data import KEEP_CACHES
+
+    make_tree(tmp_path / "images", {"a": 20, "b": 5})
+    cache = tmp_path / "c"
+    cache.mkdir()
+    old = [cache / f"imagefolder-old{i}.pt" for i in range(KEEP_CACHES + 2)]
+    for i, f in enumerate(old):  # other sizes, or the folder before its files changed: each unused for a while
+        f.write_bytes(b"x")
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+    (cache / "digits-abc.npz").write_bytes(b"x")  # not an image cache: never removed
+    load_data(folder_cfg(tmp_path / "images"), cache_dir=str(cache))
+    kept = sorted(f.name for f in cache.glob("imagefolder-*.pt"))
+    new = [n for n in kept if not n.startswith("imagefolder-old")]
+    assert len(kept) == KEEP_CACHES and len(new) == 1  # the one just written, and the most recent old ones
+    assert set(kept) - set(new) == {f.name for f in old[-(KEEP_CACHES - 1):]}
+    assert (cache / "digits-abc.npz").exists()
+    os.utime(cache / new[0], (1, 1))  # a cache read again is used again: it stays as the newest
+    load_data(folder_cfg(tmp_path / "images"), cache_dir=str(cache))
+    assert (cache / new[0]).stat().st_mtime > 1_000_000 + len(old)

@@ -6,6 +6,7 @@ mtimes, so later trials and studies on the same tree decode nothing. The digits 
 way (an .npz of scikit-learn's bundled arrays), so only the first load imports scikit-learn (~1 s).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -26,6 +27,7 @@ from tuner.machine import usable_cpus
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CACHE_VERSION = 2  # bump when the cached layout or the decoding changes
+KEEP_CACHES = 8  # image caches kept per cache folder, the most recently used
 SYNTHETIC_CONTRAST = 48.0  # tuned so a small CNN needs a few epochs and results depend on gamma/alpha
 
 
@@ -375,6 +377,8 @@ def decode_all(paths: list[Path], cfg, cache: Path, on_decode=None) -> tuple[np.
         try:
             saved = torch.load(cache, weights_only=True)
             if len(saved["ok"]) == len(paths):
+                with contextlib.suppress(OSError):
+                    os.utime(cache)  # used: kept by keep_recent_caches
                 return saved["x"].numpy(), saved["ok"].numpy(), saved["why"]
         except Exception:  # a torn or foreign cache file is just a miss
             pass
@@ -402,7 +406,21 @@ def decode_all(paths: list[Path], cfg, cache: Path, on_decode=None) -> tuple[np.
         os.replace(tmp, cache)  # atomic, so concurrent trials never read half a file
     except OSError as e:
         warnings.warn(f"could not write the image cache {cache}: {e}")
+    keep_recent_caches(cache.parent)
     return x, ok, why
+
+
+def keep_recent_caches(folder: Path, keep: int = KEEP_CACHES) -> None:
+    """Remove all but the ``keep`` most recently used image caches in ``folder``: each image size,
+    colour setting and change to the files makes a new one, and a folder of large images gives
+    caches of gigabytes. A cache removed while in use is only decoded again."""
+    found = []
+    for f in folder.glob("imagefolder-*.pt"):
+        with contextlib.suppress(OSError):
+            found.append((f.stat().st_mtime, f))
+    for _, f in sorted(found, reverse=True)[keep:]:
+        with contextlib.suppress(OSError):
+            f.unlink()
 
 
 def decode_pool() -> ThreadPoolExecutor:
