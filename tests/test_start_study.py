@@ -163,15 +163,20 @@ def test_dashboard_serves_the_study(finished):
         server.wait(10)
 
 
+def slow_driver(tmp_path):
+    """A start-study with 2 workers on trials of a second or more, and its database."""
+    study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
+    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
+                               "--set", "data.n_samples=1200"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return driver, tmp_path / "tuner.db"
+
+
 def test_resume_after_the_driver_is_stopped(tmp_path, cli):
     # Trials of a second or more: with the smoke study's 0.3 s trials the whole study could end
     # between two looks, and there would be nothing left to interrupt.
-    study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
-    slower = ["--set", "data.n_samples=1200"]
-    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2", *slower],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    db = tmp_path / "tuner.db"
+    driver, db = slow_driver(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline:  # stop once a trial has finished and another is early in its epochs
         time.sleep(0.1)
@@ -192,7 +197,7 @@ def test_resume_after_the_driver_is_stopped(tmp_path, cli):
     finished_before = sum(t.state == TrialState.COMPLETE for t in stopped)
     assert finished_before < 6
 
-    proc = tuner("start-study", str(study_file), "--workers", "2", *slower, cwd=tmp_path)
+    proc = tuner("start-study", "smoke.toml", "--workers", "2", "--set", "data.n_samples=1200", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = load(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
@@ -333,12 +338,7 @@ def test_a_study_deleted_while_it_runs_stops_its_driver_and_workers_with_one_lin
 def test_a_closed_terminal_stops_the_workers_as_ctrl_c_does(tmp_path):
     # SIGHUP (the terminal closed) reaches only the driver, as the workers run detached from the terminal:
     # the driver must stop them too, not die and leave them training with no one to see or stop them.
-    study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
-    slower = ["--set", "data.n_samples=1200"]
-    env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2", *slower],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    db = tmp_path / "tuner.db"
+    driver, db = slow_driver(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline:  # hang up while trials are early in their epochs
         time.sleep(0.1)
