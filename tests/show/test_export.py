@@ -191,13 +191,13 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path, cli):
     positive, threshold, temperature = payload["positive_class"], payload["threshold"], payload["temperature"]
     assert positive == data.positive_class == payload["classes"][1] and 0 < threshold < 1 and temperature > 0
     size = payload["model"]["image_size"]
-    assert proc.stderr.strip() == (f"note: 1 of 4 images is not {size}x{size}: each is resized to {size}x{size} grayscale, as "
+    assert proc.stderr.strip() == (f"note: 1 image of 4 is not {size}x{size}: resized to {size}x{size} grayscale, as "
                                    "the model's training images were\n"  # rgb.jpg, 48 x 48
                                    f"threshold {threshold:.4f} on the calibrated probability of {positive!r} "
                                    "(chosen on validation for balanced_accuracy)")
     Image.new("L", (2 * size, size)).save(tmp_path / "wide.png")
     wide = cli("predict", str(saved_model), str(paths[1]), str(tmp_path / "wide.png"), cwd=folder)
-    assert wide.returncode == 0 and "1 of 2 images is not" in wide.stderr and ", and 1 not square are stretched" in wide.stderr
+    assert wide.returncode == 0 and "1 image of 2 is not" in wide.stderr and "; 1 not square is stretched to it" in wide.stderr
     assert "note:" not in cli("predict", str(saved_model), *map(str, paths[:3]), cwd=folder).stderr  # all as trained
     header, *lines = list(csv.reader(io.StringIO(proc.stdout), delimiter="\t"))
     assert header == ["path", "predicted", f"p({positive})"]

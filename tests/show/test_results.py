@@ -68,7 +68,7 @@ def test_a_difference_within_twice_its_bootstrap_std_is_said_to_be_noise_whichev
 
 def test_a_reference_higher_beyond_the_noise_or_beaten_beyond_it_is_said_so(tmp_path):
     best = {"trial": 2, "average_precision": 0.95, "balanced_accuracy": 0.97}
-    refs = [gap({"trial": 0, "average_precision": 0.99, "balanced_accuracy": 0.96}, best, 0.004),
+    refs = [gap({"trial": 0, "average_precision": 0.99, "balanced_accuracy": 0.968}, best, 0.004),  # BA within the noise
             gap({"trial": 1, "average_precision": 0.90, "balanced_accuracy": 0.90}, best, 0.004)]
     notes = notes_on_test(study_with(tmp_path, best, refs))
     assert "reference trial 0 (cross-entropy) scored higher than the best trial 2: AP 0.9900" in notes[0]
@@ -125,3 +125,14 @@ def test_the_ap_in_a_verdict_is_named_by_class_and_with_a_class_to_detect_is_its
     notes = notes_on_test(study_with(tmp_path / "c", best, [ref], classes=three, positive="rare"))
     assert notes[0].startswith("On the test split reference trial 0 (cross-entropy) scored higher than the best trial 2: "
                                "AP of 'rare' 0.9800 for the reference against 0.9000 for the best trial")
+
+
+def test_a_reference_that_wins_one_metric_while_losing_the_other_beyond_the_noise_is_said_to_be_neither(tmp_path):
+    best = {"trial": 2, "average_precision": 0.96, "balanced_accuracy": 0.70}
+    ref = gap({"trial": 0, "average_precision": 0.74, "balanced_accuracy": 0.81}, best, 0.03)
+    notes = notes_on_test(study_with(tmp_path, best, [ref]))
+    assert notes == ["On the test split reference trial 0 (cross-entropy) scored higher than the best trial 2 on balanced "
+                     "accuracy 0.8100 for the reference against 0.7000 for the best trial (bootstrap std of the difference "
+                     "0.0300), and the best trial 2 higher on AP 0.7400 for the reference against 0.9600 for the best trial "
+                     "(bootstrap std of the difference 0.0300), each by more than twice the bootstrap std: neither is better "
+                     "on both; choose by the metric your use needs."]

@@ -68,9 +68,10 @@ def resize_note(paths: list[str], channels: int, size: int) -> str | None:
         stretched += w != h
     if not other:
         return None
-    return (f"{other} of {len(paths)} images {'is' if other == 1 else 'are'} not {size}x{size}: each is resized to {size}x{size} "
+    are = lambda n: "is" if n == 1 else "are"  # noqa: E731
+    return (f"{other} image{'s' * (other != 1)} of {len(paths)} {are(other)} not {size}x{size}: resized to {size}x{size} "
             f"{'grayscale' if channels == 1 else 'RGB'}, as the model's training images were"
-            + (f", and {stretched} not square are stretched to it (crop them first to keep their proportions)" if stretched else ""))
+            + (f"; {stretched} not square {are(stretched)} stretched to it (crop first to keep the proportions)" if stretched else ""))
 
 
 class Unreadable(UserError):

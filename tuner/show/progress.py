@@ -177,7 +177,7 @@ class Progress:
             self.shown = {t["trial"] for t in s["ended"]}
             self.before = s["finished"]
             if self.shown:
-                self.say(f"{s['finished']} trials finished before this run, "
+                self.say(f"{s['finished']} trial{'s' * (s['finished'] != 1)} finished before this run, "
                          + failed_words({"FAIL": s["failed"], "QUEUED_AGAIN": s["queued_again"]}))
         for t in s["ended"]:
             if t["trial"] not in self.shown:

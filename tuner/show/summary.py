@@ -165,8 +165,13 @@ def notes_on_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] |
                        + ("" if std is None else f" (bootstrap std of the difference {std:.4f})"))
         higher = [k for k in real if real[k] and ref[k] > final[k]]
         unclear = [k for k in real if not real[k]]
+        won = [k for k in real if real[k] and ref[k] < final[k]]
         luck = "a difference under twice its bootstrap std is the luck of the test images"
-        if higher:
+        if higher and won and gap:  # each better on one metric: neither advice fits both
+            notes.append(f"On the test split {who} scored higher than {ours} on {', '.join(said[k] for k in higher)}, and "
+                         f"{ours} higher on {', '.join(said[k] for k in won)}, each by more than twice the bootstrap std: "
+                         "neither is better on both; choose by the metric your use needs.")
+        elif higher:
             notes.append(f"On the test split {who} scored higher than {ours}: "
                          f"{', '.join(said[k] for k in higher)}. The tuned loss did not beat it here; if this holds on "
                          "more data, train with the reference's settings.")
