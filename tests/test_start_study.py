@@ -163,32 +163,31 @@ def test_dashboard_serves_the_study(finished):
         server.wait(10)
 
 
-def slow_driver(tmp_path):
-    """A start-study with 2 workers on trials of a second or more, and its database."""
+def slow_driver(tmp_path, ready):
+    """A start-study with 2 workers on trials of a second or more, once ``ready(trials)`` holds;
+    with the smoke study's 0.3 s trials the whole study could end between two looks."""
     study_file = write_study(tmp_path, n_trials=6, epochs=6, pruner="none")
     env = {**os.environ, "TUNER_STORAGE": "", "PYTHONWARNINGS": "ignore"}
     driver = subprocess.Popen([sys.executable, "-m", "tuner", "start-study", str(study_file), "--workers", "2",
                                "--set", "data.n_samples=1200"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return driver, tmp_path / "tuner.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.1)
+        if "smoke" in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'tuner.db'}") and ready(load(tmp_path).trials):
+            return driver
+    driver.kill()
+    pytest.fail(f"the study never reached the state to stop it in ({ready.__doc__})")
+
+
+def early(trials) -> bool:
+    """a trial running early in its epochs: one seen in its last may finish before the signal reaches its worker"""
+    return any(t.state == TrialState.RUNNING and len(t.intermediate_values) <= 2 for t in trials)
 
 
 def test_resume_after_the_driver_is_stopped(tmp_path, cli):
-    # Trials of a second or more: with the smoke study's 0.3 s trials the whole study could end
-    # between two looks, and there would be nothing left to interrupt.
-    driver, db = slow_driver(tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # stop once a trial has finished and another is early in its epochs
-        time.sleep(0.1)
-        if "smoke" in optuna.get_all_study_names(f"sqlite:///{db}"):
-            trials = load(tmp_path).trials
-            # A trial seen running in its last epoch may finish before the signal reaches its worker.
-            early = [t for t in trials if t.state == TrialState.RUNNING and len(t.intermediate_values) <= 2]
-            if early and any(t.state == TrialState.COMPLETE for t in trials):
-                break
-    else:
-        driver.kill()
-        pytest.fail("no trial was seen early in its epochs after another had finished")
+    # stopped once a trial has finished and another is early in its epochs
+    driver = slow_driver(tmp_path, lambda trials: early(trials) and any(t.state == TrialState.COMPLETE for t in trials))
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=60)
     assert driver.returncode == 130, out
@@ -338,16 +337,7 @@ def test_a_study_deleted_while_it_runs_stops_its_driver_and_workers_with_one_lin
 def test_a_closed_terminal_stops_the_workers_as_ctrl_c_does(tmp_path):
     # SIGHUP (the terminal closed) reaches only the driver, as the workers run detached from the terminal:
     # the driver must stop them too, not die and leave them training with no one to see or stop them.
-    driver, db = slow_driver(tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # hang up while trials are early in their epochs
-        time.sleep(0.1)
-        if "smoke" in optuna.get_all_study_names(f"sqlite:///{db}"):
-            if any(t.state == TrialState.RUNNING and len(t.intermediate_values) <= 2 for t in load(tmp_path).trials):
-                break
-    else:
-        driver.kill()
-        pytest.fail("no trial was seen early in its epochs")
+    driver = slow_driver(tmp_path, early)
     driver.send_signal(signal.SIGHUP)
     out, _ = driver.communicate(timeout=60)
     assert driver.returncode == 128 + signal.SIGHUP, out

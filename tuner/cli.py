@@ -197,27 +197,15 @@ def start_study(
     from tuner.show.results import evaluate_best_on_test
     from tuner.show.summary import best_summary
 
-    _say("checking the final model and the reference trials on the test split", mode)
+    progress.say("checking the final model and the reference trials on the test split")  # below the ended live view
     try:
         with stopped_by_sigterm():
             evaluate_best_on_test(study, cfg, data, retrain=True)
     except KeyboardInterrupt as e:
-        _say("stopped during the final test check; every trial is stored: run the same command again (or tuner "
-             "best --retrain) for the result", mode)
+        progress.say("stopped during the final test check; every trial is stored: run the same command again (or tuner "
+                     "best --retrain) for the result")
         raise typer.Exit(e.code if isinstance(e, Terminated) else 130)
     print("\n".join(best_lines(best_summary(study, cfg))))
-
-
-def _say(text: str, mode: str) -> None:
-    """A line on stderr once the live view is gone (timestamped in logs, as the progress lines are);
-    a terminal that closed (SIGHUP) takes no more lines."""
-    import time
-
-    if mode != "quiet":
-        try:
-            print(f"{time.strftime('%H:%M:%S')} {text}" if mode == "lines" else text, file=sys.stderr, flush=True)
-        except OSError:
-            pass
 
 
 def _data_settings(url: str, name: str, cfg):
