@@ -65,10 +65,18 @@ def _url(storage: str | None) -> str:
     return storage or default_url()
 
 
+_named: list[str] = []  # the study this command opened, for an error raised where its name is not at hand
+
+
+def _naming(name: str) -> str:
+    _named[:] = [name]
+    return name
+
+
 def _study(url: str, name: str | None):
     from tuner.search.study import load, only_study
 
-    study = load(url, name or only_study(url))
+    study = load(url, _naming(name or only_study(url)))
     if len(study.directions) > 1:  # not one tuner made: each trial has several values
         raise UserError(f"study {study.study_name!r} has {len(study.directions)} objectives; tuner reads studies of one "
                         "objective, as it creates them (tuner dashboard shows any study)")
@@ -142,7 +150,7 @@ def start_study(
 
             cfg = load_config(study_file, set_ or [])
             _check_device(device or cfg.train.device)
-            name = study_name or cfg.study.name
+            name = _naming(study_name or cfg.study.name)
             loaded = _data_settings(url, name, cfg)  # a stored study's images are read as it stored them, once
             data = load_data(*loaded, on_decode=Decoding(progress))  # bad data fails here, before any study exists
             detect = class_to_detect(data.classes, data.pool_counts(), cfg.data.positive_class, cfg.study.operating_point,
@@ -200,7 +208,7 @@ def start_study(
     progress.say("checking the final model and the reference trials on the test split")  # below the ended live view
     try:
         with stopped_by_sigterm():
-            evaluate_best_on_test(study, cfg, data, retrain=True)
+            evaluate_best_on_test(study, cfg, data, retrain=True, say=progress.say)
     except KeyboardInterrupt as e:
         progress.say("stopped during the final test check; every trial is stored: run the same command again (or tuner "
                      "best --retrain) for the result")
@@ -312,7 +320,7 @@ def worker(
     from tuner.search.workers import run_worker
 
     url = _url(storage)
-    run_worker(url, study_name or only_study(url), worker_index, device, threads, max_trials,
+    run_worker(url, _naming(study_name or only_study(url)), worker_index, device, threads, max_trials,
                None if data_root is None else str(data_root), None if artifacts is None else str(artifacts))
 
 
@@ -331,7 +339,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
         log = os.open(go["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    run_worker(_url(None), go["study_name"], go["index"], device, threads, data_root=go["data_root"] or None,
+    run_worker(_url(None), _naming(go["study_name"]), go["index"], device, threads, data_root=go["data_root"] or None,
                artifacts=go["artifacts"] or None, quiet_data=True)
 
 
@@ -658,7 +666,8 @@ def main() -> None:
     except KeyError as e:
         if e.args != ("Record does not exist.",):  # Optuna's word for a study or trial gone from the storage
             raise
-        print("error: the study is no longer in the storage: it was deleted while this command ran (tuner delete "
+        which = f"study {_named[0]!r}" if _named else "the study"
+        print(f"error: {which} is no longer in the storage: it was deleted while this command ran (tuner delete "
               "--force); start it again to run it", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:

@@ -35,11 +35,15 @@ def study_data(study: optuna.Study, cfg: StudyConfig) -> Splits:
     return data
 
 
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.FrozenTrial, data=None,
-                retrain: bool = False) -> tuple[torch.nn.Module, dict, str]:
+                retrain: bool = False, say=_note) -> tuple[torch.nn.Module, dict, str]:
     """A finished trial's model, its payload and where it came from: "checkpoint" (its file under
     ``study.artifacts``) or, only with ``retrain``, "retrained" with the trial's parameters and seed
-    (and written there, so later reads find it)."""
+    (and written there, so later reads find it); ``say`` gives that note (a live view's, with its clock)."""
     path = trial_path(cfg, study.study_name, trial.number)
     key = study.user_attrs.get(keys.STUDY_KEY)
     try:
@@ -62,8 +66,8 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
     data = data or study_data(study, cfg)
     gamma, alpha = trial.params["gamma"], trial_alpha(trial, data.class_counts(), focus_class(cfg, data.classes))
     folds = f" x {cfg.data.folds} folds" if cfg.data.folds > 1 else ""
-    print(f"note: trial {trial.number} {problem}; training it again with its parameters and seed "
-          f"({cfg.train.epochs} epochs{folds})", file=sys.stderr, flush=True)  # minutes, where it said nothing
+    say(f"note: trial {trial.number} {problem}; training it again with its parameters and seed "
+        f"({cfg.train.epochs} epochs{folds})")  # minutes, where it said nothing
     if cfg.data.folds > 1:  # the trial's model is the ensemble of its k fold models
         result = train_folds(cfg, data, [(gamma, alpha, seed)])[0]
     else:
@@ -74,7 +78,7 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
 
 
 def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool = False,
-                loaded: dict | None = None) -> tuple[torch.nn.Module, dict, str]:
+                loaded: dict | None = None, say=_note) -> tuple[torch.nn.Module, dict, str]:
     """The model the study hands back (``best --save-model``, ``predict``, the report): the best
     trial's, or the mean of ``final_members`` with the temperature and threshold chosen on their
     averaged validation logits (``tuner.learn.ensemble``). ``loaded``: trial number -> what
@@ -83,7 +87,7 @@ def final_model(study: optuna.Study, cfg: StudyConfig, data=None, retrain: bool 
     loaded = {} if loaded is None else loaded
     for t in members:
         if t.number not in loaded:
-            loaded[t.number] = trial_model(study, cfg, t, data, retrain)
+            loaded[t.number] = trial_model(study, cfg, t, data, retrain, say)
     if len(members) == 1:
         return loaded[members[0].number]
     data = data or study_data(study, cfg)
@@ -118,7 +122,7 @@ def check_on_test(model: torch.nn.Module, payload: dict, source: str, data: Spli
 
 
 def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | None = None,
-                          retrain: bool = False) -> dict | None:
+                          retrain: bool = False, say=_note) -> dict | None:
     """Test-set metrics of the best trial, of the final model when it is a mean of trials, and of the
     complete reference trials, each reference also against the final model image by image
     (``paired_bootstrap``): the only place the test split is used. Stored with the study for
@@ -126,10 +130,10 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     when its model file is not here."""
     best = best_trial(study)
     data = data or study_data(study, cfg)
-    loaded = {best.number: trial_model(study, cfg, best, data, retrain)}  # each trial's file read once
+    loaded = {best.number: trial_model(study, cfg, best, data, retrain, say)}  # each trial's file read once
     final, mean = None, len(final_members(study, cfg)) > 1
     if mean:
-        model, payload, source = final_model(study, cfg, data, retrain, loaded)
+        model, payload, source = final_model(study, cfg, data, retrain, loaded, say)
         study.set_user_attr(keys.FINAL_DECISION, decision_of(payload, best.number))
     if data.test_x is None:
         return None
@@ -143,7 +147,7 @@ def evaluate_best_on_test(study: optuna.Study, cfg: StudyConfig, data: Splits | 
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if keys.REFERENCE in t.user_attrs and (t.number != best.number or final is not None):  # a best reference vs the mean
             if t.number not in loaded:
-                loaded[t.number] = trial_model(study, cfg, t, data, retrain)
+                loaded[t.number] = trial_model(study, cfg, t, data, retrain, say)
             ref, outputs = check_on_test(*loaded[t.number], data, focus)
             refs.append({"trial": t.number, **ref, "against_final": paired_bootstrap(data.test_y.numpy(), outputs, final_outputs, focus=focus)})
     study.set_user_attr(keys.BEST_TEST, out)
