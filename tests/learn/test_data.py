@@ -285,6 +285,23 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (a == upright).all() and a[:3].min() == 255 and a[-3:].max() == 0  # the band is now at the top
 
 
+def test_an_image_drawn_only_in_its_alpha_is_put_on_white_and_other_transparent_images_drop_their_alpha(tmp_path):
+    glyph = np.zeros((16, 16, 4), np.uint8)  # black everywhere; the shape is where it is opaque
+    glyph[4:12, 4:12, 3] = 255
+    Image.fromarray(glyph, "RGBA").save(tmp_path / "glyph.png")
+    Image.fromarray(glyph[..., 3], "L").convert("LA").save(tmp_path / "flat-la.png")  # LA with no alpha range: kept
+    la = np.stack([np.zeros((16, 16), np.uint8), glyph[..., 3]], -1)
+    Image.fromarray(la, "LA").save(tmp_path / "glyph-la.png")
+    for name in ("glyph.png", "glyph-la.png"):
+        for channels in (1, 3):
+            a = decode_image(tmp_path / name, channels, 16)
+            assert a.shape == (channels, 16, 16) and (a[:, 6:10, 6:10] == 0).all() and (a[:, :2] == 255).all(), name
+    assert decode_image(tmp_path / "flat-la.png", 1, 16)[0, 6, 6] == 255  # its colour has the shape
+    photo = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)  # colour varies: alpha dropped
+    Image.fromarray(photo, "RGBA").save(tmp_path / "photo.png")
+    assert (decode_image(tmp_path / "photo.png", 3, 16) == photo[..., :3].transpose(2, 0, 1)).all()
+
+
 def test_imagefolder_of_sixteen_bit_images_keeps_their_contrast(tmp_path):
     for cls, n in (("a", 6), ("b", 4)):
         (tmp_path / "train" / cls).mkdir(parents=True)

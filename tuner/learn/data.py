@@ -26,7 +26,7 @@ from tuner.errors import UserError
 from tuner.machine import usable_cpus
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-CACHE_VERSION = 2  # bump when the cached layout or the decoding changes
+CACHE_VERSION = 3  # bump when the cached layout or the decoding changes
 KEEP_CACHES = 8  # image caches kept per cache folder, the most recently used
 SYNTHETIC_CONTRAST = 48.0  # tuned so a small CNN needs a few epochs and results depend on gamma/alpha
 
@@ -438,8 +438,22 @@ def decode_image(path: str | Path, channels: int, size: int) -> np.ndarray:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I") or im.mode == "F":
             im = Image.fromarray(stretch_to_uint8(np.asarray(im)))
+        im = drawn_in_alpha(im) or im
         a = np.array(im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR))
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def drawn_in_alpha(im: Image.Image) -> Image.Image | None:
+    """An image whose colour is one flat value and whose content is its transparency (a glyph, an
+    icon, a mask saved as alpha), put on white as a viewer shows it; None for any other image, which
+    decodes as torchvision's loader does, its alpha dropped. Dropping it here would leave one flat value."""
+    if "A" not in im.getbands() and "transparency" not in im.info:
+        return None
+    rgba = im.convert("RGBA")
+    *colour, alpha = rgba.getextrema()
+    if any(lo != hi for lo, hi in colour) or alpha[0] == alpha[1]:
+        return None
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
 
 
 def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
