@@ -287,3 +287,17 @@ def test_scalar_alpha_with_many_classes_weights_the_class_to_detect_else_the_rar
     assert tuner.learn.weights.class_weights(0.8, counts, focus=2) == [pytest.approx(0.2), pytest.approx(0.2), 0.8]
     assert tuner.learn.weights.loss_alpha({"alpha": 0.8}, counts, focus=0) == [0.8, pytest.approx(0.2), pytest.approx(0.2)]
     assert tuner.learn.weights.class_weights(0.8, [30, 5], focus=0) == 0.8  # two classes: alpha is the positive's
+
+
+@pytest.mark.parametrize("data", [binary_data, softmax_data], ids=["binary", "softmax"])
+def test_zero_dim_tensor_alpha_is_the_same_as_a_float(data):
+    x, y = data(c=2) if data is softmax_data else data()
+    expected = focal_loss(x, y, 2.0, 0.25, "none")
+    assert torch.allclose(focal_loss(x, y, 2.0, torch.tensor(0.25), "none"), expected)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1\.5"):
+        focal_loss(x, y, 2.0, torch.tensor(1.5))
+
+
+def test_one_logit_per_sample_in_two_dims_names_the_binary_form():
+    with pytest.raises(ValueError, match=r"squeeze\(1\) of shape \(N,\)"):
+        focal_loss(torch.zeros(4, 1), torch.zeros(4, 1), 2.0, 0.25)

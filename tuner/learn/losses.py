@@ -23,7 +23,9 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=
 
     ``alpha=None`` weights every sample 1, so ``gamma=0`` gives plain cross-entropy. "mean"
     averages over samples (like torchvision), not over the weights (unlike
-    ``F.cross_entropy(weight=...)``).
+    ``F.cross_entropy(weight=...)``); like torch's losses, the "mean" of an empty batch is NaN
+    (skip such a batch, or use "sum" divided by a count of your own). A 0-d tensor alpha counts
+    as a float.
 
     Log space: both forms go through the target margin m = x_y - logsumexp_{j != y} x_j
     (binary: m = x if y == 1 else -x), for which p_t = sigmoid(m) exactly. Hence
@@ -62,7 +64,9 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=
     elif logits.dim() == 2:
         n, c = logits.shape
         if c < 2:
-            raise ValueError(f"softmax logits need at least 2 classes, got shape {tuple(logits.shape)}")
+            raise ValueError(f"softmax logits need at least 2 classes, got shape {tuple(logits.shape)}; one logit "
+                             "per sample is the binary form: pass logits.squeeze(1) of shape (N,) and float 0/1 targets "
+                             "of the same shape")
         if targets.shape != (n,) or targets.is_floating_point():
             raise ValueError(
                 f"targets must be class indices of shape ({n},) for logits of shape {tuple(logits.shape)}, "
@@ -87,6 +91,8 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=
 
 def _class_weights(alpha, num_classes: int, like: torch.Tensor) -> torch.Tensor:
     """alpha as one weight per class, validated, on ``like``'s device and dtype."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() == 0:  # a 0-d tensor is one number, as a float
+        alpha = alpha.item()
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         if num_classes != 2:
             raise ValueError(
