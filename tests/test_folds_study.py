@@ -88,3 +88,29 @@ def test_a_missing_trial_file_is_retrained_as_its_fold_ensemble(folder, tmp_path
     # trials train alone (train.fuse = 1), so the same seed and batch order give the same fold models
     assert after["average_precision"] == pytest.approx(before["average_precision"], abs=1e-6)
     assert after["balanced_accuracy"] == pytest.approx(before["balanced_accuracy"], abs=1e-6)
+
+
+def test_the_model_file_used_by_hand_as_the_readme_says_gives_what_predict_gives(folder, tmp_path, cli):
+    from tuner.learn.data import decode_image
+    from tuner.show.predict import classify, load_model
+
+    path, _ = folder
+    best = json.loads(cli("best", "--json", "--save-model", str(tmp_path / "best.pt"), cwd=path).stdout)
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(6):
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images[-1])
+    rows = json.loads(cli("predict", str(tmp_path / "best.pt"), *map(str, images), "--json", cwd=path).stdout)
+    model, payload = load_model(tmp_path / "best.pt")
+    decision = best["final_decision"]
+    assert (payload["temperature"], payload["threshold"]) == (decision["temperature"], decision["threshold"])
+    assert payload["classes"][1] == best["positive_class"] == best["classes"][1]
+    m = payload["model"]
+    x = torch.stack([torch.from_numpy(decode_image(p, m["channels"], m["image_size"])) for p in images])
+    with torch.no_grad():
+        p = torch.sigmoid(model.eval()(x.float() / 127.5 - 1).squeeze(1) / payload["temperature"])
+    positive = payload["classes"][1]
+    for row, q, mine in zip(rows, p.tolist(), classify(model, payload, list(map(str, images)))):
+        assert row["probabilities"][positive] == pytest.approx(q, abs=1e-6) == mine["probabilities"][positive]
+        assert row["predicted"] == (positive if q >= payload["threshold"] else payload["classes"][0]) == mine["predicted"]
