@@ -182,7 +182,7 @@ def test_bfloat16_is_close_to_float32(data, alpha):
     logits = x.bfloat16().requires_grad_()
     loss = focal_loss(logits, y.bfloat16() if y.is_floating_point() else y, 2.0, alpha)
     loss.backward()
-    assert loss.dtype == torch.bfloat16 and torch.isfinite(logits.grad).all()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad).all()
     torch.testing.assert_close(loss.float(), focal_loss(x, y, 2.0, alpha), rtol=3e-2, atol=1e-3)
 
 
@@ -301,3 +301,15 @@ def test_zero_dim_tensor_alpha_is_the_same_as_a_float(data):
 def test_one_logit_per_sample_in_two_dims_names_the_binary_form():
     with pytest.raises(ValueError, match=r"squeeze\(1\) of shape \(N,\)"):
         focal_loss(torch.zeros(4, 1), torch.zeros(4, 1), 2.0, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sixteen_bit_logits_give_a_float32_loss_near_the_float64_one(dtype):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4096, generator=g) * 4, (torch.rand(4096, generator=g) < 0.1).float()
+    low = x.to(dtype).requires_grad_()
+    loss = focal_loss(low, y, 2.0, 0.25, "sum")
+    exact = focal_loss(low.detach().double(), y.double(), 2.0, 0.25, "sum")
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(exact.item(), rel=1e-5)
+    loss.backward()
+    assert low.grad.dtype == dtype and torch.isfinite(low.grad).all()

@@ -25,7 +25,7 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=
     averages over samples (like torchvision), not over the weights (unlike
     ``F.cross_entropy(weight=...)``); like torch's losses, the "mean" of an empty batch is NaN
     (skip such a batch, or use "sum" divided by a count of your own). A 0-d tensor alpha counts
-    as a float.
+    as a float. 16-bit logits are computed in float32 and give a float32 loss.
 
     Log space: both forms go through the target margin m = x_y - logsumexp_{j != y} x_j
     (binary: m = x if y == 1 else -x), for which p_t = sigmoid(m) exactly. Hence
@@ -51,6 +51,8 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if logits.dtype in (torch.float16, torch.bfloat16):  # as torch's own losses under autocast: a 16-bit sum loses digits
+        logits = logits.float()
     if logits.dim() == 1:
         if targets.shape != logits.shape:
             raise ValueError(
