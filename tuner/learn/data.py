@@ -298,18 +298,15 @@ def load_imagefolder(cfg, seed: int, cache_dir: str | None, on_decode=None) -> S
                             "of each class: add images there, or remove test/ to run without a test check.")
     folder_classes = classes
     labels, classes = orient(labels, classes, labels[ok & is_train], cfg.positive_class)
-    if classes != folder_classes:
-        # Files were listed folder by folder; listing them by their new label instead (a stable sort
-        # keeps file-name order within a class) makes the data, hence every trial, independent of
-        # whether the positive folder's name sorts first or last.
-        by_label = np.argsort(labels, kind="stable")
-        x, ok, labels, is_train = x[by_label], ok[by_label], labels[by_label], is_train[by_label]
-    tx, ty = x[ok & is_train], labels[ok & is_train]
-    train, val = stratified_split(ty, cfg.val_fraction, seed)
-    tx, ty = torch.from_numpy(tx), torch.from_numpy(ty)
-    test = ok & ~is_train
-    test_x, test_y = (torch.from_numpy(x[test]), torch.from_numpy(labels[test])) if n_train < len(paths) else (None, None)
-    return Splits(tx[train], ty[train], tx[val], ty[val], test_x, test_y, classes, skipped=len(bad),
+    # Files were listed folder by folder; listing them by their new label instead (a stable sort
+    # keeps file-name order within a class) makes the data, hence every trial, independent of
+    # whether the positive folder's name sorts first or last.
+    order = np.argsort(labels, kind="stable") if classes != folder_classes else np.arange(len(paths))
+    pool, test = order[(ok & is_train)[order]], order[(ok & ~is_train)[order]]  # positions in x
+    train, val = (pool[i] for i in stratified_split(labels[pool], cfg.val_fraction, seed))
+    part = lambda idx: (torch.from_numpy(x[idx]), torch.from_numpy(labels[idx]))  # noqa: E731  each image copied once
+    test_x, test_y = part(test) if n_train < len(paths) else (None, None)
+    return Splits(*part(train), *part(val), test_x, test_y, classes, skipped=len(bad),
                   fingerprints={"train": fingerprint(root, paths[:n_train], stats[:n_train]),
                                 "test": fingerprint(root, paths[n_train:], stats[n_train:])})
 
