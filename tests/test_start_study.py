@@ -17,6 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import tuner, write_study
+from tuner import keys
 
 
 def load(folder, name="smoke"):
@@ -351,3 +352,23 @@ def test_a_closed_terminal_stops_the_workers_as_ctrl_c_does(tmp_path):
     assert [(t.number, t.state) for t in later] == [(t.number, t.state) for t in stopped]
     assert TrialState.RUNNING not in [t.state for t in later]
     assert any(t.user_attrs.get("stop_reason") == "interrupted" for t in later)
+
+
+def test_a_study_stored_before_folds_and_final_model_reads_and_resumes_as_it_ran(tmp_path, cli):
+    study_file = write_study(tmp_path, n_trials=2, epochs=1)
+    assert tuner("start-study", str(study_file), "--set", "study.final_model=best_trial", cwd=tmp_path).returncode == 0
+    study = load(tmp_path)
+    stored = study.user_attrs[keys.CONFIG]
+    del stored["data"]["folds"], stored["study"]["final_model"], stored["study"]["max_retries"]
+    study.set_user_attr(keys.CONFIG, stored)  # as stored before those keys existed
+    before = cli("best", "--json", cwd=tmp_path)
+    assert before.returncode == 0, before.stderr
+    best = json.loads(before.stdout)
+    assert best["final_model"].startswith("the best trial's model") and best["folds"] == 1
+    for cmd in ("status", "export", "report"):
+        proc = cli(cmd, cwd=tmp_path)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (cmd, proc.stderr)
+    proc = tuner("start-study", str(study_file), "--n-trials", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring changed study.final_model: stored 'best_trial', asked 'ensemble'" in proc.stderr
+    assert len(load(tmp_path).trials) == 3 and "one model trained on" in proc.stdout

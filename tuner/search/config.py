@@ -34,6 +34,8 @@ MAX_TRIALS = 100_000  # far past any search of two parameters; a typo's 10**20 i
 MAX_GRID = math.isqrt(MAX_TRIALS)  # grid_points ** 2 trials are queued
 MAX_SEED = 1_000_000
 STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
+# Keys added after studies were first stored, with what such a study ran with (not today's default)
+STORED_BEFORE = {"data.folds": 1, "study.final_model": "best_trial"}
 
 
 def check_study_name(name: str, where: str = "--study-name") -> None:
@@ -294,6 +296,16 @@ def from_dict(raw: dict[str, Any], source: str = "study file") -> StudyConfig:
     cfg = StudyConfig(**sections)
     _validate(cfg)
     return cfg
+
+
+def from_stored(raw: dict[str, Any], source: str) -> StudyConfig:
+    """The config stored with a study; a key the study was stored without reads as it ran then."""
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for key, value in STORED_BEFORE.items():
+        section, name = key.split(".")
+        if isinstance(raw.setdefault(section, {}), dict):
+            raw[section].setdefault(name, value)
+    return from_dict(raw, source)
 
 
 def elsewhere(key: str, section: str | None = None) -> str:

@@ -355,7 +355,7 @@ def stored_config(study: optuna.Study) -> StudyConfig:
     raw = study.user_attrs.get(keys.CONFIG)
     if raw is None:
         raise UserError(f"study {study.study_name!r} was not created by tuner (it has no stored settings)")
-    return config_mod.from_dict(raw, source=f"the settings stored with study {study.study_name!r}")
+    return config_mod.from_stored(raw, source=f"the settings stored with study {study.study_name!r}")
 
 
 def open_for_worker(url: str, name: str, worker_index: int, log=print) -> tuple[optuna.Study, StudyConfig, RDBStorage]:
