@@ -284,3 +284,26 @@ def test_alpha_of_a_named_class_to_detect_weights_that_class_not_the_rarest(fold
     shown = best["alpha_per_class"]
     assert shown["five"] == best["params"]["alpha"] and {shown[c] for c in ("eight", "one", "zero")} == {1 - shown["five"]}
     assert f"class weights: eight {shown['eight']:.3f}, five {shown['five']:.3f}," in proc.stdout  # whom alpha weights
+
+
+def test_a_screening_study_stored_before_a_class_to_detect_existed_resumes_deciding_by_the_argmax(screening, tmp_path, cli):
+    import shutil
+
+    import optuna
+
+    from tuner import keys
+
+    root, _ = screening
+    shutil.copy(root / "screen.db", tmp_path / "old.db")
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.load_study(study_name="screen", storage=url)
+    stored = study.user_attrs[keys.CONFIG]
+    stored["data"]["positive_class"] = ""  # as stored when an f1 or recall rule with many classes was the argmax
+    study.set_user_attr(keys.CONFIG, stored)
+    proc = tuner("start-study", "screen.toml", "--workers", "1", "--n-trials", "3", "--storage", url, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the most probable class decided, as in the study's earlier trials" in proc.stderr
+    new = optuna.load_study(study_name="screen", storage=url).trials[2]
+    assert new.state == optuna.trial.TrialState.COMPLETE and new.user_attrs.get("class_thresholds") is None
+    status = json.loads(cli("status", "--json", "--storage", url, cwd=root).stdout)
+    assert status["threshold_of"] == "none: the most probable class is decided"

@@ -51,6 +51,9 @@ def _classes_line(cfg, data) -> str:
         return data.describe_positive() + f"; operating point: {cfg.study.operating_point} on validation"
     if cfg.study.operating_point == "balanced_accuracy":
         how = "per-class thresholds for balanced accuracy"
+    elif not cfg.data.positive_class:  # stored before a class to detect among more than two existed
+        how = (f"the most probable class decided, as in the study's earlier trials (it was stored before {cfg.study.operating_point} "
+               "could name a class to detect)")
     else:
         name, counts = cfg.data.positive_class, data.pool_counts()
         how = (f"class to detect {name!r} ({counts[data.classes.index(name)]:,} of {sum(counts):,} training images, train and "

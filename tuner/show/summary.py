@@ -212,13 +212,16 @@ def threshold_rule(study: optuna.Study) -> tuple[int | None, str | None]:
     the words), words None for a study without classes (one tuner did not make)."""
     classes = study.user_attrs.get(keys.DATA, {}).get("classes") or []
     try:
-        focus = focus_class(stored_config(study), classes)
+        cfg = stored_config(study)
+        focus = focus_class(cfg, classes)
     except UserError:  # a study tuner did not create
         return None, None
     if len(classes) == 2:
         return None, f"on the calibrated probability of {classes[1]!r}"
     if focus is not None:
         return focus, f"on p({classes[focus]}) / the largest other class's probability"
+    if classes and cfg.study.operating_point != "balanced_accuracy":  # stored before a class to detect existed
+        return None, "none: the most probable class is decided"
     return None, "one per class, chosen on validation (tuner best shows them)" if classes else None
 
 
