@@ -263,6 +263,14 @@ def test_delete_refuses_while_trials_run_unless_forced(tmp_path, cli):
     assert_user_error(cli("delete", "nope", "--yes", cwd=tmp_path), "no study named 'nope'", "studies there: a")
 
 
+def test_an_empty_study_name_is_an_error_not_the_only_study(tmp_path, cli):
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="only")
+    for command in ("status", "best", "report", "export"):
+        assert_user_error(cli(command, "--study-name", "", cwd=tmp_path), "--study-name '' is empty")
+    assert_user_error(cli("status", "--study-name", " ", cwd=tmp_path), "--study-name ' ' is empty")
+    assert cli("status", cwd=tmp_path).returncode == 0  # left out, the only study is read
+
+
 def test_worker_infers_the_study_name_and_says_n_trials_is_the_study_total(tmp_path, cli):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="foreign")
     # it found the only study, and got as far as reading its settings

@@ -76,7 +76,10 @@ def _naming(name: str) -> str:
 def _study(url: str, name: str | None):
     from tuner.search.study import load, only_study
 
-    study = load(url, _naming(name or only_study(url)))
+    if name is not None and not name.strip():  # a mistake (an unset shell variable), not "the only study"
+        raise UserError(f"--study-name {name!r} is empty: pass a study's name, or leave --study-name out "
+                        "when the storage holds one study")
+    study = load(url, _naming(only_study(url) if name is None else name))
     if len(study.directions) > 1:  # not one tuner made: each trial has several values
         raise UserError(f"study {study.study_name!r} has {len(study.directions)} objectives; tuner reads studies of one "
                         "objective, as it creates them (tuner dashboard shows any study)")
