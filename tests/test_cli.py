@@ -54,8 +54,7 @@ def test_unreadable_study_file(tmp_path, cli):
 def test_bad_values(study_file, override, words, cli):
     proc = cli("start-study", str(study_file), "--set", override, cwd=study_file.parent)
     assert_user_error(proc, *words)
-    assert not (study_file.parent / "tuner.db").exists() or not optuna.get_all_study_names(
-        f"sqlite:///{study_file.parent / 'tuner.db'}")
+    assert not (study_file.parent / "tuner.db").exists()  # no empty database for a later command to find
 
 
 def test_missing_data_root(study_file, cli):
@@ -322,8 +321,7 @@ def test_a_hostile_name_already_in_the_database_cannot_name_a_folder(tmp_path, c
 ])
 def test_n_trials_bounds_and_the_reference_trials(study_file, args, words, cli):
     assert_user_error(cli("start-study", str(study_file), *args, cwd=study_file.parent), *words)
-    assert not (study_file.parent / "tuner.db").exists() or not optuna.get_all_study_names(
-        f"sqlite:///{study_file.parent / 'tuner.db'}")
+    assert not (study_file.parent / "tuner.db").exists()  # no empty database for a later command to find
 
 
 def test_n_trials_below_the_reference_trials_on_a_stored_study_keeps_it(study_file, cli):

@@ -155,6 +155,8 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     Returns the study and notes for the user (settings kept from the stored study).
     """
     check_study_name(name)
+    if name not in _names_if_any(url):  # a new study: checked before the storage is made, so the error leaves no empty database
+        check_references_fit(cfg, n_trials or cfg.study.n_trials)
     storage = open_storage(url)
     notes = []
     try:
@@ -335,6 +337,18 @@ def load(url: str, name: str, storage: RDBStorage | None = None) -> optuna.Study
         names = optuna.get_all_study_names(storage)
         known = f"studies there: {', '.join(names)}" if names else "it holds no studies yet; run tuner start-study first"
         raise UserError(f"no study named {name!r} in {mask(url)}; {known}")
+
+
+def _names_if_any(url: str) -> list[str]:
+    """The studies at ``url``; none where the storage does not exist yet (nothing is created)."""
+    try:
+        storage = open_storage(url, existing=True)
+    except UserError:
+        return []
+    try:
+        return optuna.get_all_study_names(storage)
+    finally:
+        storage.engine.dispose()
 
 
 def study_names(url: str) -> list[str]:
