@@ -451,6 +451,15 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.results import evaluate_best_on_test
 
         evaluate_best_on_test(study, cfg, retrain=True)
+    if save_model is not None:  # first: a save that fails prints no JSON for a script to take as done
+        from tuner.show.best_text import cut_phrase
+        from tuner.show.export import save_best_model
+        from tuner.show.summary import final_label
+
+        saved = save_best_model(study, save_model, cfg)
+        what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
+        how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
+        print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {cut_phrase(saved)}", file=sys.stderr)
     summary = best_summary(study, cfg)
     if as_json:
         print(json.dumps(summary))
@@ -458,17 +467,6 @@ def best(storage: Storage = None, study_name: StudyName = None,
         from tuner.show.best_text import best_lines
 
         print("\n".join(best_lines(summary)))
-    if save_model is not None:
-        from tuner.show.export import save_best_model
-
-        saved = save_best_model(study, save_model, cfg)
-        from tuner.show.summary import final_label
-
-        what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
-        how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
-        from tuner.show.best_text import cut_phrase
-
-        print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {cut_phrase(saved)}", file=sys.stderr)
 
 
 @app.command("dashboard", short_help="optuna-dashboard on the storage, read-only.")

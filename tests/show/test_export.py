@@ -106,6 +106,9 @@ def test_export_user_errors(folder, saved_model, cli):
     assert_user_error(cli("best", "--study-name", "smoke", "--save-model", "scan.png", cwd=folder),
                       "--save-model scan.png is a file that is not a model saved by tuner")
     assert (folder / "scan.png").read_bytes() == b"an image of the user's"
+    refused = cli("best", "--study-name", "smoke", "--json", "--save-model", "scan.png", cwd=folder)
+    assert_user_error(refused, "--save-model scan.png")
+    assert refused.stdout == ""  # no JSON for a script to read as a saved model
     assert cli("best", "--study-name", "smoke", "--save-model", str(saved_model), cwd=folder).returncode == 0  # a model: written over
 
 
