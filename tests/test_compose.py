@@ -218,6 +218,10 @@ def test_storage_url_from_a_file(tmp_path, cli, monkeypatch):
     assert default_url() == url
     monkeypatch.setenv("TUNER_STORAGE", "sqlite:///other.db")
     assert default_url() == "sqlite:///other.db"
+    monkeypatch.setenv("TUNER_STORAGE", " sqlite:///other.db\n")
+    assert default_url() == "sqlite:///other.db"
+    monkeypatch.setenv("TUNER_STORAGE", " ")  # blank: as if unset
+    assert default_url() == url
     monkeypatch.delenv("TUNER_STORAGE_FILE")
     monkeypatch.delenv("TUNER_STORAGE")
     assert default_url() == "sqlite:///tuner.db"

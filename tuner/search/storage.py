@@ -35,8 +35,8 @@ SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp
 def default_url() -> str:
     """$TUNER_STORAGE, else the URL in the file $TUNER_STORAGE_FILE names, else sqlite:///tuner.db.
     The file keeps a password out of the environment, where docker inspect and /proc show it."""
-    if os.environ.get("TUNER_STORAGE"):
-        return os.environ["TUNER_STORAGE"]
+    if url := os.environ.get("TUNER_STORAGE", "").strip():  # a space or newline pasted with it is not part of a URL
+        return url
     path = os.environ.get("TUNER_STORAGE_FILE")
     if not path:
         return DEFAULT_URL
