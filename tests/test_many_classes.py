@@ -186,6 +186,10 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     assert cli("best", "--save-model", str(saved), "--storage", "sqlite:///screen.db", cwd=root).returncode == 0
     best = json.loads(cli("best", "--json", "--storage", "sqlite:///screen.db", cwd=root).stdout)
     assert json.loads((tmp_path / "screen.pt.json").read_text())["positive_class"] == best["positive_class"] == "eight"
+    from tuner.learn.checkpoints import detected_class
+    from tuner.show.predict import load_model
+
+    assert detected_class(load_model(saved)[1]) == "eight"  # as the README tells a script to find it
     images = sorted((root / "data" / "test").glob("*/*.png"))
     proc = cli("predict", str(saved), *map(str, images), "--json", cwd=root)
     assert proc.returncode == 0, proc.stderr
