@@ -524,7 +524,7 @@ def report(storage: Storage = None, study_name: StudyName = None,
 def export(storage: Storage = None, study_name: StudyName = None,
            fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="csv or json")] = "csv",
            out_file: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", show_default=False,
-                                                            help="file to write [default: stdout]")] = None):
+                                                            help="file to write; - for stdout [default: stdout]")] = None):
     """One row per trial: state, gamma, alpha, value, metrics, epochs, duration, notes."""
     from tuner.show.export import FORMATS, trial_rows, write_rows
 

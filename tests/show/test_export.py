@@ -99,6 +99,8 @@ def test_json_export_to_a_file(folder, cli):
 def test_export_user_errors(folder, saved_model, cli):
     assert_user_error(cli("export", "--study-name", "smoke", "--format", "xml", cwd=folder), "--format", "xml", "csv")
     assert json.loads(cli("export", "--study-name", "smoke", "--format", "JSON", cwd=folder).stdout)  # any case
+    dash = cli("export", "--study-name", "smoke", "-o", "-", cwd=folder)
+    assert dash.stdout.startswith("trial,") and not (folder / "-").exists()  # stdout, not a file named '-'
     (folder / "a-file").write_text("")
     assert_user_error(cli("export", "--study-name", "smoke", "--out", "a-file/trials.csv", cwd=folder), "a-file/trials.csv", "--out")
     assert_user_error(cli("best", "--study-name", "smoke", "--save-model", ".", cwd=folder), "--save-model", "is a folder")

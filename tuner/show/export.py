@@ -67,7 +67,7 @@ def write_rows(rows: list[dict], fmt: str, out: str | Path | None = None) -> Non
     else:
         clean = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
         text = json.dumps(clean, indent=1) + "\n"
-    if out is None:
+    if out is None or str(out) == "-":  # "-": stdout, as for most tools
         sys.stdout.write(text)
         return
     if Path(out).is_file() and binary(Path(out)):
