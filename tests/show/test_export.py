@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, tuner
+from conftest import ROOT, assert_user_error, tuner
 from test_report import finished_study
 from tuner.learn.data import load_data
 from tuner.show.export import COLUMNS
@@ -112,6 +112,14 @@ def test_export_user_errors(folder, saved_model, cli):
     assert_user_error(refused, "--save-model scan.png")
     assert refused.stdout == ""  # no JSON for a script to read as a saved model
     assert cli("best", "--study-name", "smoke", "--save-model", str(saved_model), cwd=folder).returncode == 0  # a model: written over
+
+
+def test_every_field_of_best_json_is_told_in_the_readme(folder, cli):
+    best = json.loads(cli("best", "--study-name", "smoke", "--json", cwd=folder).stdout)
+    readme = (ROOT / "README.md").read_text()
+    told = readme[readme.index("## The results in your own code"):readme.index("## The focal loss")]
+    assert [k for k in best if f"`{k}`" not in told] == []
+    assert "against_final" in best["references"][0]["test"] and "`test.against_final`" in told
 
 
 def _test_metrics(model, cfg, payload):
