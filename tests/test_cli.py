@@ -95,6 +95,15 @@ def test_a_storage_url_naming_a_folder_says_so(tmp_path, cli):
                           f"names the folder {tmp_path}, not a database file", f"sqlite:///{tmp_path / 'tuner.db'}")
 
 
+def test_sqlite_url_arguments_the_driver_would_ignore_are_refused(tmp_path, cli):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    optuna.create_study(storage=url, study_name="only")
+    assert_user_error(cli("status", "--storage", f"{url}?mode=ro", cwd=tmp_path), "has mode in its query", f"write {url}")
+    assert_user_error(cli("status", "--storage", f"sqlite:///file:{tmp_path / 'tuner.db'}?mode=ro&uri=true", cwd=tmp_path),
+                      "has mode, uri in its query", f"write {url}")
+    assert cli("status", "--storage", f"{url}?timeout=5", cwd=tmp_path).returncode == 0  # one the driver takes
+
+
 def test_unknown_study_name(tmp_path, cli):
     optuna.create_study(storage=f"sqlite:///{tmp_path / 'tuner.db'}", study_name="other")
     for cmd in (["best", "--json"], ["status"], ["worker"]):

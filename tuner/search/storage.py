@@ -32,6 +32,9 @@ SERVER_OPTIONS = ("-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp
                   "-c tcp_user_timeout=30000 -c idle_in_transaction_session_timeout=60000")
 
 
+SQLITE_DRIVER_ARGS = {"timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+
+
 def default_url() -> str:
     """$TUNER_STORAGE, else the URL in the file $TUNER_STORAGE_FILE names, else sqlite:///tuner.db.
     The file keeps a password out of the environment, where docker inspect and /proc show it."""
@@ -79,6 +82,10 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 60,
         raise UserError(f"storage URL {mask(url)!r} is not a database URL: {why}; {example}")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if ignored := sorted(set(parsed.query) - SQLITE_DRIVER_ARGS):  # SQLAlchemy only warns, and uri=true names no path
+            path = (parsed.database or "tuner.db").removeprefix("file:")
+            raise UserError(f"storage URL {mask(url)!r} has {', '.join(ignored)} in its query, which tuner does not pass to "
+                            f"SQLite: it opens the file by its path; write sqlite:///{path}")
         # Workers write at the same time: wait for the lock instead of failing at once, and let
         # readers (dashboard, status) read while a writer writes.
         engine_kwargs = {"connect_args": {"timeout": 120}}
