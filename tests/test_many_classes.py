@@ -122,6 +122,7 @@ def test_the_final_model_decides_by_per_class_thresholds_chosen_on_validation(fo
     names = list(COUNTS)
     by_hand = [names[int(np.argmax([r["probabilities"][c] / t[i] for i, c in enumerate(names)]))] for r in rows]
     assert [r["predicted"] for r in rows] == by_hand and all(r["threshold"] is None for r in rows)  # no one cut
+    assert {r["threshold_of"] for r in rows} == {"one per class, in the model file's class_thresholds"}
     truth = [p.parent.name for p in images]
     recall = np.mean([np.mean([p == c for p, y in zip(by_hand, truth) if y == c]) for c in names])
     assert recall == pytest.approx(best["final"]["balanced_accuracy"], abs=1e-6)
@@ -198,6 +199,7 @@ def test_the_screening_model_predicts_the_class_to_detect_when_its_ratio_reaches
     by_hand = []
     for r in json.loads(proc.stdout):
         assert r["threshold"] == cut  # the ratio cut each decision was made at
+        assert r["threshold_of"] == "on p(eight) / the largest other class's probability"  # status's words
         p = r["probabilities"]
         rival = max(p[c] for c in names if c != "eight")
         by_hand.append("eight" if p["eight"] >= cut * rival else max((c for c in names if c != "eight"), key=p.get))

@@ -562,24 +562,27 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         print(f"skipped {len(skipped)} of {len(files)} images that could not be read", file=sys.stderr)
     if note := resize_note([r["path"] for r in rows], payload["model"]["channels"], payload["model"]["image_size"]):
         print(f"note: {note}", file=sys.stderr)
-    cut = None  # the one cut the decisions were made at, where the model has one
+    cut, cut_of = None, "none: the most probable class is decided"  # the one cut the decisions were made at, and what it cuts
     if positive:
+        cut_of = f"on the calibrated probability of {positive!r}"
         cut = operating_threshold(payload) if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
         print(f"threshold {cut_text(cut)} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
     elif payload.get("class_thresholds") and (detect := detected_class(payload)):
+        cut_of = f"on p({detect}) / the largest other class's probability"
         cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
         how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point')}"
         print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
               f"{cut_text(cut)} ({how}), else the most probable class", file=sys.stderr)
     elif payload.get("class_thresholds"):
+        cut_of = "one per class, in the model file's class_thresholds"
         print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
               f"(chosen on validation for {payload.get('operating_point')}: "
               + ", ".join(f"{c} {cut_text(t)}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
     else:
         print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
     if as_json:  # each row says the cut its decision was made at, as stderr does
-        print(json.dumps([{**r, "threshold": cut} for r in rows], indent=1))
+        print(json.dumps([{**r, "threshold": cut, "threshold_of": cut_of} for r in rows], indent=1))
         return
     shown = classes if all_classes else [positive] if positive else [detect] if (detect := detected_class(payload)) else None
     # csv quotes a field only where a path or class name holds a tab, a newline or a quote; a carriage

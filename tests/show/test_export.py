@@ -233,6 +233,7 @@ def test_predict_prints_a_line_per_image(folder, saved_model, tmp_path, cli):
     assert as_json[0]["predicted"] == lines[2][1]
     assert as_json[0]["probabilities"][positive] == pytest.approx(float(lines[2][2]), abs=1e-4)
     assert as_json[0]["threshold"] == threshold  # the cut the decision was made at
+    assert as_json[0]["threshold_of"] == f"on the calibrated probability of {positive!r}"  # as status and export say it
     moved = json.loads(cli("predict", str(saved_model), str(paths[2]), "--json", "--threshold", "0.3", cwd=folder).stdout)
     assert moved[0]["threshold"] == 0.3
 
