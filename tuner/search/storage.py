@@ -157,6 +157,15 @@ def _rdb_storage(url: str, engine_kwargs: dict, hb: dict, tries: int = 8) -> opt
             time.sleep(0.2 + random.random() * 0.3)
 
 
+def new_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names an SQLite file that does not exist yet (opening the storage makes it)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # open_storage says what is wrong with it
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).exists()
+
+
 def _check_tables(url: str, engine_kwargs: dict) -> None:
     """RDBStorage creates Optuna's tables when they are missing: look before it does."""
     engine = sqlalchemy.create_engine(url, **engine_kwargs)

@@ -24,7 +24,7 @@ from tuner.search import config as config_mod
 from tuner.search.config import StudyConfig, check_study_name
 from tuner.errors import UserError
 from tuner.search.liveness import DbRetry, fail_orphans
-from tuner.search.storage import mask, open_storage, study_lock
+from tuner.search.storage import mask, new_sqlite_file, open_storage, study_lock
 
 KEEP_MODELS = 3  # finished trials whose model files are kept, besides the reference trials'
 
@@ -155,7 +155,7 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
     Returns the study and notes for the user (settings kept from the stored study).
     """
     check_study_name(name)
-    if name not in _names_if_any(url):  # a new study: checked before the storage is made, so the error leaves no empty database
+    if new_sqlite_file(url):  # so the error leaves no empty database file behind
         check_references_fit(cfg, n_trials or cfg.study.n_trials)
     storage = open_storage(url)
     notes = []
@@ -337,18 +337,6 @@ def load(url: str, name: str, storage: RDBStorage | None = None) -> optuna.Study
         names = optuna.get_all_study_names(storage)
         known = f"studies there: {', '.join(names)}" if names else "it holds no studies yet; run tuner start-study first"
         raise UserError(f"no study named {name!r} in {mask(url)}; {known}")
-
-
-def _names_if_any(url: str) -> list[str]:
-    """The studies at ``url``; none where the storage does not exist yet (nothing is created)."""
-    try:
-        storage = open_storage(url, existing=True)
-    except UserError:
-        return []
-    try:
-        return optuna.get_all_study_names(storage)
-    finally:
-        storage.engine.dispose()
 
 
 def study_names(url: str) -> list[str]:
