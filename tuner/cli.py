@@ -547,11 +547,11 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
     an f1 or recall>=X model), or else of the predicted class (the class with the largest probability
     divided by its threshold, chosen on validation)."""
     from tuner.learn.checkpoints import detected_class
-    from tuner.show.predict import classify, image_files, load_model, operating_threshold, resize_note
+    from tuner.show.predict import classify, decision_words, image_files, load_model, positive_of, resize_note
     from tuner.show.progress import cut_text
 
     net, payload = load_model(model)
-    classes, positive = payload["classes"], payload.get("positive_class") or (payload["classes"][1] if len(payload["classes"]) == 2 else None)
+    classes, positive = payload["classes"], positive_of(payload)
     files, skipped = image_files([str(p) for p in images]), [] if skip_unreadable else None
     rows = classify(net, payload, files, threshold, skipped)
     if skipped:
@@ -562,25 +562,8 @@ def predict_cmd(model: Annotated[Path, typer.Argument(help="a file from tuner be
         print(f"skipped {len(skipped)} of {len(files)} images that could not be read", file=sys.stderr)
     if note := resize_note([r["path"] for r in rows], payload["model"]["channels"], payload["model"]["image_size"]):
         print(f"note: {note}", file=sys.stderr)
-    cut, cut_of = None, "none: the most probable class is decided"  # the one cut the decisions were made at, and what it cuts
-    if positive:
-        cut_of = f"on the calibrated probability of {positive!r}"
-        cut = operating_threshold(payload) if threshold is None else threshold
-        how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point', 'an unknown rule')}"
-        print(f"threshold {cut_text(cut)} on the calibrated probability of {positive!r} ({how})", file=sys.stderr)
-    elif payload.get("class_thresholds") and (detect := detected_class(payload)):
-        cut_of = f"on p({detect}) / the largest other class's probability"
-        cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
-        how = "from --threshold" if threshold is not None else f"chosen on validation for {payload.get('operating_point')}"
-        print(f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at least "
-              f"{cut_text(cut)} ({how}), else the most probable class", file=sys.stderr)
-    elif payload.get("class_thresholds"):
-        cut_of = "one per class, in the model file's class_thresholds"
-        print(f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold "
-              f"(chosen on validation for {payload.get('operating_point')}: "
-              + ", ".join(f"{c} {cut_text(t)}" for c, t in zip(classes, payload["class_thresholds"])) + ")", file=sys.stderr)
-    else:
-        print(f"{len(classes)} classes: the predicted class is the most probable one", file=sys.stderr)
+    cut, cut_of, said = decision_words(payload, threshold)
+    print(said, file=sys.stderr)
     if as_json:  # each row says the cut its decision was made at, as stderr does
         print(json.dumps([{**r, "threshold": cut, "threshold_of": cut_of} for r in rows], indent=1))
         return
