@@ -230,6 +230,7 @@ def test_status_json_and_export_short_format(tmp_path, cli):
     rows = json.loads(cli("export", "--study-name", "a", "-f", "json", cwd=tmp_path).stdout)
     assert [r["trial"] for r in rows] == [0, 1, 2] and rows[1]["gamma"] == 0.7
     # a study tuner did not make has no classes, so nothing is said of its thresholds
+    assert status["classes"] is None and status["positive_class"] is None
     assert status["threshold_of"] is None and "threshold:" not in cli("status", "--study-name", "a", cwd=tmp_path).stdout
     # a queued trial shows the parameters it will run with
     optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path / 'tuner.db'}").enqueue_trial({"gamma": 2.0, "alpha": 0.25})

@@ -349,6 +349,7 @@ def spawned_worker(threads: Annotated[int, typer.Option()], device: Annotated[Op
 @app.command("status", short_help="The study's trials as a table (or --json).")
 def status(storage: Storage = None, study_name: StudyName = None, as_json: Json = False):
     """The study's trials: state, gamma, alpha, value, threshold, epochs, duration, worker, note."""
+    from tuner import keys
     from tuner.show.progress import counts_words, cut_text
     from tuner.show.summary import status_rows, threshold_rule
     from tuner.search.study import counts
@@ -357,7 +358,10 @@ def status(storage: Storage = None, study_name: StudyName = None, as_json: Json 
     focus, cut = threshold_rule(study)
     rows, c = status_rows(study, focus), counts(study)
     if as_json:
-        print(json.dumps({"study": study.study_name, "counts": c, "threshold_of": cut, "trials": rows}))
+        classes = study.user_attrs.get(keys.DATA, {}).get("classes")
+        positive = study.user_attrs.get(keys.CONFIG, {}).get("data", {}).get("positive_class") or None  # as best --json has it
+        print(json.dumps({"study": study.study_name, "classes": classes, "positive_class": positive, "counts": c,
+                          "threshold_of": cut, "trials": rows}))
         return
     second = "beta" if any(r["beta"] is not None for r in rows) else "alpha"
     table = Table("trial", "state", "gamma", second, "value", "threshold", "epochs", "duration", "worker", "note",

@@ -89,7 +89,10 @@ def test_json_export_to_a_file(folder, cli):
     assert cli("export", "--study-name", "smoke", "--format", "json", "--out", "new/folder/t.json", cwd=folder).returncode == 0
     assert json.loads((folder / "new" / "folder" / "t.json").read_text()) == rows
     # one duration per trial: the worker's own clock, in the export, in status and in the progress lines
-    status = json.loads(cli("status", "--study-name", "smoke", "--json", cwd=folder).stdout)["trials"]
+    whole = json.loads(cli("status", "--study-name", "smoke", "--json", cwd=folder).stdout)
+    best = json.loads(cli("best", "--study-name", "smoke", "--json", cwd=folder).stdout)
+    assert (whole["classes"], whole["positive_class"]) == (best["classes"], best["positive_class"]) and best["positive_class"]
+    status = whole["trials"]
     assert [r["duration_s"] for r in status] == [r["duration_s"] for r in rows]
     ended = {e["trial"]: e["duration_s"] for e in snapshot(load(folder), 8)["ended"]}
     assert ended and all(ended[r["trial"]] == r["duration_s"] == load(folder).trials[r["trial"]].user_attrs["duration_s"]
