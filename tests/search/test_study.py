@@ -1,5 +1,6 @@
 """The study layer alone (no torch): samplers, pruners, creation, resume, claiming trials."""
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -141,6 +142,27 @@ def test_auto_settings_are_resolved_before_the_study_is_stored():
     with pytest.raises(UserError, match=r'data.folds = 20 is more than the 15 training images of the rarest class, so 5 folds '
                                         r'would validate on none of them; use at most 15 folds, or data.folds = "auto"'):
         cfg_with(data={"kind": "synthetic", "folds": 20}).resolved(2, "rare", 15)
+
+
+def test_a_relative_artifacts_folder_stored_before_they_were_absolute_is_no_note_from_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url, cfg = f"sqlite:///{tmp_path / 's.db'}", cfg_with(study={"name": "old"}).resolved(2, "rare", 100)
+    assert cfg.study.artifacts == str(tmp_path / "tuner-artifacts")
+    create_or_resume(dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, artifacts="tuner-artifacts")), url, "old")
+    _, notes = create_or_resume(cfg, url, "old")
+    assert not [n for n in notes if "keeps its checkpoints" in n]  # the same folder, not "in tuner-artifacts, not .../tuner-artifacts"
+
+
+def test_a_study_stored_before_worker_indices_were_counted_gets_new_ones(tmp_path):
+    """Its earlier runs each gave out 0, 1, ...: index 0 again would replay worker 0's sampler (same seed)."""
+    url, name = f"sqlite:///{tmp_path / 's.db'}", "old"
+    study, _ = create_or_resume(cfg_with(study={"name": name}), url, name)
+    for _ in range(3):  # two runs' trials, by workers 0 and 1 of each
+        trial = study.ask()
+        study.tell(trial, 0.5)
+    assert keys.WORKER_SLOTS not in study.user_attrs
+    assert reserve_worker_indices(url, name, 2) == 3  # past every index a run of 3 trials can have used
+    assert reserve_worker_indices(url, name, 1) == 5
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

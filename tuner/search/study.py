@@ -58,7 +58,9 @@ def reserve_worker_indices(url: str, name: str, n: int) -> int:
     storage = open_storage(url)
     study = optuna.load_study(study_name=name, storage=storage)
     with study_lock(storage, name):
-        first = study.user_attrs.get(keys.WORKER_SLOTS, 0)
+        first = study.user_attrs.get(keys.WORKER_SLOTS)
+        if first is None:  # none counted yet; a study stored before the count reused 0, 1, ...: start past any index those ran
+            first = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         study.set_user_attr(keys.WORKER_SLOTS, first + n)
     return first
 
@@ -205,7 +207,8 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
         if added := queue_grid(existing, stored):
             notes.append(f"study {name!r} had {added} of its grid's points not queued yet (its creation was cut short); "
                          "queued them now")
-        if stored.study.artifacts != cfg.study.artifacts and artifacts is None:  # e.g. the study file run from another folder
+        # e.g. the study file run from another folder (a relative folder, as studies stored it before, is read from this one)
+        if config_mod.absolute(stored.study.artifacts) != config_mod.absolute(cfg.study.artifacts) and artifacts is None:
             notes.append(f"study {name!r} keeps its checkpoints and model files in {stored.study.artifacts}, "
                          f"not {cfg.study.artifacts}")
         study = existing
