@@ -18,7 +18,7 @@ from tuner.learn.data import load_data
 from tuner.show.export import COLUMNS
 from tuner.show.progress import snapshot
 from tuner.learn.models import build_model
-from tuner.keys import BEST_TEST, CONFIG, FINAL_TEST
+from tuner.keys import BEST_TEST, CONFIG, FINAL_DECISION, FINAL_TEST
 from tuner.search.study import stored_config
 from tuner.learn.train import heldout_metrics, predict, probabilities
 
@@ -163,6 +163,16 @@ def test_the_final_model_of_a_study_set_to_best_trial_is_that_trial_s_file(folde
     assert "members" not in payload and payload["trial"] == copy.best_trial.number and settings["final_model"] == "best_trial"
     got = _test_metrics(ByHand(payload).eval(), stored_config(copy), payload)
     assert got["average_precision"] == pytest.approx(copy.user_attrs[BEST_TEST]["average_precision"], abs=1e-9)
+
+
+def test_a_study_stored_before_the_final_threshold_was_shows_the_one_its_test_check_used(folder, tmp_path, cli):
+    shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    now = json.loads(cli("best", "--json", "--storage", url, cwd=folder).stdout)
+    load(tmp_path).set_user_attr(FINAL_DECISION, None)  # as stored before the final model's threshold was
+    then = cli("best", "--storage", url, cwd=folder)
+    assert "not chosen" not in then.stdout, then.stdout
+    assert json.loads(cli("best", "--json", "--storage", url, cwd=folder).stdout)["final_decision"] == now["final_decision"]
 
 
 def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path, cli):

@@ -302,8 +302,14 @@ def _of_members(study: optuna.Study, key: str, members: list[optuna.trial.Frozen
 
 
 def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
-    """The stored temperature and thresholds of the final model (``_of_members``)."""
-    return _of_members(study, keys.FINAL_DECISION, members)
+    """The stored temperature and thresholds of the final model (``_of_members``). A two-class study
+    stored before they were has them in its test check of the same trials, made at that threshold."""
+    stored = _of_members(study, keys.FINAL_DECISION, members)
+    test = None if stored else _of_members(study, keys.FINAL_TEST, members)
+    if test and len(study.user_attrs.get(keys.DATA, {}).get("classes") or []) == 2 and test.get("threshold") is not None:
+        return {"trials": test["trials"], "best_trial": test.get("best_trial"), "temperature": test["temperature"],
+                "threshold": test["threshold"], "class_thresholds": None}
+    return stored
 
 
 def final_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
