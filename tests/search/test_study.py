@@ -144,6 +144,29 @@ def test_auto_settings_are_resolved_before_the_study_is_stored():
         cfg_with(data={"kind": "synthetic", "folds": 20}).resolved(2, "rare", 15)
 
 
+def test_trials_whose_thresholds_an_earlier_rule_chose_are_named_on_resume_and_by_best(tmp_path):
+    from tuner.show.summary import margin_notes
+
+    url, cfg = f"sqlite:///{tmp_path / 's.db'}", cfg_with(study={"name": "mixed"}).resolved(2, "rare", 100)
+    study, _ = create_or_resume(cfg, url, "mixed", classes=["other", "rare"], class_counts=[900, 100])
+    dist = {"gamma": optuna.distributions.FloatDistribution(0, 5), "alpha": optuna.distributions.FloatDistribution(0.01, 0.99)}
+    for cut in (0.0688, 0.0389, 0.0844, 0.0508, 0.0508):  # three by the old maximum, two by the share
+        study.add_trial(optuna.trial.create_trial(params={"gamma": 1.0, "alpha": 0.5}, distributions=dist, value=0.9,
+                                                  user_attrs={keys.THRESHOLD: cut}))
+    older = [t.number for t in study.trials if t.user_attrs.get(keys.THRESHOLD) not in (None, 0.0508)]
+    assert len(older) == 3
+    _, notes = create_or_resume(cfg, url, "mixed")
+    said = [n for n in notes if "an earlier rule" in n]
+    assert len(said) == 1 and f"trials {', '.join(map(str, older))} chose their thresholds" in said[0]
+    assert any(f"Trials {', '.join(map(str, older))} chose" in n for n in margin_notes(study, stored_config(study)))
+    other = cfg_with(study={"name": "f1", "operating_point": "f1"}).resolved(2, "rare", 100)  # f1 thresholds differ by trial
+    f1, _ = create_or_resume(other, url, "f1", classes=["other", "rare"], class_counts=[900, 100])
+    for cut in (0.2, 0.3):
+        f1.add_trial(optuna.trial.create_trial(params={"gamma": 1.0, "alpha": 0.5}, distributions=dist, value=0.9,
+                                               user_attrs={keys.THRESHOLD: cut}))
+    assert not [n for n in create_or_resume(other, url, "f1")[1] if "earlier rule" in n]
+
+
 def test_a_relative_artifacts_folder_stored_before_they_were_absolute_is_no_note_from_its_own_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url, cfg = f"sqlite:///{tmp_path / 's.db'}", cfg_with(study={"name": "old"}).resolved(2, "rare", 100)

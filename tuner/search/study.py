@@ -204,6 +204,8 @@ def create_or_resume(cfg: StudyConfig, url: str, name: str, n_trials: int | None
             value = lambda c, key: repr(c.to_dict()[key.split(".")[0]][key.split(".")[1]])  # noqa: E731
             notes.append(f"study {name!r} exists; resuming with its stored settings (ignoring changed "
                          + "; ".join(f"{k}: stored {value(stored, k)}, asked {value(cfg, k)}" for k in changed) + ")")
+        if older := older_rule_trials(existing, stored):
+            notes.append(f"study {name!r}: {older_rule_note(older)}")
         if added := queue_grid(existing, stored):
             notes.append(f"study {name!r} had {added} of its grid's points not queued yet (its creation was cut short); "
                          "queued them now")
@@ -278,6 +280,30 @@ def queued_at_creation(cfg: StudyConfig) -> int:
     """The trials a study of these settings queues when it is created (reference trials, a grid)."""
     grid = cfg.study.grid_points ** len(distributions(cfg)) if cfg.study.sampler == "grid" else 0
     return grid + (len(reference_trials(cfg)) if cfg.study.reference_trials else 0)
+
+
+def older_rule_trials(study: optuna.Study, cfg: StudyConfig) -> list[int]:
+    """Finished trials of a two-class balanced-accuracy study whose thresholds an earlier rule chose.
+    The rule now gives every trial the same threshold, the positive class's share of the validation
+    images; before 2026-11-29 each trial took its own maximum of balanced accuracy on validation.
+    The share is the value several trials hold; with none held twice, every trial is older."""
+    classes = study.user_attrs.get(keys.DATA, {}).get("classes") or []
+    if len(classes) != 2 or cfg.study.operating_point != "balanced_accuracy":
+        return []
+    cuts = {t.number: t.user_attrs[keys.THRESHOLD] for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if t.user_attrs.get(keys.THRESHOLD) is not None}
+    values = list(cuts.values())
+    if len(set(values)) <= 1:
+        return []
+    share = max(values, key=values.count)
+    return sorted(n for n, v in cuts.items() if v != share or values.count(share) == 1)
+
+
+def older_rule_note(trials: list[int]) -> str:
+    return (f"trial{'s' * (len(trials) > 1)} {', '.join(map(str, trials))} chose {'their thresholds' if len(trials) > 1 else 'its threshold'} "
+            "by an earlier rule (the maximum of balanced accuracy on validation, tuner before 2026-11-29); trials run now "
+            "take the positive class's share, so balanced accuracies of older and newer trials differ by rule as well as by "
+            "loss; to compare them alike, start a new study")
 
 
 def check_same_images(study: optuna.Study, fingerprints: dict[str, str], root: str, parts=("train", "test")) -> None:

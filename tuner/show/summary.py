@@ -13,7 +13,7 @@ from tuner.errors import UserError
 from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
-from tuner.search.study import KEEP_MODELS, counts, stored_config, trial_duration, trial_note
+from tuner.search.study import KEEP_MODELS, counts, older_rule_note, older_rule_trials, stored_config, trial_duration, trial_note
 from tuner.show.progress import cut_text, failed_words
 
 
@@ -111,11 +111,14 @@ def best_summary(study: optuna.Study, cfg: StudyConfig) -> dict:
 
 
 def margin_notes(study: optuna.Study, cfg: StudyConfig) -> list[str]:
-    """A sentence when the best trial is a reference trial, and for each reference trial that the best
-    trial beats by less than its fold spread."""
+    """A sentence when the best trial is a reference trial, for each reference trial that the best
+    trial beats by less than its fold spread, and for trials whose thresholds an earlier rule chose."""
     best = best_trial(study)
     spread = best.user_attrs.get(keys.FOLD_SPREAD)
     notes = []
+    if older := older_rule_trials(study, cfg):
+        note = older_rule_note(older)
+        notes.append(note[0].upper() + note[1:] + ".")
     if keys.REFERENCE in best.user_attrs:
         notes.append(f"The best trial is reference trial {best.number} ({best.user_attrs[keys.REFERENCE]}): "
                      "no searched trial beat it on validation.")
