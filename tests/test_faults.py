@@ -8,6 +8,7 @@ import sys
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from conftest import fill, tuner, write_study
@@ -223,6 +224,11 @@ def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path, cli
     got = cli("best", "--save-model", "best.pt", cwd=tmp_path)
     assert got.returncode == 2 and "a model file of another study named 'smoke' (one deleted, or in another storage)" in got.stderr
     assert "Traceback" not in got.stderr
+    payload = torch.load(folder / name, weights_only=True)
+    del payload["study_key"]  # as a tuner from before study keys wrote it (an older worker of this very study, say)
+    torch.save(payload, folder / name)
+    got = cli("best", "--save-model", "best.pt", cwd=tmp_path)
+    assert got.returncode == 2 and "a model file with no study key (a tuner older than 2026-11-30 wrote it" in got.stderr
 
 
 def test_a_watching_driver_stopped_by_sigterm_says_so_and_the_study_stays(tmp_path):

@@ -50,7 +50,10 @@ def trial_model(study: optuna.Study, cfg: StudyConfig, trial: optuna.trial.Froze
         model, payload = load_trial_model(path)
         if payload.get("study_key") == key:
             return model, payload, "checkpoint"
-        problem = f"has at {path} a model file of another study named {study.study_name!r} (one deleted, or in another storage)"
+        problem = (f"has at {path} a model file of another study named {study.study_name!r} (one deleted, or in another storage)"
+                   if payload.get("study_key") else  # files of a tuner from before study keys (an older worker, say) have none
+                   f"has at {path} a model file with no study key (a tuner older than 2026-11-30 wrote it: give every machine "
+                   "of a study the same tuner), so it cannot be told from another study's")
     except FileNotFoundError:
         problem = f"has no model file at {path}"
     except Exception as e:  # torch raises many types on a torn or foreign file
