@@ -2,13 +2,16 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from PIL import Image
 
 from conftest import assert_user_error, tuner
+from tuner import keys
 from tuner.errors import UserError
 from tuner.learn.weights import class_balanced_weights
 from tuner.show.predict import cut_with
@@ -154,6 +157,18 @@ def screening(folder):
     proc = tuner("start-study", "screen.toml", "--workers", "1", "--storage", "sqlite:///screen.db", cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root, proc
+
+
+def test_a_study_stored_before_the_final_thresholds_were_shows_those_its_test_check_used(screening, tmp_path, cli):
+    root, _ = screening
+    shutil.copy(root / "screen.db", tmp_path / "screen.db")
+    url = f"sqlite:///{tmp_path / 'screen.db'}"
+    now = json.loads(cli("best", "--json", "--storage", url, cwd=root).stdout)
+    assert now["final_decision"]["class_thresholds"]["eight"] == now["final"]["class_thresholds"][0]
+    optuna.load_study(study_name="screen", storage=url).set_user_attr(keys.FINAL_DECISION, None)  # as stored before they were
+    then = cli("best", "--storage", url, cwd=root)
+    assert "not chosen" not in then.stdout and "the final model's threshold" in then.stdout, then.stdout
+    assert json.loads(cli("best", "--json", "--storage", url, cwd=root).stdout)["final_decision"] == now["final_decision"]
 
 
 def test_a_recall_rule_with_many_classes_is_for_the_rarest_class_by_name(screening, cli):

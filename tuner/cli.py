@@ -458,9 +458,15 @@ def best(storage: Storage = None, study_name: StudyName = None,
     if save_model is not None:  # first: a save that fails prints no JSON for a script to take as done
         from tuner.show.best_text import cut_phrase
         from tuner.show.export import save_best_model
-        from tuner.show.summary import final_label
+        from tuner.show.summary import final_decision, final_label, same_decision
 
+        before = final_decision(study)
         saved = save_best_model(study, save_model, cfg)
+        if before and not same_decision(before, saved):
+            print(f"note: the final model's temperature {saved['temperature']:.3f} and threshold chosen now are not the stored "
+                  f"{before['temperature']:.3f} and its threshold: its trials' validation predictions changed since (as when a "
+                  "newer tuner decodes the images otherwise); tuner best --retrain checks it on the test split again",
+                  file=sys.stderr)
         what = final_label(saved["trials"]) if saved["final_model"] == "ensemble" else f"the final model, trial {saved['trial']}"
         how = "from checkpoints" if saved["source"] == "checkpoint" else "retrained, as a model file was not found here"
         print(f"saved {what}, {how}, to {save_model} and {save_model}.json; it decides {cut_phrase(saved)}", file=sys.stderr)

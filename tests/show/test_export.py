@@ -175,6 +175,22 @@ def test_a_study_stored_before_the_final_threshold_was_shows_the_one_its_test_ch
     assert json.loads(cli("best", "--json", "--storage", url, cwd=folder).stdout)["final_decision"] == now["final_decision"]
 
 
+def test_a_test_check_made_at_another_decision_of_the_same_trials_is_not_shown_as_the_final_models(folder, tmp_path, cli):
+    shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    study = load(tmp_path)
+    decision = study.user_attrs[FINAL_DECISION]
+    # as when a newer tuner decodes the images otherwise: the same trials' predictions give another temperature
+    study.set_user_attr(FINAL_DECISION, {**decision, "temperature": decision["temperature"] * 1.5})
+    shown = cli("best", "--storage", url, cwd=folder)
+    assert "The stored test check of the final model was made at the temperature" in shown.stdout
+    assert json.loads(cli("best", "--json", "--storage", url, cwd=folder).stdout)["final"] is None
+    saved = cli("best", "--save-model", str(tmp_path / "m.pt"), "--storage", url, cwd=folder)
+    assert saved.returncode == 0 and "are not the stored" in saved.stderr  # the save chose the run's own again, and says so
+    assert json.loads((tmp_path / "m.pt.json").read_text())["test"]["temperature"] == decision["temperature"]
+    assert "was made at the temperature" not in cli("best", "--storage", url, cwd=folder).stdout
+
+
 def test_read_commands_never_train_and_retrain_only_when_asked(folder, tmp_path, cli):
     shutil.copy(folder / "tuner.db", tmp_path / "tuner.db")  # a copy: the retrain below rewrites its test check
     url = f"sqlite:///{tmp_path / 'tuner.db'}"

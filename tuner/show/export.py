@@ -137,7 +137,7 @@ def save_best_model(study: optuna.Study, path: str | Path, cfg: StudyConfig | No
     best = best_trial(study)
     members = payload.get("members", [payload])
     if "members" in payload:
-        test = final_test(study)
+        test = final_test(study, decision=decision_of(payload, best.number))  # one made at what this file decides by
     else:
         test = study.user_attrs.get(keys.BEST_TEST)
         test = test if test and test.get("trial") == best.number else None  # none yet, or of an earlier best trial

@@ -305,26 +305,46 @@ def _of_members(study: optuna.Study, key: str, members: list[optuna.trial.Frozen
 
 
 def final_decision(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
-    """The stored temperature and thresholds of the final model (``_of_members``). A two-class study
-    stored before they were has them in its test check of the same trials, made at that threshold."""
+    """The stored temperature and thresholds of the final model (``_of_members``). A study stored
+    before they were has them in its test check of the same trials, made at them."""
     stored = _of_members(study, keys.FINAL_DECISION, members)
     test = None if stored else _of_members(study, keys.FINAL_TEST, members)
-    if test and len(study.user_attrs.get(keys.DATA, {}).get("classes") or []) == 2 and test.get("threshold") is not None:
-        return {"trials": test["trials"], "best_trial": test.get("best_trial"), "temperature": test["temperature"],
-                "threshold": test["threshold"], "class_thresholds": None}
-    return stored
+    if not test or test.get("threshold") is None and not test.get("class_thresholds"):
+        return stored
+    classes, cut = study.user_attrs.get(keys.DATA, {}).get("classes") or [], test.get("class_thresholds")
+    return {"trials": test["trials"], "best_trial": test.get("best_trial"), "temperature": test["temperature"],
+            "threshold": test.get("threshold"), "class_thresholds": dict(zip(classes, cut)) if cut and len(classes) > 2 else None}
 
 
-def final_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None) -> dict | None:
-    """The stored test check of the final model (``_of_members``)."""
-    return _of_members(study, keys.FINAL_TEST, members)
+def same_decision(a: dict, b: dict) -> bool:
+    """Whether two records of a final model's decision (its stored one, its test check's) give the same
+    temperature and thresholds, to the digits a recomputation on the same images keeps."""
+    close = lambda x, y: x is None or y is None or math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9)  # noqa: E731
+    cuts = [list(c.values()) if isinstance(c, dict) else c for c in (a.get("class_thresholds"), b.get("class_thresholds"))]
+    return (close(a.get("temperature"), b.get("temperature")) and close(a.get("threshold"), b.get("threshold"))
+            and (None in cuts or len(cuts[0]) == len(cuts[1]) and all(map(close, *cuts))))
+
+
+def final_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial] | None = None,
+               decision: dict | None = None) -> dict | None:
+    """The stored test check of the final model (``_of_members``), while it was made at the decision
+    the model has (``decision``, by default the stored one): the same trials give another when their
+    validation predictions changed (images decoded otherwise by a newer tuner)."""
+    test = _of_members(study, keys.FINAL_TEST, members)
+    decision = decision or _of_members(study, keys.FINAL_DECISION, members)
+    return test if not (test and decision) or same_decision(test, decision) else None
 
 
 def stale_test(study: optuna.Study, members: list[optuna.trial.FrozenTrial]) -> str | None:
-    """A sentence when the stored test check of the final model is of other trials than it averages now."""
+    """A sentence when the stored test check of the final model is of other trials than it averages
+    now, or of the same trials at another threshold and temperature."""
     final = study.user_attrs.get(keys.FINAL_TEST)
     if not final or final_test(study, members):
         return None
+    if _of_members(study, keys.FINAL_TEST, members):
+        return (f"The stored test check of the final model was made at the temperature {final['temperature']:.3f} and its "
+                "threshold then, not at those it decides with now (its trials' validation predictions changed, as when a newer "
+                "tuner decodes the images otherwise): run tuner best --retrain to check it again.")
     return (f"The stored test check is of an earlier final model (the mean of trials {', '.join(map(str, final['trials']))}); "
             f"trials finished since make it the mean of trials {', '.join(str(t.number) for t in members)}: run tuner best "
             "--retrain (or start-study again) to check that one.")
