@@ -18,7 +18,7 @@ from tuner.learn.data import IMAGE_EXTENSIONS, decode_image, decode_pool, find_i
 from tuner.learn.metrics import decide
 from tuner.errors import UserError
 from tuner.learn.train import predict, probabilities
-from tuner.show.progress import cut_text
+from tuner.show.progress import cut_of, cut_text
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -170,16 +170,16 @@ def decision_words(payload: dict, threshold: float | None) -> tuple[float | None
     how = "from --threshold" if threshold is not None else f"chosen on validation for {rule or 'an unknown rule'}"
     if positive:
         cut = operating_threshold(payload) if threshold is None else threshold
-        return cut, f"on the calibrated probability of {positive!r}", (
+        return cut, cut_of(positive=positive), (
             f"threshold {cut_text(cut)} on the calibrated probability of {positive!r} ({how})")
     if payload.get("class_thresholds") and detect:
         cut = payload["class_thresholds"][classes.index(detect)] if threshold is None else threshold
-        return cut, f"on p({detect}) / the largest other class's probability", (
+        return cut, cut_of(detect=detect), (
             f"{len(classes)} classes: {detect!r} is predicted when p({detect}) / the largest other probability is at "
             f"least {cut_text(cut)} ({how}), else the most probable class")
     if payload.get("class_thresholds"):
         return None, "one per class, in the model file's class_thresholds", (
             f"{len(classes)} classes: the predicted class has the largest probability divided by its threshold (chosen "
             f"on validation for {rule}: " + ", ".join(f"{c} {cut_text(t)}" for c, t in zip(classes, payload["class_thresholds"])) + ")")
-    return None, "none: the most probable class is decided", f"{len(classes)} classes: the predicted class is the most probable one"
+    return None, cut_of(), f"{len(classes)} classes: the predicted class is the most probable one"
 

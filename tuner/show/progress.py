@@ -77,6 +77,16 @@ def cut_text(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if v == 0 or abs(v) >= 10 ** -(digits - 1) else f"{v:.2e}"
 
 
+def cut_of(positive: str | None = None, detect: str | None = None) -> str:
+    """What a threshold cuts, in the words status, export and predict --json give as threshold_of: the
+    positive class's probability (two classes), the class to detect's ratio (more), else nothing."""
+    if positive:
+        return f"on the calibrated probability of {positive!r}"
+    if detect:
+        return f"on p({detect}) / the largest other class's probability"
+    return "none: the most probable class is decided"
+
+
 def trial_line(t: dict) -> str:
     value = "" if t["value"] is None else f" {t['value']:.4f}"
     took = "" if t["duration_s"] is None else f", {t['duration_s']:.1f} s"

@@ -14,7 +14,7 @@ from tuner.learn.weights import alpha_per_class, focus_class, loss_alpha
 from tuner.search.config import StudyConfig
 from tuner.search.storage import open_storage
 from tuner.search.study import KEEP_MODELS, counts, older_rule_note, older_rule_trials, stored_config, trial_duration, trial_note
-from tuner.show.progress import cut_text, failed_words
+from tuner.show.progress import cut_of, cut_text, failed_words
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -220,11 +220,11 @@ def threshold_rule(study: optuna.Study) -> tuple[int | None, str | None]:
     except UserError:  # a study tuner did not create
         return None, None
     if len(classes) == 2:
-        return None, f"on the calibrated probability of {classes[1]!r}"
+        return None, cut_of(positive=classes[1])
     if focus is not None:
-        return focus, f"on p({classes[focus]}) / the largest other class's probability"
+        return focus, cut_of(detect=classes[focus])
     if classes and cfg.study.operating_point != "balanced_accuracy":  # stored before a class to detect existed
-        return None, "none: the most probable class is decided"
+        return None, cut_of()
     return None, "one per class, chosen on validation (tuner best shows them)" if classes else None
 
 
