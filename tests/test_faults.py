@@ -191,8 +191,9 @@ def test_a_worker_on_a_full_artifacts_filesystem_stops_with_one_error_and_burns_
 
 
 def test_a_new_study_of_a_deleted_ones_name_uses_none_of_its_files(tmp_path, cli):
-    # The old study's reference trials had the same number, seed and parameters as the new one's.
-    watcher, study, doomed, _ = watched_study_with_a_worker(tmp_path, epochs_before=1)
+    # The old study's reference trials had the same number, seed and parameters as the new one's. Its
+    # heartbeats may lag on a loaded machine: a trial failed as silent would leave no worker to run it.
+    watcher, study, doomed, _ = watched_study_with_a_worker(tmp_path, 1, "--set", "study.grace_period=60")
     deadline = time.time() + 120  # one trial finished (its model file kept), the next two epochs in
     while time.time() < deadline and not any(t.state == TrialState.COMPLETE for t in study.trials):
         time.sleep(0.1)
